@@ -1,0 +1,192 @@
+"""The thin command line: parse, load the config, call the library, print.
+
+Errors a user can fix print one line and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgecompress.errors import EdgeCompressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill, calibrate, quantize, benchmark and bundle a classifier for edge devices.")
+_state = {"debug": False}
+
+STAGES = ["data", "teacher", "distill", "calibrate", "export", "benchmark", "report"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    _state["debug"] = debug
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
+
+
+def _summary(report_paths: dict[str, Path], run_dir: Path) -> None:
+    out = _console()
+    out.print(f"[bold green]done[/]: run directory {run_dir}")
+    for kind, path in report_paths.items():
+        out.print(f"  {kind}: {path}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/run"),
+    until: Annotated[str | None, typer.Option(help=f"Stop after this stage: {', '.join(STAGES)}.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Run the whole pipeline for CONFIG (finished stages are reused, an interrupted one resumes)."""
+    from edgecompress.config import load_config
+    from edgecompress.pipeline import run_pipeline
+
+    if until is not None and until not in STAGES:
+        raise EdgeCompressError(f"--until {until!r} is not a stage", f"use one of: {', '.join(STAGES)}")
+    cfg = load_config(config)
+    paths = run_pipeline(cfg, out, until=until, progress=progress)
+    _summary(paths, out)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="The digits example instead (about a minute).")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Run the Fashion-MNIST example end to end (teacher trained here) and print where the report and bundles are."""
+    from edgecompress.config import load_config
+    from edgecompress.pipeline import preset_path, run_pipeline
+
+    cfg = load_config(preset_path("digits" if quick else "fashion_mnist"))
+    paths = run_pipeline(cfg, out, progress=progress)
+    _summary(paths, out)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the config file."""
+    from edgecompress.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")]) -> None:
+    """Validate CONFIG and print it resolved, every default explicit."""
+    from edgecompress.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(config)))
+
+
+@app.command()
+def bench(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or YAML path.")] = None,
+) -> None:
+    """Benchmark the run's artifacts again on the given devices and rewrite the report."""
+    from edgecompress.pipeline import bench_run
+
+    paths = bench_run(run_dir, devices=device or ["local"])
+    _summary(paths, run_dir)
+
+
+@app.command()
+def devices() -> None:
+    """List the device profiles (built-in and from EDGECOMPRESS_PROFILES)."""
+    from edgecompress.devices.profiles import list_profiles
+
+    for profile in list_profiles():
+        typer.echo(f"{profile.name:20s} {profile.transport:6s} {profile.description}")
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")]) -> None:
+    """Verify a bundle: manifest schema and the checksum of every file."""
+    from edgecompress.bundle import verify_bundle
+
+    manifest = verify_bundle(bundle)
+    typer.echo(f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(help="Labels to show per image.")] = 3,
+) -> None:
+    """Classify images with a bundle (checksums verified first); prints calibrated probabilities."""
+    from edgecompress.bundle import predict_images
+
+    for row in predict_images(bundle, images, top_k=top_k):
+        typer.echo(json.dumps(row))
+
+
+@app.command()
+def inspect(path: Annotated[Path, typer.Argument(help="Run directory or bundle.")]) -> None:
+    """Summarize a run directory (its report) or a bundle (its manifest)."""
+    report = path / "report.json"
+    if report.is_file():
+        data = json.loads(report.read_text())
+        for m in data.get("models", []):
+            acc = m.get("accuracy")
+            ece = m.get("ece")
+            typer.echo(f"{m['name']:28s} {m['role']:9s} acc={'—' if acc is None else f'{acc:.4f}'} "
+                       f"ece={'—' if ece is None else f'{ece:.4f}'}")
+        return
+    from edgecompress.bundle import verify_bundle
+
+    typer.echo(verify_bundle(path).model_dump_json(indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one line for user errors, the traceback only with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except EdgeCompressError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted — finished stages are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            return 130
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} — rerun with --debug and report it", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

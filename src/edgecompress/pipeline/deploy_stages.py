@@ -1,0 +1,135 @@
+"""The deployment half of the pipeline: export (+ evaluation through each runtime), benchmark."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecompress.errors import QuantizationError
+from edgecompress.pipeline.context import Context, metrics_of
+from edgecompress.pipeline.train_stages import Trained
+
+if TYPE_CHECKING:
+    from edgecompress.data import Splits
+
+log = logging.getLogger(__name__)
+
+
+def run_through(runtime_name: str, model_file: Path, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Logits of an artifact on ``x``, computed by the artifact's own runtime."""
+    from edgecompress.devices.runtimes import get_runtime
+
+    rt = get_runtime(runtime_name)
+    rt.load(model_file)
+    return np.concatenate([rt.run(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def _metadata(ctx: Context, splits: Splits, temperature: float) -> dict[str, Any]:
+    from edgecompress._io import sha256_json
+
+    return {
+        "temperature": temperature,
+        "temperature_folded": True,
+        "labels": splits.labels,
+        "preprocessing": splits.preprocess.model_dump(mode="json"),
+        "config_hash": sha256_json(ctx.cfg.model_dump(mode="json"))[:16],
+        "run_name": ctx.cfg.name,
+    }
+
+
+def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict[str, Any]]:
+    """Export every configured format, parity-check it, evaluate it on test through its runtime.
+
+    INT8 artifacts whose ECE moved by more than ``calibration.refit_threshold`` get T re-fitted on val through their
+    runtime and folded again (both results are kept); an INT8 artifact that loses more than
+    ``export.max_accuracy_drop`` of accuracy against the FP32 student fails the stage.
+    """
+    ecfg = ctx.cfg.export
+    key = {"export": ecfg.model_dump(mode="json"), "model": calibrated.key, "data": splits.fingerprint(),
+           "refit": ctx.cfg.calibration.model_dump(mode="json")}
+    sd = ctx.run.stage("export", key)
+    with ctx.timed("export", sd.key, sd.done, str(sd.path)):
+        if sd.done:
+            return sd.result()["artifacts"]
+        from edgecompress.export import export_all
+
+        temperature = calibrated.record["temperature"]
+        artifacts = export_all(
+            calibrated.model, input_shape=splits.input_shape, formats=ecfg.formats, calib_x=splits.calib.x,
+            out_dir=sd.path / "artifacts", metadata=_metadata(ctx, splits, temperature), cfg=ecfg,
+            val=(splits.val.x, splits.val.y) if splits.val is not None else None)
+        reference = calibrated.record.get("after", {})
+        rows = []
+        for art in artifacts:
+            rows.extend(_evaluate(ctx, splits, art, reference, sd.path / "refit"))
+        return sd.finish({"artifacts": rows})["artifacts"]
+
+
+def _evaluate(ctx: Context, splits: Splits, art: Any, reference: dict[str, float], refit_dir: Path) -> list[dict]:
+    row = art.model_dump(mode="json")
+    if splits.test is None:
+        return [row]
+    logits = run_through(art.runtime, art.model_file, splits.test.x)
+    row["metrics"] = metrics_of(logits, splits.test.y)
+    out = [row]
+    ccfg = ctx.cfg.calibration
+    low_precision = art.precision in ("int8", "fp16")
+    if low_precision and ccfg.refit_after_quantization and splits.val is not None and reference:
+        moved = abs(row["metrics"]["ece"] - reference["ece"])
+        row["ece_shift"] = moved
+        if moved > ccfg.refit_threshold:
+            from edgecompress.calibration import fit_temperature
+            from edgecompress.export import rescale_output
+
+            t_extra = fit_temperature(run_through(art.runtime, art.model_file, splits.val.x), splits.val.y)
+            refit = rescale_output(art, 1.0 / t_extra, refit_dir / art.name)
+            refit_row = refit.model_dump(mode="json")
+            refit_row["metrics"] = metrics_of(run_through(refit.runtime, refit.model_file, splits.test.x),
+                                              splits.test.y)
+            refit_row["refit_temperature"] = float(t_extra)
+            refit_row["refit_of"] = art.name
+            out.append(refit_row)
+    if art.precision == "int8" and reference:
+        drop = reference["accuracy"] - row["metrics"]["accuracy"]
+        bound = ctx.cfg.export.max_accuracy_drop
+        if drop > bound:
+            raise QuantizationError(
+                f"{art.name}: accuracy {row['metrics']['accuracy']:.4f} is {drop * 100:.2f} points below the FP32 "
+                f"student ({reference['accuracy']:.4f}), more than export.max_accuracy_drop={bound}",
+                "raise export.calib_samples, try export.int8_calibration: entropy/percentile, keep the head in float, "
+                "or loosen export.max_accuracy_drop")
+    return out
+
+
+def eval_subset(splits: Splits, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test samples (a stratified order is not needed: the test split is already shuffled)."""
+    return splits.test.x[:n], splits.test.y[:n]
+
+
+def stage_benchmark(ctx: Context, splits: Splits, artifacts: list[dict[str, Any]], export_key: str,
+                    *, devices: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
+    bcfg = ctx.cfg.benchmark
+    if devices is not None:
+        bcfg = bcfg.model_copy(update={"devices": devices})
+    key = {"benchmark": bcfg.model_dump(mode="json"), "export": export_key}
+    sd = ctx.run.stage("benchmark", key)
+    cached = sd.done and not force
+    with ctx.timed("benchmark", sd.key, cached, str(sd.path)):
+        if cached:
+            return sd.result()["rows"]
+        from edgecompress.devices import benchmark_artifacts
+
+        if splits.test is None:
+            ctx.warn("no labelled test data: device benchmarks measure latency only")
+            x = np.zeros((max(bcfg.batch_sizes), *splits.input_shape), np.float32)
+            y = None
+        else:
+            x, y = eval_subset(splits, bcfg.eval_samples)
+        rows = benchmark_artifacts(artifacts, bcfg.devices, eval_x=x, eval_y=y, cfg=bcfg, workdir=sd.path)
+        for row in rows:
+            if not row.get("ok", True):
+                ctx.warn(f"benchmark of {row.get('artifact')} on {row.get('device')} failed: {row.get('error')}")
+        return sd.finish({"rows": rows})["rows"]

@@ -1,0 +1,147 @@
+"""Orchestration: run the stages in order, each cached by content, then write the report and bundles."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
+from edgecompress.config import PipelineConfig, dump_config, load_config
+from edgecompress.errors import ConfigError
+from edgecompress.pipeline import deploy_stages as deploy
+from edgecompress.pipeline import finish
+from edgecompress.pipeline import train_stages as train
+from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("digits", "fashion_mnist", "datafree_digits")
+STATE = "run.json"
+
+
+def preset_path(name: str) -> Path:
+    """Path of a shipped example config (the files under ``examples/`` in the repository)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", f"use one of {', '.join(PRESETS)}")
+    return Path(str(resources.files("edgecompress.pipeline").joinpath("presets", f"{name}.yaml")))
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, *, until: str | None = None,
+                 progress: bool = True) -> dict[str, Path]:
+    """Run every stage of ``cfg`` into the run directory ``out``; returns the paths of the report files.
+
+    Finished stages are reused (their folders are addressed by a hash of their config and inputs); a stage that was
+    interrupted resumes from its own checkpoints.
+    """
+    import torch
+
+    run = RunDir(out)
+    run.prepare()
+    torch.manual_seed(cfg.seed)
+    atomic_write_text(run.root / "config.resolved.yaml", dump_config(cfg))
+    ctx = Context(cfg=cfg, run=run, progress=progress)
+
+    splits = train.stage_data(ctx)
+    teacher = train.stage_teacher(ctx, splits)
+    if until == "teacher" or until == "data":
+        return {}
+    student = train.stage_distill(ctx, splits, teacher)
+    if until == "distill":
+        return {}
+    calibrated = train.stage_calibrate(ctx, splits, student)
+    if until == "calibrate":
+        return {}
+    artifacts = deploy.stage_export(ctx, splits, calibrated)
+    export_key = ctx.stages[-1]["output_dir"]
+    if until == "export":
+        return {}
+    bench = deploy.stage_benchmark(ctx, splits, artifacts, export_key)
+    state = {"config_hash": sha256_json(cfg.model_dump(mode="json")), "teacher": teacher.record,
+             "distill": student.record, "distill_spec": student.spec, "calibrate": calibrated.record,
+             "artifacts": artifacts, "benchmark": bench, "export_key": export_key, "stages": ctx.stages,
+             "warnings": ctx.warnings}
+    atomic_write_json(run.root / STATE, state)
+    return _finish(ctx, teacher, student, calibrated, artifacts, bench)
+
+
+def _finish(ctx: Context, teacher: Any, student: Any, calibrated: Any, artifacts: list[dict[str, Any]],
+            bench: list[dict[str, Any]]) -> dict[str, Path]:
+    from edgecompress.report import Report, recommend, write_report
+
+    cfg = ctx.cfg
+    device = cfg.benchmark.devices[0]
+    temperature = calibrated.record["temperature"]
+    models = finish.chain_entries(teacher, student, calibrated) + finish.artifact_entries(
+        artifacts, bench, temperature, device)
+    for m in models:
+        m["reliability_png"] = finish._rel(ctx, m.get("reliability_png"))
+    reference = calibrated.record.get("after", {}).get("accuracy")
+    recs = recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop) \
+        if reference is not None else []
+    figures = {"reliability_student": finish._rel(ctx, calibrated.record.get("reliability_png"))}
+    if student.record.get("sample_grid"):
+        figures["datafree_samples"] = finish._rel(ctx, student.record["sample_grid"])
+    report = Report(
+        name=cfg.name, config_hash=sha256_json(cfg.model_dump(mode="json"))[:16], environment=finish.environment(),
+        models=models, benchmarks=bench, stages=ctx.stages, recommendations=recs,
+        figures={k: v for k, v in figures.items() if v}, warnings=ctx.warnings,
+        datafree=student.record.get("datafree"))
+    paths = write_report(report, ctx.run.root)
+    if cfg.bundle.enabled:
+        paths.update(write_bundles(ctx, report, artifacts))
+    return paths
+
+
+def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) -> dict[str, Path]:
+    from edgecompress.bundle import write_bundle, zip_bundle
+
+    splits = ctx.splits
+    cfg = ctx.cfg
+    entries = {m.name: m for m in report.models}
+    out: dict[str, Path] = {}
+    for art in artifacts:
+        if not cfg.bundle.selects(art["name"], art["format"], art["precision"]):
+            continue
+        entry = entries.get(art["name"])
+        fields = {
+            "labels": splits.labels,
+            "preprocessing": splits.preprocess.model_dump(mode="json"),
+            "temperature": {"value": entry.temperature if entry else None, "folded": True},
+            "metrics": {k: getattr(entry, k) for k in ("accuracy", "ece", "nll", "brier")} | {
+                "latency_ms": {b: s.p50 for b, s in entry.latency_ms.items()}, "device": entry.device}
+            if entry else {},
+            "config_hash": report.config_hash,
+            "input_shape": list(splits.input_shape),
+        }
+        bdir = write_bundle(name=art["name"], files=[Path(f) for f in art["files"]],
+                            model_file=Path(art["model_file"]), manifest_fields=fields,
+                            out_dir=ctx.run.bundles_dir, include_runner=cfg.bundle.include_runner, artifact=art)
+        out[f"bundle {art['name']}"] = bdir
+        if cfg.bundle.zip:
+            out[f"zip {art['name']}"] = zip_bundle(bdir)
+    return out
+
+
+def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
+    """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report."""
+    import json
+
+    run = RunDir(run_dir)
+    state_file = run.root / STATE
+    if not state_file.is_file():
+        raise ConfigError(f"{run.root} is not a finished run directory (no {STATE})",
+                          "run `edgecompress run CONFIG --out DIR` first")
+    cfg = load_config(run.root / "config.resolved.yaml")
+    state = json.loads(state_file.read_text())
+    ctx = Context(cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
+                  run=run, progress=False)
+    splits = train.stage_data(ctx)
+    bench = deploy.stage_benchmark(ctx, splits, state["artifacts"], state["export_key"], force=True)
+    teacher = train.Trained(None, {}, "", state["teacher"])
+    student = train.Trained(None, state["distill_spec"], "", state["distill"])
+    calibrated = train.Trained(None, state["distill_spec"], "", state["calibrate"])
+    ctx.stages = state["stages"] + ctx.stages
+    return _finish(ctx, teacher, student, calibrated, state["artifacts"], bench)
