@@ -1,1 +1,34 @@
-"""edgecompress.bundle"""
+"""edgecompress.bundle: app bundles (model files, manifest with checksums, runner), verifying and loading them.
+
+Names load lazily so that ``import edgecompress.bundle`` stays light (no numpy, no runtimes).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BundleConfig": "edgecompress.bundle.config",
+    "Manifest": "edgecompress.bundle.manifest",
+    "SCHEMA_VERSION": "edgecompress.bundle.manifest",
+    "parse_manifest": "edgecompress.bundle.manifest",
+    "write_bundle": "edgecompress.bundle.writer",
+    "zip_bundle": "edgecompress.bundle.writer",
+    "verify_bundle": "edgecompress.bundle.verify",
+    "safe_extract": "edgecompress.bundle.verify",
+    "load_bundle": "edgecompress.bundle.predict",
+    "predict_images": "edgecompress.bundle.predict",
+    "Predictor": "edgecompress.bundle.predict",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edgecompress.bundle' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

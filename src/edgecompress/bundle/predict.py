@@ -1,0 +1,221 @@
+"""Load a verified bundle and predict calibrated probabilities through the bundle's runtime."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress._lazy import require
+from edgecompress.bundle.manifest import Manifest
+from edgecompress.bundle.verify import find_bundle_root, safe_extract, verify_dir
+from edgecompress.errors import BundleError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _get_runtime(name: str) -> Any:
+    """The runtime object for ``name`` (``edgecompress.devices.runtimes``, errors already user-facing)."""
+    from edgecompress.devices.runtimes import get_runtime
+
+    return get_runtime(name)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """A loaded bundle: ``preprocess`` images, ``predict`` probabilities. Use as a context manager or ``close()``."""
+
+    def __init__(self, manifest: Manifest, bundle_dir: Path, runtime: Any, tmpdir: Path | None = None) -> None:
+        self.manifest = manifest
+        self.bundle_dir = bundle_dir
+        self.runtime = runtime
+        self._tmpdir = tmpdir
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.labels)
+
+    def close(self) -> None:
+        """Remove the temporary folder a zipped bundle was extracted to."""
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        contract = self.manifest.model.input
+        want = "[" + ", ".join(str(d) for d in contract.shape) + "]"
+        if not isinstance(x, np.ndarray):
+            raise DataError(f"predict expects a numpy array {want}, got {type(x).__name__}", "pass np.ndarray input")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(
+                f"predict expects {contract.dtype} input {want}, got {x.dtype}",
+                "convert raw images with Predictor.preprocess(images) first",
+            )
+        if x.ndim != len(contract.shape):
+            fix = "add a batch axis: x[None]" if x.ndim == len(contract.shape) - 1 else f"reshape the input to {want}"
+            raise DataError(f"input has shape {list(x.shape)}, the model expects {want} ({contract.layout})", fix)
+        for axis, (got, dim) in enumerate(zip(x.shape[1:], contract.shape[1:], strict=True), start=1):
+            if isinstance(dim, int) and got != dim:
+                raise DataError(
+                    f"input has shape {list(x.shape)}, the model expects {want} ({contract.layout}): axis {axis} is "
+                    f"{got}, not {dim}",
+                    "resize/convert the images with Predictor.preprocess, or check the channel order",
+                )
+        if x.shape[0] == 0:
+            raise DataError("input batch is empty", "pass at least one sample")
+        return np.ascontiguousarray(x, dtype=np.dtype(contract.dtype))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        batch = self.manifest.model.input.shape[0]
+        if not isinstance(batch, int) or batch == x.shape[0]:
+            return np.asarray(self.runtime.run(x))
+        outs = []  # a fixed-batch model: run in chunks of its batch size, padding the last one
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start : start + batch]
+            n = chunk.shape[0]
+            if n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            outs.append(np.asarray(self.runtime.run(chunk))[:n])
+        return np.concatenate(outs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (float32, rows sum to 1) for a normalized input batch.
+
+        Applies the temperature when it is not folded into the model, and softmax when the model outputs logits.
+
+        Raises:
+            DataError: the input's type, dtype or shape does not match the manifest's input contract.
+        """
+        out = self._run(self._check_input(x)).astype(np.float64)
+        k = len(self.manifest.labels)
+        if out.ndim != 2 or out.shape[1] != k:
+            raise BundleError(
+                f"the model returned shape {list(out.shape)}, the manifest lists {k} labels",
+                "rebuild the bundle; its labels and model do not match",
+            )
+        if self.manifest.model.output.kind == "logits":
+            if not self.manifest.temperature.folded and self.manifest.temperature.value:
+                out = out / self.manifest.temperature.value
+            out = softmax(out)
+        return out.astype(np.float32)
+
+    def preprocess(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Turn uint8 images (each ``HxW`` or ``HxWxC``, already at the model's size) into the model input.
+
+        Applies ``(pixel * scale - mean) / std`` per channel and the manifest's layout. Grayscale images are repeated
+        to 3 channels for RGB models; RGB images are averaged for 1-channel models. Use :meth:`predict_images` for
+        files of any size.
+        """
+        pre = self.manifest.preprocessing
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] <= 4):
+            images = [images]
+        batch = []
+        for img in images:
+            a = np.asarray(img)
+            if a.ndim == 2:
+                a = a[:, :, None]
+            if a.ndim != 3:
+                raise DataError(f"image has shape {list(a.shape)}", "give HxW or HxWxC uint8 images")
+            if tuple(a.shape[:2]) != tuple(pre.size):
+                raise DataError(
+                    f"image is {a.shape[0]}x{a.shape[1]}, the model expects {pre.size[0]}x{pre.size[1]} (HxW)",
+                    "resize it first, or use predict_images(paths) which resizes",
+                )
+            a = a[:, :, :3].astype(np.float32)
+            if a.shape[2] != pre.channels:
+                a = np.repeat(a, pre.channels, axis=2) if a.shape[2] == 1 else a.mean(axis=2, keepdims=True)
+            batch.append(a)
+        x = np.stack(batch) * np.float32(pre.scale)
+        x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+        if pre.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def load_images(self, paths: list[Path]) -> list[np.ndarray]:
+        """Read image files with Pillow, converted to the model's channels and resized to its size."""
+        image_mod = require("PIL.Image", "reading images")
+        pre = self.manifest.preprocessing
+        out = []
+        for path in paths:
+            try:
+                with image_mod.open(path) as img:
+                    img = img.convert("L" if pre.channels == 1 else "RGB")
+                    img = img.resize((pre.size[1], pre.size[0]), image_mod.BILINEAR)
+                    out.append(np.asarray(img, dtype=np.uint8))
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read image {path} ({exc})", "give an image file Pillow can open") from None
+        return out
+
+    def predict_images(self, paths: list[Path], *, top_k: int = 5) -> list[dict[str, Any]]:
+        """Predict image files; each result is ``{"image", "top": [{"label", "index", "probability"}]}``."""
+        paths = [Path(p) for p in paths]
+        probs = self.predict(self.preprocess(self.load_images(paths)))
+        results = []
+        for path, row in zip(paths, probs, strict=True):
+            top = np.argsort(-row, kind="stable")[:top_k]
+            results.append(
+                {
+                    "image": str(path),
+                    "top": [{"label": self.labels[i], "index": int(i), "probability": float(row[i])} for i in top],
+                }
+            )
+        return results
+
+
+def load_bundle(path: Path, *, threads: int | None = None) -> Predictor:
+    """Verify a bundle (folder or ``.zip``), then load its model with its runtime.
+
+    Raises:
+        BundleError: the bundle fails verification (see :func:`edgecompress.bundle.verify.verify_bundle`).
+        MissingExtraError / DeviceError: the runtime is not installed or cannot load the model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist", "give the path of a bundle folder or .zip")
+    tmpdir = None
+    if path.is_dir():
+        root = find_bundle_root(path)
+    else:
+        tmpdir = Path(tempfile.mkdtemp(prefix="edgecompress-bundle-"))
+        try:
+            root = find_bundle_root(safe_extract(path, tmpdir / "x"))
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+    try:
+        manifest = verify_dir(root)
+        runtime = _get_runtime(manifest.model.runtime)
+        runtime.load(root / manifest.model.file, threads=threads)
+    except BaseException:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    log.info(
+        "loaded bundle %s (%s %s via %s)", root, manifest.model.format, manifest.model.precision, manifest.model.runtime
+    )
+    return Predictor(manifest, root, runtime, tmpdir)
+
+
+def predict_images(bundle: Path, paths: list[Path], *, top_k: int = 5) -> list[dict[str, Any]]:
+    """Load ``bundle`` and predict the image files (what ``edgecompress predict BUNDLE IMAGE...`` calls)."""
+    with load_bundle(bundle) as predictor:
+        return predictor.predict_images(paths, top_k=top_k)

@@ -1,0 +1,129 @@
+"""Recommend one artifact per device: the fastest that keeps accuracy and calibration within bounds."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from edgecompress.report.rows import artifact_name, device_name, failure, latency_table, num, throughput_at
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3g} ms"
+
+
+def recommend(
+    rows: list[dict[str, Any]],
+    *,
+    reference_accuracy: float,
+    max_accuracy_drop: float = 0.01,
+    max_ece: float | None = None,
+    by: Literal["auto", "throughput"] = "auto",
+) -> list[dict[str, Any]]:
+    """Per device, the fastest artifact whose accuracy and ECE meet the bounds, with the reason.
+
+    An artifact qualifies when ``accuracy >= reference_accuracy - max_accuracy_drop`` (fractions: 0.01 is one
+    percentage point) and, if ``max_ece`` is given, ``ece <= max_ece``; unmeasured accuracy (or ECE when bounded)
+    disqualifies. "Fastest" is the lowest p50 latency at the largest batch size that every qualifying artifact on the
+    device was measured at (``by="auto"``); when they share no batch size, or with ``by="throughput"``, the highest
+    throughput (at each artifact's largest batch). Failed runs (``ok: false``) never qualify. The reason says which
+    measure decided.
+
+    Args:
+        rows: device x artifact benchmark rows (see :mod:`edgecompress.report.rows`).
+        reference_accuracy: accuracy to compare against (usually the calibrated student or the FP32 artifact).
+        max_accuracy_drop: largest allowed accuracy drop, as a fraction.
+        max_ece: largest allowed expected calibration error, as a fraction; None for no bound.
+        by: "auto" (p50 at the largest common batch, else throughput) or "throughput".
+
+    Returns:
+        One dict per device, in order of first appearance: ``device``, ``artifact`` (None when nothing qualifies),
+        ``reason``, ``metric`` ("p50_ms" / "throughput" / None), ``value``, ``batch``.
+    """
+    floor = reference_accuracy - max_accuracy_drop
+    bounds = (
+        f"accuracy ≥ {100 * floor:.2f}% (reference {100 * reference_accuracy:.2f}% − {100 * max_accuracy_drop:.2f} pp)"
+    )
+    if max_ece is not None:
+        bounds += f", ECE ≤ {100 * max_ece:.2f}%"
+    devices = list(dict.fromkeys(device_name(r) for r in rows))
+    out = []
+    for device in devices:
+        drows = [r for r in rows if device_name(r) == device]
+        ok, rejected = [], []
+        for row in drows:
+            why = _disqualify(row, floor, max_ece)
+            if why:
+                rejected.append(f"{artifact_name(row)}: {why}")
+            else:
+                ok.append(row)
+        if not ok:
+            out.append(
+                {
+                    "device": device,
+                    "artifact": None,
+                    "reason": f"no artifact meets the bounds ({bounds}) — " + "; ".join(rejected),
+                    "metric": None,
+                    "value": None,
+                    "batch": None,
+                }
+            )
+            continue
+        out.append(_pick(device, ok, bounds, by))
+    return out
+
+
+def _disqualify(row: dict[str, Any], floor: float, max_ece: float | None) -> str | None:
+    acc, ece = num(row.get("accuracy")), num(row.get("ece"))
+    if failure(row):
+        return f"run failed ({failure(row)[:80]})"
+    if acc is None:
+        return "accuracy not measured"
+    if acc < floor:
+        return f"accuracy {100 * acc:.2f}% too low"
+    if max_ece is not None and ece is None:
+        return "ECE not measured"
+    if max_ece is not None and ece > max_ece:
+        return f"ECE {100 * ece:.2f}% too high"
+    if not latency_table(row) and throughput_at(row) is None:
+        return "speed not measured"
+    return None
+
+
+def _pick(device: str, ok: list[dict[str, Any]], bounds: str, by: str) -> dict[str, Any]:
+    common = set.intersection(*(set(latency_table(r)) for r in ok)) if by == "auto" else set()
+    if common:
+        batch = max(common)
+        ranked = sorted(ok, key=lambda r: latency_table(r)[batch]["p50"])
+        metric, value = "p50_ms", latency_table(ranked[0])[batch]["p50"]
+        speed = f"lowest p50 latency at batch {batch}: {_fmt_ms(value)}"
+        if len(ranked) > 1:
+            speed += f" (next: {artifact_name(ranked[1])} {_fmt_ms(latency_table(ranked[1])[batch]['p50'])})"
+    else:
+        with_tp = [r for r in ok if throughput_at(r) is not None]
+        if not with_tp:
+            return {
+                "device": device,
+                "artifact": None,
+                "reason": f"artifacts meet the bounds ({bounds}) but share no batch size and have no throughput "
+                "to compare",
+                "metric": None,
+                "value": None,
+                "batch": None,
+            }
+        ranked = sorted(with_tp, key=lambda r: -throughput_at(r))
+        batch, metric, value = None, "throughput", throughput_at(ranked[0])
+        speed = f"highest throughput: {value:.4g} samples/s"
+        if len(ranked) > 1:
+            speed += f" (next: {artifact_name(ranked[1])} {throughput_at(ranked[1]):.4g}/s)"
+    best = ranked[0]
+    acc, ece = num(best.get("accuracy")), num(best.get("ece"))
+    quality = f"accuracy {100 * acc:.2f}%" + (f", ECE {100 * ece:.2f}%" if ece is not None else ", ECE not measured")
+    reason = f"{speed} among {len(ok)} artifact(s) meeting {bounds}; {quality}"
+    return {
+        "device": device,
+        "artifact": artifact_name(best),
+        "reason": reason,
+        "metric": metric,
+        "value": value,
+        "batch": batch,
+    }

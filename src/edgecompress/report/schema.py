@@ -1,0 +1,133 @@
+"""The report's schema: ``report.json`` is ``Report.model_dump(mode="json")``.
+
+``ModelEntry``'s required fields (name, role, format, precision, params, macs, size_bytes, accuracy, ece, nll,
+brier, temperature, latency_ms, device) are a public contract read by other tools: they are always present in the
+JSON, ``null`` when not measured. Metrics are fractions (0.91, not 91 %); latencies are milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return str(obj)  # Path and other plain values
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LatencyStats(_Model):
+    """Latency percentiles in milliseconds for one batch size."""
+
+    p50: float
+    p90: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+class ModelEntry(_Model):
+    """One model of the run: a chain member (teacher / assistant / student) or an exported artifact."""
+
+    name: str
+    role: Literal["teacher", "assistant", "student", "artifact"]
+    format: str | None
+    precision: str | None
+    params: int | None
+    macs: int | None
+    size_bytes: int | None
+    accuracy: float | None
+    ece: float | None
+    nll: float | None
+    brier: float | None
+    temperature: float | None
+    latency_ms: dict[str, LatencyStats] = Field(default_factory=dict, description="Keyed by batch size ('1', '8').")
+    device: str | None
+    adaptive_ece: float | None = None
+    classwise_ece: float | None = None
+    mce: float | None = None
+    ece_before_ts: float | None = None
+    nll_before_ts: float | None = None
+    fidelity_agreement: float | None = Field(None, description="Top-1 agreement with the teacher (fraction).")
+    fidelity_kl: float | None = Field(None, description="Mean KL(teacher || model) on held-out data.")
+    parity_max_abs_diff: float | None = None
+    throughput: float | None = Field(None, description="Samples per second at the largest batch measured.")
+    energy_mj: float | None = Field(None, description="Energy per sample in millijoules, where measured.")
+    runtime: str | None = None
+    precision_used: str | None = Field(None, description="Precision the runtime actually ran (may differ).")
+    notes: list[str] = Field(default_factory=list)
+    reliability_png: str | None = Field(None, description="Reliability diagram, relative to the run folder.")
+    parent: str | None = Field(None, description="The model this one was distilled or exported from.")
+
+    @field_validator("latency_ms", mode="before")
+    @classmethod
+    def _str_keys(cls, value: Any) -> Any:
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _one_note(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class StageEntry(_Model):
+    """A pipeline stage's wall time and whether it was reused from the cache."""
+
+    name: str
+    seconds: float | None = None
+    cached: bool = False
+    output_dir: str | None = None
+
+
+class Recommendation(_Model):
+    """Which artifact to ship on a device, and why (``artifact`` is None when nothing met the bounds)."""
+
+    device: str
+    artifact: str | None
+    reason: str
+    metric: str | None = Field(None, description="What 'fastest' was judged by: p50_ms or throughput.")
+    value: float | None = None
+    batch: int | None = None
+
+
+class Report(_Model):
+    """Everything a run measured, for ``report.json`` / ``report.md`` / ``report.html``."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    created: str = Field(default_factory=_now)
+    config_hash: str | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(default_factory=list)
+    benchmarks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Device x artifact rows: device, artifact, format, precision, latency_ms {batch: stats}, "
+        "throughput, accuracy, ece, energy_mj.",
+    )
+    stages: list[StageEntry] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(default_factory=list)
+    figures: dict[str, str] = Field(default_factory=dict, description="Figure name -> PNG path relative to the run.")
+    warnings: list[str] = Field(default_factory=list)
+    datafree: dict[str, Any] | None = None
+
+    @field_validator("benchmarks", "environment", "datafree", mode="before")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        """Free-form parts become plain JSON (numpy scalars/arrays to lists, Paths to str, keys to str)."""
+        return None if value is None else json.loads(json.dumps(value, default=_json_default))

@@ -1,0 +1,179 @@
+"""Report: schema round trip, the three files, formatting of missing values, plots, recommendations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from edgecompress.report import ModelEntry, Report, recommend, write_report
+from edgecompress.report.plots import chain_size_plot, latency_accuracy_plot
+from edgecompress.report.render import fmt_bytes, fmt_count, fmt_ms, fmt_pct
+
+REQUIRED = ["name", "role", "format", "precision", "params", "macs", "size_bytes", "accuracy", "ece", "nll", "brier",
+            "temperature", "latency_ms", "device"]  # fmt: skip
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _entry(name: str, role: str, **kw) -> ModelEntry:
+    base = dict.fromkeys(REQUIRED[2:], None) | {"latency_ms": {}}
+    return ModelEntry(name=name, role=role, **(base | kw))
+
+
+def _rows() -> list[dict]:
+    def lat(*p50s: float) -> dict:
+        return {b: {"p50": p, "p90": 1.2 * p, "p99": 1.5 * p} for b, p in zip((1, 8), p50s, strict=False)}
+
+    return [
+        {"device": "x86", "artifact": "onnx_fp32", "format": "onnx", "precision": "fp32", "latency_ms": lat(2.0, 9.0),
+         "throughput": {1: 500.0, 8: 890.0}, "accuracy": 0.912, "ece": 0.021},
+        {"device": "x86", "artifact": "openvino_int8", "format": "openvino", "precision": "int8",
+         "latency_ms": lat(0.9, 4.0), "throughput": {1: 1100.0, 8: 2000.0}, "accuracy": 0.905, "ece": 0.030},
+        {"device": "x86", "artifact": "onnx_int8", "format": "onnx", "precision": "int8", "latency_ms": lat(0.5, 2.0),
+         "throughput": 4000.0, "accuracy": 0.85, "ece": 0.05},
+        {"device": "phone", "artifact": "onnx_int8", "format": "onnx", "precision": "int8", "latency_ms": lat(5.0),
+         "accuracy": 0.85, "ece": 0.05},
+        {"device": "phone", "artifact": "onnx_fp32", "format": "onnx", "precision": "fp32", "latency_ms": lat(11.0),
+         "accuracy": None, "ece": None, "energy_mj_per_inference": 3.2},
+        {"device": "phone", "artifact": "pte_fp32", "format": "executorch", "precision": "fp32", "latency_ms": None,
+         "throughput": None, "accuracy": None, "ece": None, "ok": False, "error": "adb: device offline"},
+    ]  # fmt: skip
+
+
+def _report() -> Report:
+    models = [
+        _entry("teacher", "teacher", params=11_200_000, macs=557_000_000, accuracy=0.93, ece=0.018, nll=0.25,
+               brier=0.11, temperature=1.6, ece_before_ts=0.061, nll_before_ts=0.31, size_bytes=44_800_000),
+        _entry("ta1", "assistant", params=2_000_000, macs=120_000_000, accuracy=0.921, ece=0.02, parent="teacher",
+               fidelity_agreement=0.95, fidelity_kl=0.081),
+        _entry("student", "student", params=300_000, macs=20_000_000, accuracy=0.912, parent="ta1",
+               notes="ECE not measured (no labelled val set)"),
+        _entry("onnx_fp32", "artifact", format="onnx", precision="fp32", accuracy=0.912, ece=0.021,
+               latency_ms={1: {"p50": 2.0, "p90": 2.4, "p99": 3.0}, "8": {"p50": 9.0}}, device="x86",
+               parity_max_abs_diff=3.1e-6, runtime="onnxruntime", size_bytes=1_200_000),
+    ]  # fmt: skip
+    rows = _rows()
+    recs = recommend(rows, reference_accuracy=0.912, max_accuracy_drop=0.01)
+    return Report(
+        name="demo",
+        config_hash="cafe",
+        environment={"python": "3.12", "cpu": {"cores": 2}},
+        models=models,
+        benchmarks=rows,
+        stages=[
+            {"name": "distill", "seconds": 12.5, "cached": False, "output_dir": "stages/distill-ab"},
+            {"name": "export", "seconds": 3.0, "cached": True},
+        ],  # fmt: skip
+        recommendations=recs,
+        warnings=["no GPU: TensorRT engines not built"],
+        datafree={"method": "fast", "images": 512},
+    )
+
+
+def test_write_report_three_files_and_round_trip(tmp_path: Path) -> None:
+    report = _report()
+    out = write_report(report, tmp_path)
+    for key in ("json", "md", "html", "latency_accuracy", "chain_size"):
+        assert out[key].is_file(), key
+    assert out["latency_accuracy"].read_bytes().startswith(PNG)
+
+    data = json.loads(out["json"].read_text())
+    back = Report.model_validate(data)
+    assert back.models == report.models and back.figures["latency_accuracy"] == "figures/latency_accuracy.png"
+    for entry in data["models"]:
+        assert all(k in entry for k in REQUIRED), entry
+    assert data["models"][3]["latency_ms"]["1"]["p50"] == 2.0
+    assert data["models"][2]["ece"] is None  # missing stays null, not 0
+
+    md = out["md"].read_text()
+    for title in ("## Models", "## Calibration before / after", "## Distillation chain and fidelity",
+                  "## Devices × artifacts", "## Recommendations", "## Stage times", "## Figures"):  # fmt: skip
+        assert title in md
+    assert "| Name | Role | Format | Precision | Params | MACs | Size | Accuracy | ECE | NLL | Brier | T |" in md
+    student = next(line for line in md.splitlines() if line.startswith("| student | student"))
+    assert "—" in student and "| 0.00%" not in student and "91.20%" in student
+    assert "ECE not measured (no labelled val set)" in md
+    assert "| teacher | 6.10% | 1.80% |" in md  # ECE before / after TS
+    assert "11.2M" in md and "557M" in md and "b1: 2.00, b8: 9.00" in md
+    assert "![latency accuracy](figures/latency_accuracy.png)" in md
+    assert "no GPU: TensorRT engines not built" in md
+    assert "| x86 | openvino_int8 | openvino | int8 | 8 | 4.00 | 4.80 | 6.00 | 2,000/s | 90.50% | 3.00% | — |  |" in md
+    assert "| phone | onnx_fp32 | onnx | fp32 | 1 | 11.0 | 13.2 | 16.5 | — | — | — | 3.20 |  |" in md
+    assert (
+        "| phone | pte_fp32 | executorch | fp32 | — | — | — | — | — | — | — | — | failed: adb: device offline |" in md
+    )
+
+    page = out["html"].read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page and "—" in page
+    assert 'src="figures/' not in page  # self-contained
+
+
+def test_benchmark_rows_with_numpy_values_serialize(tmp_path: Path) -> None:
+    import numpy as np
+
+    rows = [{"device": "x", "artifact": "a", "latency_ms": {1: {"p50": np.float32(1.5)}}, "accuracy": np.float32(0.9),
+             "path": tmp_path, "arr": np.arange(3)}]  # fmt: skip
+    out = write_report(Report(name="np", benchmarks=rows), tmp_path, plots=False)
+    data = json.loads(out["json"].read_text())
+    assert data["benchmarks"][0]["latency_ms"]["1"]["p50"] == 1.5 and data["benchmarks"][0]["arr"] == [0, 1, 2]
+    assert "| x | a | — | — | 1 | 1.50 |" in out["md"].read_text()
+
+
+def test_report_schema_forbids_extra_and_requires_contract_fields() -> None:
+    with pytest.raises(ValidationError):
+        ModelEntry(name="x", role="student")  # required public fields missing
+    with pytest.raises(ValidationError):
+        _entry("x", "student", surprise=1)
+    with pytest.raises(ValidationError):
+        _entry("x", "pupil")
+
+
+def test_formatting() -> None:
+    assert fmt_pct(0.91234) == "91.23%" and fmt_pct(None) == "—" and fmt_pct(float("nan")) == "—"
+    assert fmt_ms(0.012345) == "0.0123" and fmt_ms(12.345) == "12.3" and fmt_ms(1234.5) == "1,234"
+    assert fmt_ms(2) == "2.00" and fmt_ms(100) == "100" and fmt_ms(0.0) == "0.00" and fmt_ms(None) == "—"
+    assert fmt_count(1_234_567) == "1.23M" and fmt_bytes(2 << 20) == "2 MiB" and fmt_count(None) == "—"
+
+
+def test_recommend_picks_fastest_within_bounds() -> None:
+    recs = {r["device"]: r for r in recommend(_rows(), reference_accuracy=0.912, max_accuracy_drop=0.01)}
+    x86 = recs["x86"]
+    assert x86["artifact"] == "openvino_int8"  # onnx_int8 is faster but loses 6 pp
+    assert x86["metric"] == "p50_ms" and x86["batch"] == 8 and x86["value"] == 4.0
+    assert "batch 8" in x86["reason"] and "next: onnx_fp32" in x86["reason"]
+
+    phone = recs["phone"]
+    assert phone["artifact"] is None
+    assert "no artifact meets the bounds" in phone["reason"]
+    assert "onnx_int8: accuracy 85.00% too low" in phone["reason"]
+    assert "onnx_fp32: accuracy not measured" in phone["reason"]
+    assert "pte_fp32: run failed (adb: device offline)" in phone["reason"]
+
+
+def test_recommend_ece_bound_and_throughput_fallback() -> None:
+    rows = _rows()[:2]
+    recs = recommend(rows, reference_accuracy=0.912, max_ece=0.025)
+    assert recs[0]["artifact"] == "onnx_fp32" and "ECE ≤ 2.50%" in recs[0]["reason"]
+    rows[1] = {**rows[1], "latency_ms": {4: {"p50": 1.0}}}  # no batch in common with onnx_fp32
+    recs = recommend(rows, reference_accuracy=0.912)
+    assert recs[0]["metric"] == "throughput" and recs[0]["artifact"] == "openvino_int8"
+    assert "highest throughput" in recs[0]["reason"]
+    assert recommend(rows, reference_accuracy=0.912, by="throughput")[0]["metric"] == "throughput"
+
+
+def test_plots_written(tmp_path: Path) -> None:
+    p1 = latency_accuracy_plot(_rows(), tmp_path / "lat.png")
+    p2 = chain_size_plot(_report().models, tmp_path / "chain.png")
+    p3 = latency_accuracy_plot([{"device": "x", "artifact": "a"}], tmp_path / "empty.png")
+    for p in (p1, p2, p3):
+        assert p.read_bytes().startswith(PNG) and p.stat().st_size > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_empty_report(tmp_path: Path) -> None:
+    out = write_report(Report(name="empty"), tmp_path)
+    assert set(out) == {"json", "md", "html"}
+    md = out["md"].read_text()
+    assert "No models recorded." in md and "No device benchmarks in this run." in md
