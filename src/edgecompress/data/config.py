@@ -1,0 +1,109 @@
+"""The ``data:`` section of the config: which dataset, how it is split, how it is augmented (pydantic + stdlib only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgecompress._schema import StrictModel
+
+DatasetName = Literal["digits", "fashion-mnist", "npz", "folder", "none"]
+
+
+class AugmentConfig(StrictModel):
+    """Tensor-level training augmentation (no torchvision): random crop with zero padding, optional h-flip."""
+
+    crop_pad: int = Field(
+        2, ge=0, le=64, description="Zero padding (pixels) before a random crop back to size; 0 = off."
+    )
+    hflip: bool = Field(False, description="Random horizontal flip with p = 0.5 (off for digits/text-like data).")
+
+
+class DataConfig(StrictModel):
+    """Where the images come from and how train / val / calib / test are cut (seeded, stratified, disjoint)."""
+
+    dataset: DatasetName = Field(
+        description="digits (sklearn 8x8), fashion-mnist (IDX files), npz (arrays), folder (root/<class>/*.png), "
+        "none (data-free: no training data)."
+    )
+    path: Path | None = Field(
+        None,
+        description="fashion-mnist: folder with the IDX files; npz: the .npz file; folder: the image root; "
+        "none: optional small labelled .npz (x_val/y_val or x/y) for validation and test.",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of the training portion held out for validation."
+    )
+    calib_size: int = Field(
+        512,
+        ge=0,
+        description="Samples of the training portion held out (disjoint from train and val) for INT8 "
+        "calibration; 0 = no calib split.",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Held-out test fraction for datasets without an official test split."
+    )
+    max_train: int | None = Field(
+        None, ge=10, description="Stratified subsample of the training portion (before val/calib are cut), for speed."
+    )
+    max_test: int | None = Field(None, ge=1, description="Stratified subsample of the test split, for speed.")
+    image_size: tuple[int, int] | None = Field(
+        None, description="(H, W) that folder images are resized to; required when their sizes differ."
+    )
+    download: bool = Field(True, description="fashion-mnist: try the public download when no local copy is found.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
+    mean: list[float] | None = Field(
+        None, description="Per-channel normalization mean (after scaling to [0,1]); default: computed on train."
+    )
+    std: list[float] | None = Field(None, description="Per-channel normalization std; default: computed on train.")
+    input_shape: tuple[int, int, int] | None = Field(
+        None, description="dataset 'none' without a path: the teacher's input (C, H, W)."
+    )
+    num_classes: int | None = Field(None, ge=2, description="dataset 'none' without a path: the number of classes.")
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 1 or v[1] < 1):
+            raise ValueError(f"image_size must be two positive integers (H, W), got {v}")
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_shape(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError(f"input_shape must be three positive integers (C, H, W), got {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError(f"every std must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.dataset in ("npz", "folder") and self.path is None:
+            raise ValueError(f"dataset '{self.dataset}' needs data.path (the {self._path_kind()})")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both data.mean and data.std, or neither")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"data.mean has {len(self.mean)} values but data.std has {len(self.std)}")
+        if self.dataset == "none" and self.path is None and (self.input_shape is None or self.num_classes is None):
+            raise ValueError("dataset 'none' without data.path needs data.input_shape (C, H, W) and data.num_classes")
+        if self.dataset != "none" and (self.input_shape is not None or self.num_classes is not None):
+            raise ValueError("data.input_shape / data.num_classes are only for dataset 'none' (read from the data)")
+        if self.max_train is not None:
+            val = int(round(self.val_fraction * self.max_train))
+            if val + self.calib_size > self.max_train - val - self.calib_size:
+                raise ValueError(
+                    f"val ({val}) + calib_size ({self.calib_size}) would leave fewer training samples than that out "
+                    f"of max_train {self.max_train}; lower calib_size or val_fraction, or raise max_train"
+                )
+        return self
+
+    def _path_kind(self) -> str:
+        return {"npz": ".npz file", "folder": "image folder root"}.get(self.dataset, "data folder")

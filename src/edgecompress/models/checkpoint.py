@@ -1,0 +1,147 @@
+"""Save and load state dicts safely (``weights_only=True``), resizing pruned layers to the shapes in the file.
+
+A student cut by :func:`edgecompress.models.prune_to_ratio` has narrower Conv/BN/Linear layers than its family's
+default; it is saved as a plain state dict and rebuilt from the family spec + the file: :func:`load_state` first
+resizes those layers (parameters, buffers and their size attributes) to the file's shapes, then loads strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgecompress._io import atomic_path
+from edgecompress.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def save_state(model: nn.Module, path: str | Path) -> None:
+    """Write ``model.state_dict()`` to ``path`` atomically (temp file + rename)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict (raw, or under ``"state_dict"`` / ``"model"``) with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", "check the path (teacher.checkpoint)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path} was refused by torch.load(weights_only=True): it contains pickled code or objects, not only "
+            f"tensors ({first[:160]})",
+            "re-save it from trusted code with torch.save(model.state_dict(), path)",
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file, bad magic number
+        raise CheckpointError(
+            f"{path} is truncated or not a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:160]})",
+            "re-save it with torch.save(model.state_dict(), path)",
+        ) from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict", "save model.state_dict()")
+    state = dict(obj)
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor", "save model.state_dict() only")
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _fmt(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def _resize(model: nn.Module, state: dict[str, Any], path: Path) -> int:
+    """Resize Conv2d / BatchNorm / Linear modules whose tensors in ``state`` have other shapes; return how many."""
+    import torch
+    from torch import nn
+
+    resized = 0
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        tensors = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        differ = {
+            k: state[prefix + k].shape
+            for k, t in tensors.items()
+            if t is not None and prefix + k in state and state[prefix + k].shape != t.shape
+        }
+        if not differ:
+            continue
+        if not isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            k, shape = next(iter(differ.items()))
+            raise CheckpointError(
+                f"{path}: {prefix + k} has shape {tuple(shape)}, the model has {tuple(tensors[k].shape)} "
+                f"({type(module).__name__} cannot be resized)",
+                "build the model with the architecture the checkpoint was saved from",
+            )
+        for k, t in tensors.items():
+            if t is None or prefix + k not in state:
+                continue
+            new = torch.empty(state[prefix + k].shape, dtype=t.dtype, device=t.device)
+            if k in module._parameters:
+                module._parameters[k] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                module._buffers[k] = new
+        if isinstance(module, nn.Conv2d):
+            out_ch, in_per_group = module.weight.shape[:2]
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            module.groups = int(out_ch) if depthwise else module.groups
+            module.out_channels, module.in_channels = int(out_ch), int(in_per_group) * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = (int(v) for v in module.weight.shape)
+        else:
+            ref = module.running_mean if module.running_mean is not None else module.weight
+            module.num_features = int(ref.shape[0])
+        resized += 1
+    return resized
+
+
+def load_state(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load the state dict at ``path`` into ``model`` (resizing pruned layers to the file first); return ``model``.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file; pickled code refused by ``weights_only``; keys that do
+            not match the architecture (names the first few missing and unexpected ones).
+    """
+    path = Path(path)
+    state = read_state(path)
+    own = set(model.state_dict())
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        parts = [f"missing {_fmt(missing)}" if missing else "", f"unexpected {_fmt(unexpected)}" if unexpected else ""]
+        raise CheckpointError(
+            f"{path} does not match the model architecture: {'; '.join(p for p in parts if p)}",
+            "build the model with the family/params (or factory) the checkpoint was saved from",
+        )
+    n = _resize(model, state, path)
+    if n:
+        log.info("resized %d layers of the model to the (pruned) shapes in %s", n, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not fit the model: {str(exc).splitlines()[-1].strip()[:200]}",
+            "build the model with the architecture the checkpoint was saved from",
+        ) from None
+    return model

@@ -1,0 +1,37 @@
+"""Model specification: a built-in family with params, or a "package.module:function" factory (pydantic + stdlib)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from edgecompress._schema import StrictModel
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+class ModelSpec(StrictModel):
+    """An architecture: exactly one of ``family`` (built-in, see ``edgecompress.models.FAMILIES``) or ``factory``.
+
+    A factory is called as ``factory(num_classes=..., in_channels=..., **params)`` and must return an ``nn.Module``
+    returning logits ``[N, num_classes]``.
+    """
+
+    family: str | None = Field(None, description="Built-in family: cnn, resnet, mlp.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the family or factory.")
+    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.family is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.family (e.g. 'resnet') or model.factory ('pkg.mod:fn')")
+        if self.factory is not None and not _FACTORY_RE.match(self.factory):
+            raise ValueError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
+        return self
+
+    def describe(self) -> str:
+        """Short human-readable name, e.g. ``resnet(depth=20)``."""
+        args = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.family or self.factory}({args})"
