@@ -1,0 +1,244 @@
+"""Benchmark artifacts on devices: fan out over devices concurrently, one run at a time per device, one row per
+(device, artifact) with latency, throughput, accuracy and calibration measured on that device."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress._io import atomic_path
+from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
+from edgecompress.devices.profiles import load_profile
+from edgecompress.devices.transports import AgentJob, make_transport, with_retries
+from edgecompress.errors import DeviceError, EdgeCompressError
+
+log = logging.getLogger(__name__)
+
+# artifact precision -> OpenVINO inference precision hint, so an "fp32" IR is measured at fp32 and not at the bf16
+# a CPU with AMX would silently pick; the precision actually used is read back and reported either way.
+_OV_HINT = {"fp32": "f32", "fp16": "f16"}
+
+
+def _get(artifact: Any, key: str, default: Any = None) -> Any:
+    if isinstance(artifact, dict):
+        return artifact.get(key, default)
+    return getattr(artifact, key, default)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "x"
+
+
+def _resolve_devices(devices: Iterable[str | Path | DeviceProfile], cfg: BenchmarkConfig) -> list[DeviceProfile]:
+    profiles = [d if isinstance(d, DeviceProfile) else load_profile(d, [cfg.profiles_dir]) for d in devices]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise DeviceError(f"device names repeat: {names}", "give each device profile a distinct name")
+    return profiles
+
+
+def write_eval_file(eval_x: np.ndarray, eval_y: np.ndarray, path: Path, *, limit: int) -> Path:
+    """Write the evaluation subset shipped to devices (first ``limit`` samples) as ``.npz`` with ``x`` and ``y``."""
+    x = np.ascontiguousarray(eval_x[:limit], dtype=np.float32)
+    y = np.ascontiguousarray(eval_y[:limit], dtype=np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, x=x, y=y)
+    return path
+
+
+def _agent_args(artifact: Any, profile: DeviceProfile, cfg: BenchmarkConfig) -> tuple[tuple[str, ...], int | None]:
+    threads = profile.threads or cfg.threads
+    args = ["--batch-sizes", ",".join(str(b) for b in cfg.batch_sizes), "--warmup", str(cfg.warmup_iters)]
+    args += ["--min-time", f"{cfg.min_time_s:g}", "--min-iters", str(cfg.min_iters)]
+    args += ["--max-iters", str(cfg.max_iters), "--repeats", str(cfg.repeats)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if cfg.power if cfg.power is not None else profile.power:
+        args.append("--power")
+    runtime, precision = _get(artifact, "runtime"), str(_get(artifact, "precision", ""))
+    if runtime == "openvino" and precision in _OV_HINT:
+        args += ["--precision", _OV_HINT[precision]]
+    return tuple(args), threads
+
+
+def _host_metrics(artifact: Any, eval_x: np.ndarray, eval_y: np.ndarray) -> dict[str, Any] | None:
+    """Accuracy/calibration through the host's runtime, for devices that cannot run the agent (phones)."""
+    from edgecompress.devices.agent import evaluate
+    from edgecompress.devices.runtimes import get_runtime
+
+    try:
+        rt = get_runtime(_get(artifact, "runtime"))
+        rt.load(Path(_get(artifact, "model_file")))
+        return evaluate(rt, eval_x, eval_y)[0]
+    except EdgeCompressError as exc:
+        log.warning("host evaluation of %s failed: %s", _get(artifact, "name"), exc)
+        return None
+
+
+def _full_metrics(logits_file: str | None, eval_y: np.ndarray) -> dict[str, float] | None:
+    """All calibration metrics recomputed on the host from the device's logits (when calibration is available)."""
+    if not logits_file or not Path(logits_file).is_file():
+        return None
+    try:
+        from edgecompress.calibration import compute_metrics
+    except ImportError:
+        return None
+    logits = np.load(logits_file, allow_pickle=False)
+    return compute_metrics(logits, eval_y[: len(logits)])
+
+
+def _row(artifact: Any, profile: DeviceProfile, outcome: Any, eval_y: np.ndarray | None) -> dict[str, Any]:
+    res = outcome.result
+    metrics = res.get("metrics") or {}
+    info = res.get("info") or {}
+    row: dict[str, Any] = {
+        "device": profile.name,
+        "transport": profile.transport,
+        "artifact": _get(artifact, "name"),
+        "format": _get(artifact, "format"),
+        "precision": _get(artifact, "precision"),
+        "runtime": _get(artifact, "runtime"),
+        "inference_precision": info.get("precision"),
+        "latency_ms": {int(b): v for b, v in (res.get("latency_ms") or {}).items()},
+        "throughput": {int(b): v for b, v in (res.get("throughput") or {}).items()},
+        "accuracy": metrics.get("accuracy"),
+        "ece": metrics.get("ece"),
+        "nll": metrics.get("nll"),
+        "brier": metrics.get("brier"),
+        "eval_samples": metrics.get("n"),
+        "calibration_measured_on": res.get("calibration_measured_on", "device" if metrics else None),
+        "energy_mj_per_inference": res.get("energy_mj_per_inference"),
+        "peak_rss_mb": res.get("peak_rss_mb"),
+        "env": res.get("env"),
+        "info": info,
+        "ok": bool(res.get("ok")),
+        "error": res.get("error"),
+        "errors": res.get("errors") or [],
+        "stderr_tail": res.get("stderr_tail"),
+        "attempts": outcome.attempts,
+        "failures": outcome.failures,
+    }
+    if eval_y is not None:
+        row["metrics_full"] = _full_metrics(res.get("logits_file"), eval_y)
+    return row
+
+
+def _run_device(
+    profile: DeviceProfile,
+    artifacts: Sequence[Any],
+    *,
+    eval_file: Path | None,
+    eval_x: np.ndarray | None,
+    eval_y: np.ndarray | None,
+    cfg: BenchmarkConfig,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """All accepted artifacts on one device, sequentially (one run at a time per device)."""
+    options = {"iterations": max(cfg.min_iters * cfg.repeats, 20)} if profile.transport == "adb" else {}
+    rows = []
+    try:
+        transport = make_transport(profile, **options)
+    except EdgeCompressError as exc:
+        return [_error_row(a, profile, str(exc)) for a in artifacts]
+    for artifact in artifacts:
+        args, threads = _agent_args(artifact, profile, cfg)
+        model_file = Path(_get(artifact, "model_file"))
+        files = tuple(Path(f) for f in (_get(artifact, "files") or [model_file]))
+        job = AgentJob(
+            model_file=model_file,
+            files=files if model_file in files else (model_file, *files),
+            runtime=_get(artifact, "runtime"),
+            eval_file=eval_file,
+            agent_args=args,
+            save_logits=cfg.save_logits and eval_file is not None,
+            batch_sizes=tuple(cfg.batch_sizes),
+            threads=threads,
+        )
+        local_dir = workdir / _safe(profile.name) / _safe(str(_get(artifact, "name")))
+        what = f"{_get(artifact, 'name')} on {profile.name}"
+        log.info("benchmarking %s", what)
+        outcome = with_retries(
+            lambda job=job, local_dir=local_dir: transport.run(job, local_dir=local_dir, timeout_s=cfg.timeout_s),
+            retries=cfg.retries,
+            backoff_s=cfg.backoff_s,
+            what=what,
+        )
+        if outcome.result.get("calibration_measured_on") == "host runtime" and eval_x is not None:
+            outcome.result["metrics"] = _host_metrics(artifact, eval_x, eval_y)
+        rows.append(_row(artifact, profile, outcome, eval_y))
+    return rows
+
+
+def _error_row(artifact: Any, profile: DeviceProfile, error: str) -> dict[str, Any]:
+    keys = ("latency_ms", "throughput", "accuracy", "ece", "nll", "brier", "energy_mj_per_inference", "env")
+    row = {"device": profile.name, "transport": profile.transport, "artifact": _get(artifact, "name")}
+    row |= {"format": _get(artifact, "format"), "precision": _get(artifact, "precision")}
+    row |= {"runtime": _get(artifact, "runtime"), **dict.fromkeys(keys)}
+    return row | {"ok": False, "error": error, "attempts": 0, "failures": []}
+
+
+def benchmark_artifacts(
+    artifacts: Sequence[Any],
+    devices: Iterable[str | Path | DeviceProfile],
+    *,
+    eval_x: np.ndarray | None,
+    eval_y: np.ndarray | None,
+    cfg: BenchmarkConfig,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """Benchmark each artifact on each device that accepts it (see :meth:`DeviceProfile.accepts`).
+
+    Devices run concurrently (a thread each); on a device, artifacts run one after another so runs never compete
+    for the same CPU/GPU. A failed run is a row with ``ok: false``, ``error`` and the per-attempt ``failures``; it
+    never stops the other rows.
+
+    Args:
+        artifacts: objects or dicts with ``name``, ``format``, ``precision``, ``model_file``, ``files``, ``runtime``.
+        devices: profile names, profile YAML paths or :class:`DeviceProfile` objects.
+        eval_x: evaluation images (float32 NCHW, normalized); the first ``cfg.eval_samples`` are shipped.
+        eval_y: their labels (int64).
+        cfg: the benchmark section.
+        workdir: where results, logits and the shipped evaluation file are kept.
+
+    Returns:
+        One row per (device, accepted artifact), in device order then artifact order.
+    """
+    workdir = Path(workdir)
+    profiles = _resolve_devices(devices, cfg)
+    eval_file = None
+    if eval_x is not None and eval_y is not None:
+        eval_file = write_eval_file(eval_x, eval_y, workdir / "eval.npz", limit=cfg.eval_samples)
+        eval_x, eval_y = eval_x[: cfg.eval_samples], eval_y[: cfg.eval_samples]
+    plan: dict[str, list[Any]] = {}
+    for profile in profiles:
+        plan[profile.name] = [
+            a
+            for a in artifacts
+            if profile.accepts(str(_get(a, "format")), str(_get(a, "precision")), _get(a, "runtime"))
+        ]
+        skipped = len(artifacts) - len(plan[profile.name])
+        if skipped:
+            log.info("device %s does not accept %d artifact(s); skipped", profile.name, skipped)
+    if not profiles:
+        return []
+    with ThreadPoolExecutor(max_workers=len(profiles), thread_name_prefix="device") as pool:
+        futures = [
+            pool.submit(
+                _run_device,
+                p,
+                plan[p.name],
+                eval_file=eval_file,
+                eval_x=eval_x,
+                eval_y=eval_y,
+                cfg=cfg,
+                workdir=workdir,
+            )
+            for p in profiles
+        ]
+        return [row for f in futures for row in f.result()]

@@ -1,0 +1,70 @@
+"""Device profiles: built-in YAML files shipped with the package, plus user directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edgecompress.devices.config import DeviceProfile
+from edgecompress.errors import DeviceError
+
+BUILTIN_DIR = Path(__file__).with_name("profiles")
+
+
+def _dirs(extra_dirs: Iterable[Path | str | None] = ()) -> list[Path]:
+    # user directories first, so a user profile named like a built-in one replaces it
+    return [Path(d).expanduser() for d in extra_dirs if d] + [BUILTIN_DIR]
+
+
+def list_profiles(extra_dirs: Iterable[Path | str | None] = ()) -> dict[str, Path]:
+    """Known profile names -> their YAML file (user directories take precedence over built-ins)."""
+    found: dict[str, Path] = {}
+    for d in _dirs(extra_dirs):
+        if d.is_dir():
+            for f in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def _read(path: Path) -> DeviceProfile:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DeviceError(f"cannot read device profile {path}: {exc}", "fix the YAML file") from exc
+    if not isinstance(data, dict):
+        raise DeviceError(f"device profile {path} is not a mapping", "write 'name: ...', 'transport: ...' keys")
+    data.setdefault("name", path.stem)
+    try:
+        return DeviceProfile(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "profile"
+        raise DeviceError(
+            f"device profile {path.name}: {where}: {first['msg']} (got {first.get('input')!r})",
+            "fix that field; see the built-in profiles in edgecompress/devices/profiles/",
+        ) from exc
+
+
+def load_profile(name_or_path: str | Path, extra_dirs: Iterable[Path | str | None] = ()) -> DeviceProfile:
+    """Load a profile by name (user dirs, then built-ins) or from a YAML path.
+
+    Raises:
+        DeviceError: unknown name (the message lists the known ones) or an invalid profile file.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise DeviceError(f"device profile file not found: {path}", "check the path")
+        return _read(path)
+    known = list_profiles(extra_dirs)
+    if text not in known:
+        raise DeviceError(
+            f"unknown device profile '{text}'; known: {', '.join(sorted(known))}",
+            "use one of those names, a path to a profile YAML, or add <name>.yaml to benchmark.profiles_dir",
+        )
+    return _read(known[text])
