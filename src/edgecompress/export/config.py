@@ -1,0 +1,75 @@
+"""Export configuration (pydantic + stdlib only, so ``edgecompress.config`` stays light)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from edgecompress._schema import StrictModel
+from edgecompress.errors import ConfigError
+from edgecompress.export.formats import parse_formats
+
+CalibrationMethod = Literal["minmax", "entropy", "percentile", "auto"]
+
+
+class ExportConfig(StrictModel):
+    """The ``export:`` section: which artifacts to write and how to quantize them."""
+
+    formats: list[str] | Literal["all"] = Field(
+        default=["onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:int8"],
+        description="'format:precision' items (see edgecompress.export.formats.FORMATS) or 'all'",
+    )
+    int8_calibration: CalibrationMethod = Field(
+        default="auto",
+        description="activation range method for INT8; 'auto' quantizes with each and keeps the best on val "
+        "(accuracy first, ECE second)",
+    )
+    calib_samples: int = Field(default=512, ge=1, le=100_000, description="calibration samples for INT8")
+    keep_head_float: Literal["auto"] | bool = Field(
+        default="auto",
+        description="keep the final Gemm/MatMul (classifier head) in float; 'auto' does so only when it protects "
+        "accuracy",
+    )
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="largest allowed INT8 top-1 drop vs FP32 (fraction, 0.01 = 1 pt)"
+    )
+    opset: int = Field(default=18, ge=13, le=23, description="ONNX opset")
+    simplify: bool = Field(default=True, description="simplify ONNX with onnxslim when outputs stay equal")
+    dynamic_batch: bool = Field(default=True, description="export with a dynamic batch axis named 'batch'")
+    max_batch: int = Field(default=64, ge=1, le=4096, description="largest batch (TensorRT profiles, ExecuTorch)")
+    output_probabilities: bool = Field(
+        default=False, description="append softmax so the graph outputs 'probabilities' instead of 'logits'"
+    )
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _check_formats(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() != "all":
+            value = [value]
+        if isinstance(value, str):
+            return "all"
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError("formats must be 'all' or a non-empty list of 'format:precision' strings")
+        try:
+            pairs = parse_formats(list(value))
+        except ConfigError as exc:  # pydantic wraps ValueError with the field path
+            raise ValueError(f"{exc.problem}: {exc.fix}") from None
+        return [f"{name}:{precision}" for name, precision in pairs]
+
+    def format_pairs(self) -> list[tuple[str, str]]:
+        """The validated ``(format, precision)`` pairs, ``"all"`` expanded."""
+        return parse_formats(self.formats)
+
+
+def load_export_config(data: dict | None) -> ExportConfig:
+    """Validate a plain dict into :class:`ExportConfig`, turning pydantic errors into one-line ConfigErrors."""
+    from pydantic import ValidationError
+
+    try:
+        return ExportConfig.model_validate(data or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = "export." + ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {msg}", "fix this value in the export section of the config") from None
