@@ -1,0 +1,161 @@
+"""KD epoch time: edgecompress's trainer vs a naive loop, measured side by side in one run.
+
+Naive loop: the teacher runs forward on every step with autograd on (no ``inference_mode``/``no_grad``), the way
+many KD scripts do. Trainer: ``edgecompress.distill.train_model`` — without augmentation the teacher's logits are
+computed once per sample (one batched ``inference_mode`` pass) and reused every epoch; with augmentation the teacher
+runs per step under ``inference_mode``. Wall and CPU time are both printed (CPU time of this process is the
+fair figure on a loaded machine; with ``--threads 1`` it equals the work done). The trainer's wall time includes
+everything it does (teacher cache, per-epoch val evaluation, atomic checkpoints); the naive loop does no evaluation
+and writes nothing.
+
+Data: real Fashion-MNIST (a subset) from /usr/share/datasets/fashion-mnist when ``edgecompress.data`` can read it,
+else random tensors of the same shape (1x28x28, 10 classes); the run says which.
+
+    python benchmarks/kd_throughput.py --samples 2000 --epochs 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.distill.config import LossConfig, TrainConfig
+from edgecompress.distill.losses import KDLoss
+from edgecompress.distill.trainer import epoch_batches, key_seed, lr_at, train_model
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def conv_net(channels: list[int], num_classes: int = 10) -> nn.Module:
+    layers: list[nn.Module] = []
+    cin = 1
+    for i, c in enumerate(channels):
+        layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        if i % 2 == 1:
+            layers.append(nn.MaxPool2d(2))
+        cin = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+def load_data(samples: int) -> tuple[NS, str]:
+    try:
+        from edgecompress.data.fashion import load_fashion_mnist
+
+        x_tr, y_tr, x_te, y_te = load_fashion_mnist(FASHION, allow_download=False)
+        source = f"Fashion-MNIST ({FASHION}), first {samples} train / 1000 test images as val"
+    except Exception as exc:  # noqa: BLE001 - fall back to random data of the same shape, and say so
+        g = np.random.default_rng(0)
+        x_tr = g.integers(0, 256, (samples, 28, 28), dtype=np.uint8)
+        y_tr = g.integers(0, 10, samples)
+        x_te, y_te = x_tr[:1000], y_tr[:1000]
+        source = f"RANDOM tensors shaped like Fashion-MNIST (edgecompress.data unavailable: {exc})"
+
+    def prep(x: np.ndarray) -> np.ndarray:
+        return ((x[:, None].astype(np.float32) / 255.0 - 0.286) / 0.353).astype(np.float32)
+
+    train = NS(x=prep(x_tr[:samples]), y=np.asarray(y_tr[:samples], dtype=np.int64))
+    val = NS(x=prep(x_te[:1000]), y=np.asarray(y_te[:1000], dtype=np.int64))
+    return NS(train=train, val=val), source
+
+
+def naive_kd(student: nn.Module, teacher: nn.Module, splits: NS, cfg: TrainConfig, loss: LossConfig, aug) -> None:
+    """Plain loop: teacher forward with autograd on every step; same batches, schedule and loss as the trainer."""
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    kd = KDLoss(loss.temperature, loss.alpha)
+    teacher.eval()
+    n_steps = len(epoch_batches(len(x), cfg, 0, 0))
+    for epoch in range(cfg.epochs):
+        student.train()
+        gen = torch.Generator().manual_seed(key_seed(0, "augment", epoch, 0))
+        for s, idx in enumerate(epoch_batches(len(x), cfg, 0, epoch)):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * n_steps + s, cfg, n_steps)
+            xb = x[idx] if aug is None else aug(x[idx], gen)
+            zt = teacher(xb)  # autograd on: builds a graph nobody uses
+            out = kd(student(xb), zt.detach(), y[idx])
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=6000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    splits, source = load_data(args.samples)
+    torch.manual_seed(0)
+    teacher = conv_net([32, 64, 128, 128])
+    student = conv_net([8, 16])
+    loss = LossConfig(kind="kd", temperature=4.0, alpha=0.9)
+    print(f"data: {source}")
+    print(f"torch {torch.__version__}, threads {args.threads}, batch {args.batch_size}, epochs {args.epochs}")
+    print(
+        f"teacher params {sum(p.numel() for p in teacher.parameters())}, "
+        f"student params {sum(p.numel() for p in student.parameters())}"
+    )
+    from edgecompress.data.config import AugmentConfig
+
+    warm = torch.from_numpy(splits.train.x[: args.batch_size])
+    for _ in range(3):  # warm up kernels and thread pools before anything is timed
+        teacher(warm).sum().backward()
+        student(warm).sum().backward()
+    teacher.zero_grad(set_to_none=True)
+    student.zero_grad(set_to_none=True)
+    rows = []
+    for augment in (False, True):
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, augment=augment)
+        aug_cfg = AugmentConfig(crop_pad=2, hflip=False) if augment else None
+        from edgecompress.distill.trainer import _make_augment
+
+        aug = _make_augment(aug_cfg) if augment else None
+        init = {k: v.clone() for k, v in student.state_dict().items()}
+        naive_s = conv_net([8, 16])
+        naive_s.load_state_dict(init)
+        w0, c0 = time.perf_counter(), time.process_time()
+        naive_kd(naive_s, teacher, splits, cfg, loss, aug)
+        t_naive = (time.perf_counter() - w0, time.process_time() - c0)
+        ours = conv_net([8, 16])
+        ours.load_state_dict(init)
+        with tempfile.TemporaryDirectory() as tmp:
+            w0, c0 = time.perf_counter(), time.process_time()
+            res = train_model(
+                ours,
+                splits,
+                cfg,
+                workdir=Path(tmp),
+                seed=0,
+                teacher=teacher,
+                loss=loss,
+                augment_cfg=aug_cfg,
+                progress=False,
+                device="cpu",
+            )
+            t_ours = (time.perf_counter() - w0, time.process_time() - c0)
+        rows.append((augment, t_naive, t_ours, res.best_val_accuracy))
+    print("seconds per epoch (wall = elapsed; cpu = this process's CPU time, robust to other load on the machine)")
+    print(
+        f"{'augment':>8} {'naive wall':>11} {'ours wall':>10} {'x wall':>7} {'naive cpu':>10} {'ours cpu':>9} "
+        f"{'x cpu':>6} {'ours val acc':>13}"
+    )
+    e = args.epochs
+    for augment, (nw, nc), (ow, oc), acc in rows:
+        print(
+            f"{augment!s:>8} {nw / e:11.3f} {ow / e:10.3f} {nw / ow:6.2f}x {nc / e:10.3f} {oc / e:9.3f} "
+            f"{nc / oc:5.2f}x {acc:13.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The teacher → assistants → student chain (TAKD, Mirzadeh et al., AAAI 2020, arXiv 1902.03393).
+
+The chain is a list of hops, not a class hierarchy: hop i trains member i by distillation from member i − 1
+(the teacher for i = 0). Before a model teaches it is temperature-scaled on val (Guo et al., 2017) and teaches with
+z / T — calibrated teachers distill better. Every member is reported with accuracy, ECE before/after scaling, NLL,
+Brier (test) and fidelity (Stanton et al., 2021: top-1 agreement and mean KL(p_teacher ‖ p_member) on test) against
+the original teacher and against its own teacher, both as they taught (z / T). Each hop trains in its own subfolder
+of ``workdir``; a finished hop is loaded, not retrained (see ``train_model``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edgecompress._io import atomic_write_json
+from edgecompress.distill.config import DistillConfig
+from edgecompress.distill.evaluate import (
+    LogitEnsemble,
+    TemperatureScaled,
+    compute_metrics,
+    fidelity,
+    fit_ensemble_weights,
+    fit_temperature,
+    predict_logits,
+)
+from edgecompress.distill.trainer import key_seed, train_model
+from edgecompress.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ChainMember = tuple[str, nn.Module]
+TA_PER_GAP = 4.5  # one assistant per ~4.5x of MAC ratio between neighbours
+
+
+@dataclass
+class MemberRecord:
+    """One model of the chain. Metrics are fractions on the test split unless prefixed ``val_``."""
+
+    name: str
+    role: str  # teacher / assistant / student
+    teacher: str | None = None  # the model it was distilled from
+    temperature: float = 1.0  # fitted on val; the model teaches with z / temperature
+    accuracy: float | None = None
+    val_accuracy: float | None = None
+    nll: float | None = None
+    brier: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+    val_ece_before: float | None = None
+    val_ece_after: float | None = None
+    fidelity_agreement: float | None = None  # vs the original teacher
+    fidelity_kl: float | None = None
+    teacher_agreement: float | None = None  # vs its own teacher
+    teacher_kl: float | None = None
+    params: int = 0
+    macs: int | None = None
+    seconds: float | None = None
+    best_epoch: int | None = None
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record without the model."""
+        d = asdict(self)
+        d.pop("model")
+        return d
+
+
+@dataclass
+class ChainResult:
+    """Per-member records, teacher first and student last."""
+
+    members: list[MemberRecord]
+    ensemble_weights: list[float] | None = None
+
+    @property
+    def student(self) -> MemberRecord:
+        return self.members[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form without the models."""
+        return {"members": [m.to_dict() for m in self.members], "ensemble_weights": self.ensemble_weights}
+
+    to_json = to_dict
+
+
+def plan_assistant_ratios(student_ratio: float, n: int | None = None) -> list[float]:
+    """MAC ratios of the assistants, geometrically spaced between the teacher (1.0) and the student, largest first.
+
+    Args:
+        student_ratio: the student's MACs relative to the teacher, in (0, 1].
+        n: number of assistants; None picks one per ~4.5x of MAC gap (round(log(1/r) / log 4.5) − 1, at least 0),
+            following TAKD's finding that mid-sized assistants close a large gap.
+    """
+    if not 0 < student_ratio <= 1:
+        raise ConfigError(f"student MAC ratio {student_ratio} is outside (0, 1]", "give the student's MACs / teacher's")
+    if n is None:
+        n = max(0, round(math.log(1 / student_ratio) / math.log(TA_PER_GAP)) - 1)
+    if n < 0:
+        raise ConfigError(f"n_assistants={n} is negative", "give 0 or more")
+    return [student_ratio ** (i / (n + 1)) for i in range(1, n + 1)]
+
+
+def _count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    try:
+        from edgecompress.models import count_macs
+    except ImportError:
+        return None
+    return int(count_macs(model, tuple(input_shape)))
+
+
+def _labels(splits: Any, name: str) -> Tensor | None:
+    split = getattr(splits, name, None)
+    return None if split is None else torch.from_numpy(np.asarray(split.y, dtype=np.int64))
+
+
+@dataclass
+class _Evaluated:
+    model: nn.Module
+    val: Tensor  # raw logits
+    test: Tensor | None
+    temperature: float = 1.0
+
+
+def _evaluate(model: nn.Module, splits: Any) -> _Evaluated:
+    test = getattr(splits, "test", None)
+    return _Evaluated(
+        model=model,
+        val=predict_logits(model, splits.val.x),
+        test=None if test is None else predict_logits(model, test.x),
+    )
+
+
+def _record(rec: MemberRecord, ev: _Evaluated, splits: Any, calibrate: bool) -> None:
+    y_val, y_test = _labels(splits, "val"), _labels(splits, "test")
+    ev.temperature = fit_temperature(ev.val, y_val) if calibrate else 1.0
+    rec.temperature = ev.temperature
+    mv, mv_after = compute_metrics(ev.val, y_val), compute_metrics(ev.val / ev.temperature, y_val)
+    rec.val_accuracy, rec.val_ece_before, rec.val_ece_after = mv["accuracy"], mv["ece"], mv_after["ece"]
+    if ev.test is not None and y_test is not None:
+        mt, mt_after = compute_metrics(ev.test, y_test), compute_metrics(ev.test / ev.temperature, y_test)
+        rec.accuracy, rec.nll, rec.brier = mt["accuracy"], mt["nll"], mt["brier"]
+        rec.ece_before, rec.ece_after = mt["ece"], mt_after["ece"]
+    rec.params = sum(p.numel() for p in ev.model.parameters())
+    rec.macs = _count_macs(ev.model, tuple(splits.val.x.shape[1:]))
+
+
+def _teaching(ev: _Evaluated, calibrate: bool) -> tuple[nn.Module, Tensor | None, Tensor]:
+    """The module that teaches (z / T when calibrating) and its cached test/val logits."""
+    if not calibrate:
+        return ev.model, ev.test, ev.val
+    t = ev.temperature
+    return TemperatureScaled(ev.model, t), None if ev.test is None else ev.test / t, ev.val / t
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "member"
+
+
+def _as_member(m: Any) -> ChainMember:
+    if isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], nn.Module):
+        return str(m[0]), m[1]
+    if isinstance(getattr(m, "model", None), nn.Module):
+        return str(getattr(m, "name", "member")), m.model
+    raise ConfigError(f"chain member {m!r} is not (name, nn.Module)", "pass a list of (name, model) tuples")
+
+
+def distill_chain(
+    teacher: nn.Module,
+    members: Sequence[ChainMember],
+    splits: Any,
+    cfg: DistillConfig,
+    *,
+    workdir: Path,
+    seed: int,
+    progress: bool = True,
+    augment_cfg: Any = None,
+    device: str | torch.device | None = None,
+) -> ChainResult:
+    """Distill ``teacher`` → members[0] → … → members[-1] (the student), one KD hop at a time.
+
+    Args:
+        teacher: the trained teacher.
+        members: (name, untrained model) pairs, assistants largest first, the student last.
+        splits: ``train``/``val`` (and ``test`` for the reported metrics) with ``x``/``y`` arrays.
+        cfg: the chain config; ``cfg.train`` and ``cfg.loss`` apply to every hop.
+        workdir: one subfolder per hop (resumable); ``chain.json`` holds the records.
+        seed: base seed; each hop trains with a seed keyed by its position.
+        progress: progress bars in a terminal.
+        augment_cfg: passed to ``train_model``.
+        device: passed to ``train_model``.
+    """
+    workdir = Path(workdir)
+    members = [_as_member(m) for m in members]
+    if not members:
+        raise ConfigError("the chain has no members", "give at least the student")
+    if getattr(splits, "val", None) is None:
+        raise DataError("distill_chain needs a val split (temperature, selection)", "give data with a val split")
+    loss = cfg.loss
+    if cfg.teacher_label_smoothing and loss.temperature > 1:
+        log.warning(
+            "the teacher was trained with label smoothing: distilling at T=1 instead of T=%g (Müller et al., 2019)",
+            loss.temperature,
+        )
+        loss = loss.model_copy(update={"temperature": 1.0})
+    calibrate = cfg.calibrate_teachers
+
+    t_ev = _evaluate(teacher, splits)
+    t_rec = MemberRecord(name="teacher", role="teacher", model=teacher)
+    _record(t_rec, t_ev, splits, calibrate)
+    records, assistants = [t_rec], []
+    _, ref_test, _ = _teaching(t_ev, calibrate)  # the original teacher as it taught
+    current, weights = (t_rec.name, t_ev), None
+    for i, (name, model) in enumerate(members):
+        role = "student" if i == len(members) - 1 else "assistant"
+        if role == "student" and cfg.ensemble and len(assistants) >= 1:
+            teach_parts = [_teaching(ev, calibrate) for _, ev in assistants]
+            weights = fit_ensemble_weights([val for _, _, val in teach_parts], _labels(splits, "val"))
+            teach: nn.Module = LogitEnsemble([m for m, _, _ in teach_parts], weights)
+            tests = [tst for _, tst, _ in teach_parts]
+            teach_test = None if tests[0] is None else sum(w * z for w, z in zip(weights, tests, strict=True))
+            teach_name = "ensemble(" + ",".join(n for n, _ in assistants) + ")"
+            log.info("student learns from %s with weights %s (fitted on val)", teach_name, weights)
+        else:
+            teach, teach_test, _ = _teaching(current[1], calibrate)
+            teach_name = current[0]
+        hop_dir = workdir / f"{i + 1:02d}-{_safe(name)}"
+        started = time.perf_counter()
+        res = train_model(
+            model,
+            splits,
+            cfg.train,
+            workdir=hop_dir,
+            seed=key_seed(seed, "hop", i),
+            teacher=teach,
+            loss=loss,
+            augment_cfg=augment_cfg,
+            progress=progress,
+            device=device,
+        )
+        ev = _evaluate(res.model, splits)
+        rec = MemberRecord(name=name, role=role, teacher=teach_name, model=res.model, best_epoch=res.best_epoch)
+        _record(rec, ev, splits, calibrate)
+        rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started
+        if ev.test is not None and ref_test is not None:
+            f0, f1 = fidelity(ev.test, ref_test), fidelity(ev.test, teach_test)
+            rec.fidelity_agreement, rec.fidelity_kl = f0["agreement"], f0["kl"]
+            rec.teacher_agreement, rec.teacher_kl = f1["agreement"], f1["kl"]
+        atomic_write_json(hop_dir / "record.json", rec.to_dict())
+        log.info("hop %d %s: val_acc %.4f test_acc %s", i + 1, name, rec.val_accuracy, rec.accuracy)
+        records.append(rec)
+        if role == "assistant":
+            assistants.append((name, ev))
+        current = (name, ev)
+    result = ChainResult(members=records, ensemble_weights=weights)
+    atomic_write_json(workdir / "chain.json", result.to_dict())
+    return result
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search_assistant`: the best assistant MAC ratio and every candidate's scores."""
+
+    best_ratio: float
+    candidates: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_assistant(
+    teacher: nn.Module,
+    make_member: Callable[[float], nn.Module],
+    student_factory: Callable[[], nn.Module],
+    candidates: Sequence[float],
+    splits: Any,
+    cfg: DistillConfig,
+    *,
+    workdir: Path,
+    seed: int,
+    progress: bool = True,
+    augment_cfg: Any = None,
+    device: str | torch.device | None = None,
+) -> SearchResult:
+    """Try each assistant MAC ratio on a short budget (teacher → TA → student) and keep the best by student val acc.
+
+    Each candidate trains for ``cfg.search_epochs`` epochs per hop in ``workdir/ta-<ratio>``; ties go to the larger
+    TA. Model construction is seeded per candidate, so a rerun resumes finished candidates.
+    """
+    if not candidates:
+        raise ConfigError("no assistant candidates to search", "give search_candidates, e.g. [0.5, 0.25]")
+    epochs = cfg.search_epochs
+    train = cfg.train.model_copy(update={"epochs": epochs, "warmup_epochs": min(cfg.train.warmup_epochs, epochs)})
+    short = cfg.model_copy(update={"train": train, "ensemble": False})
+    rows = []
+    for ratio in sorted(candidates, reverse=True):
+        torch.manual_seed(key_seed(seed, "search", float(ratio)))
+        pair = [(f"ta-{ratio:g}", make_member(ratio)), ("student", student_factory())]
+        chain = distill_chain(
+            teacher,
+            pair,
+            splits,
+            short,
+            workdir=Path(workdir) / f"ta-{ratio:g}",
+            seed=seed,
+            progress=progress,
+            augment_cfg=augment_cfg,
+            device=device,
+        )
+        ta, st = chain.members[1], chain.members[2]
+        rows.append(
+            {"ratio": float(ratio), "ta_val_accuracy": ta.val_accuracy, "student_val_accuracy": st.val_accuracy}
+        )
+        log.info("assistant ratio %g: TA val %.4f, student val %.4f", ratio, ta.val_accuracy, st.val_accuracy)
+    best = max(rows, key=lambda r: r["student_val_accuracy"])  # first max = larger TA on ties
+    result = SearchResult(best_ratio=best["ratio"], candidates=rows)
+    atomic_write_json(Path(workdir) / "search.json", result.to_dict())
+    return result

@@ -1,0 +1,143 @@
+"""Config sections of the distillation stage (pydantic + stdlib only: importing this must not import torch)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgecompress._schema import StrictModel
+from edgecompress.distill.datafree.config import DataFreeConfig
+
+_MODEL_KEYS = {"family", "params", "factory"}
+
+
+class TrainConfig(StrictModel):
+    """How one network is trained (teacher from scratch, an assistant or the student)."""
+
+    epochs: int = Field(10, ge=1, description="Training epochs.")
+    batch_size: int = Field(128, ge=1, description="Global batch size (split across processes under DDP).")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum or AdamW.")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate (after warm-up).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by AdamW).")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay on weights of rank >= 2 (not biases/norms).")
+    warmup_epochs: float = Field(1, ge=0, description="Linear learning-rate warm-up, in epochs (stepped per batch).")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
+    augment: bool = Field(True, description="Random crop/flip of training batches (when an augment config is given).")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on optimizer steps per epoch (quick runs).")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}; "
+                "set warmup_epochs <= epochs (0 disables warm-up)"
+            )
+        return self
+
+
+class LossConfig(StrictModel):
+    """The student's loss. Every kind is (1 − alpha)·CE + alpha·(distillation term); see ``distill.losses``."""
+
+    kind: Literal["ce", "kd", "dist", "bdkd"] = Field(
+        "kd", description="ce: labels only; kd: Hinton KD; dist: DIST correlation loss; bdkd: balanced fwd/rev KL."
+    )
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 − alpha.")
+    dist_beta: float = Field(1.0, ge=0, description="DIST weight of the inter-class (per-sample) relation.")
+    dist_gamma: float = Field(1.0, ge=0, description="DIST weight of the intra-class (per-class) relation.")
+    mbls_margin: float | None = Field(None, gt=0, description="MbLS logit margin m; None disables the margin term.")
+    mbls_weight: float = Field(0.1, ge=0, description="MbLS weight λ of the margin penalty.")
+
+
+class MemberSpec(StrictModel):
+    """One assistant or the student: an explicit model spec, or a MAC ratio cut from the teacher by pruning."""
+
+    model: dict[str, Any] | None = Field(
+        None, description="A models ModelSpec as a plain dict: {family, params} or {factory: 'pkg.mod:fn'}."
+    )
+    prune_ratio: float | None = Field(
+        None, gt=0, le=1, description="Target MACs relative to the teacher, in (0, 1]; the member is pruned from it."
+    )
+    name: str | None = Field(None, min_length=1, description="Name used in reports and the hop folder.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        unknown = set(v) - _MODEL_KEYS
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)} in model; allowed: {sorted(_MODEL_KEYS)}")
+        if not v.get("family") and not v.get("factory"):
+            raise ValueError("model needs 'family' (with optional 'params') or 'factory' ('pkg.mod:fn')")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MemberSpec:
+        if (self.model is None) == (self.prune_ratio is None):
+            raise ValueError("give exactly one of 'model' (a model spec) or 'prune_ratio' (MACs relative to teacher)")
+        return self
+
+
+class DistillConfig(StrictModel):
+    """The teacher → assistants → student chain."""
+
+    student: MemberSpec = Field(
+        default_factory=lambda: MemberSpec(prune_ratio=0.1, name="student"), description="The final model."
+    )
+    assistants: list[MemberSpec] | Literal["auto", "search", "none"] = Field(
+        "none",
+        description="Explicit assistants (largest first), 'auto' (pruned at geometric MAC ratios), "
+        "'search' (try search_candidates on a short budget) or 'none' (direct KD).",
+    )
+    n_assistants: int | None = Field(
+        None, ge=0, description="With 'auto': number of assistants; None = one per ~4.5x of MAC gap."
+    )
+    search_candidates: list[float] = Field(
+        default_factory=lambda: [0.5, 0.25], description="With 'search': assistant MAC ratios to try, each in (0, 1)."
+    )
+    search_epochs: int = Field(2, ge=1, description="With 'search': epochs per candidate (TA and student).")
+    calibrate_teachers: bool = Field(True, description="Temperature-scale each teacher on val before it teaches.")
+    ensemble: bool = Field(False, description="Student learns from a val-weighted ensemble of the assistants.")
+    teacher_label_smoothing: bool = Field(
+        False, description="The teacher was trained with label smoothing: distill at T = 1 (Müller et al., 2019)."
+    )
+    datafree: DataFreeConfig | None = Field(
+        None, description="Set to distill without training data: synthesize the transfer set from the teacher."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training of each member.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="The distillation loss of each hop.")
+
+    @field_validator("search_candidates")
+    @classmethod
+    def _candidates(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("search_candidates is empty; give at least one MAC ratio in (0, 1)")
+        bad = [c for c in v if not 0 < c < 1]
+        if bad:
+            raise ValueError(f"search_candidates {bad} outside (0, 1); each is a TA's MACs relative to the teacher")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.n_assistants is not None and self.assistants != "auto":
+            raise ValueError("n_assistants is only used with assistants: auto; remove it or set assistants: auto")
+        if self.ensemble:
+            if self.assistants in ("none", "search"):
+                raise ValueError(f"ensemble needs assistants (explicit list or 'auto'), not '{self.assistants}'")
+            if isinstance(self.assistants, list) and len(self.assistants) < 2:
+                raise ValueError("ensemble needs at least 2 assistants; add one or set ensemble: false")
+            if self.assistants == "auto" and self.n_assistants is not None and self.n_assistants < 2:
+                raise ValueError("ensemble needs n_assistants >= 2; raise it or set ensemble: false")
+        if self.student.prune_ratio is not None and isinstance(self.assistants, list):
+            for a in self.assistants:
+                if a.prune_ratio is not None and a.prune_ratio <= self.student.prune_ratio:
+                    raise ValueError(
+                        f"assistant prune_ratio {a.prune_ratio} <= student's {self.student.prune_ratio}; "
+                        "assistants sit between teacher and student"
+                    )
+        if self.loss.kind == "ce" and self.assistants != "none":
+            raise ValueError("loss.kind 'ce' ignores the teachers; use kd/dist/bdkd or assistants: none")
+        return self

@@ -1,0 +1,155 @@
+"""Inference helpers shared by the trainer and the chain: batched logits, teacher wrappers, metrics, fidelity.
+
+Metrics and temperature fitting come from ``edgecompress.calibration`` when it is installed; the small fallbacks
+below implement the same definitions (ECE with 15 equal-width bins, Guo et al. 2017 temperature scaling by LBFGS
+on log T, fitted on validation data only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def predict_logits(model: nn.Module, x: np.ndarray | Tensor, *, batch_size: int = 512) -> Tensor:
+    """Logits of ``model`` (set to eval mode) on ``x`` in batches under ``torch.inference_mode``; float32 on CPU.
+
+    The result is cloned out of inference mode, so it can be used in autograd as a constant.
+    """
+    model.eval()
+    x = _as_tensor(x)
+    device = model_device(model)
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i : i + batch_size].to(device)).float().cpu())
+    if not outs:
+        return torch.empty(0, 0)
+    return torch.cat(outs).clone()
+
+
+class TemperatureScaled(nn.Module):
+    """A teacher whose logits are divided by a fitted temperature: z / T (Guo et al., ICML 2017)."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) / self.temperature
+
+
+class LogitEnsemble(nn.Module):
+    """Weighted mixture of logits: z = Σ_k w_k · z_k (w ≥ 0, Σ w = 1), the target of a multi-TA student."""
+
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | Tensor) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
+
+
+def fit_ensemble_weights(logits: Sequence[Tensor], labels: np.ndarray | Tensor, *, steps: int = 100) -> list[float]:
+    """Mixture weights minimizing the NLL of Σ_k softmax(θ)_k · z_k on (validation) data; LBFGS on θ."""
+    y = torch.as_tensor(labels, dtype=torch.long)
+    stack = torch.stack([torch.as_tensor(z, dtype=torch.float32) for z in logits])  # [M, N, K]
+    theta = torch.zeros(len(logits), requires_grad=True)
+    opt = torch.optim.LBFGS([theta], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        mix = torch.einsum("m,mnk->nk", theta.softmax(0), stack)
+        loss = F.cross_entropy(mix, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return theta.detach().softmax(0).tolist()
+
+
+def _fallback_metrics(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    p = z.softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == y).double()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.double().mean().item() * abs(correct[m].mean().item() - conf[m].mean().item())
+    onehot = F.one_hot(y, z.shape[1]).double()
+    return {
+        "accuracy": correct.mean().item(),
+        "ece": ece,
+        "nll": F.cross_entropy(z, y).item(),
+        "brier": ((p - onehot) ** 2).sum(1).mean().item(),
+    }
+
+
+def compute_metrics(logits: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> dict[str, float]:
+    """accuracy, ece, nll, brier (and whatever else ``edgecompress.calibration`` reports), as fractions."""
+    z = np.asarray(logits.cpu().numpy() if isinstance(logits, Tensor) else logits, dtype=np.float32)
+    y = np.asarray(labels.cpu().numpy() if isinstance(labels, Tensor) else labels, dtype=np.int64)
+    try:
+        from edgecompress.calibration import compute_metrics as impl
+    except ImportError:
+        return _fallback_metrics(z, y)
+    return {k: float(v) for k, v in impl(z, y).items()}
+
+
+def fit_temperature(logits: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> float:
+    """Temperature T > 0 minimizing the NLL of softmax(z / T) (fit on validation data only)."""
+    z = np.asarray(logits.cpu().numpy() if isinstance(logits, Tensor) else logits, dtype=np.float32)
+    y = np.asarray(labels.cpu().numpy() if isinstance(labels, Tensor) else labels, dtype=np.int64)
+    try:
+        from edgecompress.calibration import fit_temperature as impl
+    except ImportError:
+        impl = None
+    if impl is not None:
+        return float(impl(z, y))
+    zt, yt = torch.from_numpy(z).double(), torch.from_numpy(y)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(zt / log_t.exp(), yt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.exp().item())
+    return t if math.isfinite(t) and t > 0 else 1.0
+
+
+def fidelity(student: Tensor, teacher: Tensor) -> dict[str, float]:
+    """Top-1 agreement and mean KL(p_t ‖ p_s) between teacher and student logits (Stanton et al., NeurIPS 2021)."""
+    ls, lt = F.log_softmax(student.double(), 1), F.log_softmax(teacher.double(), 1)
+    kl = (lt.exp() * (lt - ls)).sum(1).mean().item()
+    agree = (student.argmax(1) == teacher.argmax(1)).double().mean().item()
+    return {"agreement": agree, "kl": kl}

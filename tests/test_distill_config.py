@@ -1,0 +1,71 @@
+"""Validators of the distillation config sections."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from edgecompress.distill.config import DistillConfig, LossConfig, MemberSpec, TrainConfig
+
+
+def test_defaults_and_frozen() -> None:
+    cfg = DistillConfig()
+    assert cfg.train.epochs == 10 and cfg.loss.kind == "kd" and cfg.assistants == "none"
+    with pytest.raises(ValidationError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one"),
+        ({"model": {"family": "cnn"}, "prune_ratio": 0.5}, "exactly one"),
+        ({"prune_ratio": 1.5}, "less than or equal to 1"),
+        ({"model": {"params": {}}}, "needs 'family'"),
+        ({"model": {"family": "cnn", "widht": 3}}, "unknown key"),
+    ],
+)
+def test_member_spec_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        MemberSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_assistants": 2}, "only used with assistants: auto"),
+        ({"ensemble": True}, "ensemble needs assistants"),
+        ({"ensemble": True, "assistants": [{"prune_ratio": 0.5}]}, "at least 2 assistants"),
+        ({"ensemble": True, "assistants": "auto", "n_assistants": 1}, "n_assistants >= 2"),
+        ({"assistants": [{"prune_ratio": 0.05}]}, "assistants sit between"),
+        ({"search_candidates": [0.5, 1.0]}, "outside"),
+        ({"assistants": "auto", "loss": {"kind": "ce"}}, "ignores the teachers"),
+        ({"loss": {"kind": "kl"}}, "'ce', 'kd', 'dist' or 'bdkd'"),
+        ({"train": {"epochs": 2, "warmup_epochs": 3}}, "warmup_epochs=3"),
+        ({"trian": {}}, "Extra inputs"),
+    ],
+)
+def test_distill_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        DistillConfig(student={"prune_ratio": 0.1}, **kwargs)
+
+
+def test_valid_configs() -> None:
+    cfg = DistillConfig(
+        student={"model": {"family": "cnn", "params": {"widths": [8]}}, "name": "tiny"},
+        assistants=[{"prune_ratio": 0.5}, {"prune_ratio": 0.25}],
+        ensemble=True,
+        train=TrainConfig(optimizer="adamw", lr=1e-3, schedule="constant", max_steps_per_epoch=5),
+        loss=LossConfig(kind="bdkd", mbls_margin=10.0),
+    )
+    assert cfg.student.name == "tiny" and len(cfg.assistants) == 2
+    assert DistillConfig(assistants="auto", n_assistants=2, ensemble=True).n_assistants == 2
+
+
+def test_config_module_does_not_import_torch() -> None:
+    code = "import sys, edgecompress.distill, edgecompress.distill.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    assert out.stdout.strip() == "False"
