@@ -464,6 +464,18 @@ RUNTIMES: dict[str, type] = {
 }
 
 
+# Artifact precision -> OpenVINO inference precision hint, so an "fp32" IR runs at fp32 and not at the bf16 a CPU with
+# AMX picks by default; the precision actually used is read back and reported either way.
+OPENVINO_HINTS = {"fp32": "f32", "fp16": "f16"}
+
+
+def runtime_options(runtime: str, precision: str | None) -> dict[str, Any]:
+    """Constructor options that make ``runtime`` execute an artifact at its stated ``precision``."""
+    if runtime == "openvino" and precision in OPENVINO_HINTS:
+        return {"precision": OPENVINO_HINTS[precision]}
+    return {}
+
+
 def get_runtime(name: str, **options: Any) -> Runtime:
     """Return a fresh runtime by name; ``options`` go to its constructor (e.g. ``precision="f32"`` for OpenVINO).
 

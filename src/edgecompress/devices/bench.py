@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress._io import atomic_path
+from edgecompress.devices.agent import runtime_options
 from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
 from edgecompress.devices.profiles import load_profile
 from edgecompress.devices.transports import AgentJob, make_transport, with_retries
@@ -20,9 +21,6 @@ from edgecompress.errors import DeviceError, EdgeCompressError
 
 log = logging.getLogger(__name__)
 
-# artifact precision -> OpenVINO inference precision hint, so an "fp32" IR is measured at fp32 and not at the bf16
-# a CPU with AMX would silently pick; the precision actually used is read back and reported either way.
-_OV_HINT = {"fp32": "f32", "fp16": "f16"}
 
 
 def _get(artifact: Any, key: str, default: Any = None) -> Any:
@@ -61,9 +59,9 @@ def _agent_args(artifact: Any, profile: DeviceProfile, cfg: BenchmarkConfig) -> 
         args += ["--threads", str(threads)]
     if cfg.power if cfg.power is not None else profile.power:
         args.append("--power")
-    runtime, precision = _get(artifact, "runtime"), str(_get(artifact, "precision", ""))
-    if runtime == "openvino" and precision in _OV_HINT:
-        args += ["--precision", _OV_HINT[precision]]
+    options = runtime_options(_get(artifact, "runtime"), _get(artifact, "precision"))
+    if "precision" in options:
+        args += ["--precision", options["precision"]]
     return tuple(args), threads
 
 

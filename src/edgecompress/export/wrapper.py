@@ -58,12 +58,18 @@ class Artifact(BaseModel):
         return self.error is None
 
 
-def run_artifact(runtime: str, model_file: Path, x: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Run ``x`` through ``model_file`` with the named ``devices`` runtime; the one place export touches runtimes."""
-    from edgecompress.devices.agent import AgentError, get_runtime
+def run_artifact(
+    runtime: str, model_file: Path, x: np.ndarray, precision: str | None = None
+) -> tuple[np.ndarray, dict]:
+    """Run ``x`` through ``model_file`` with the named ``devices`` runtime; the one place export touches runtimes.
+
+    ``precision`` is the artifact's stated precision: the runtime is asked to execute at it (OpenVINO would otherwise
+    pick bf16 for an FP32 IR on CPUs that have it).
+    """
+    from edgecompress.devices.agent import AgentError, get_runtime, runtime_options
 
     try:
-        rt = get_runtime(runtime)
+        rt = get_runtime(runtime, **runtime_options(runtime, precision))
         rt.load(Path(model_file), threads=1)
         return np.asarray(rt.run(x), dtype=np.float32), rt.info()
     except AgentError as exc:
@@ -353,7 +359,7 @@ def _export_one(
             raise ExportError(f"{name} produced empty or missing files {empty}", "see the exporter log")
         step = "parity"
         runtime, target, judged = _parity_target(fmt, precision, files, model_file)
-        y, rt_info = run_artifact(runtime, target, parity_x)
+        y, rt_info = run_artifact(runtime, target, parity_x, precision)
         if y.shape != ref.shape:
             raise ExportError(f"{name} output shape {y.shape} differs from PyTorch {ref.shape}", "check the export")
         diff = float(np.max(np.abs(y - ref))) if y.size else 0.0
@@ -365,7 +371,7 @@ def _export_one(
         info = {**info, "parity_runtime": runtime, "parity_precision": judged, "runtime_info": rt_info}
         if precision == "int8" and fp32_acc is not None:
             step = "accuracy check"
-            acc = label_scorer(s.val_y)(run_artifact(runtime, target, s.val_x)[0])["accuracy"]
+            acc = label_scorer(s.val_y)(run_artifact(runtime, target, s.val_x, precision)[0])["accuracy"]
             info.update({"val_accuracy": acc, "fp32_val_accuracy": fp32_acc})
             info["accuracy_drop"] = check_accuracy_drop(fp32_acc, acc, s.cfg.max_accuracy_drop, name)
         info.setdefault("tool_versions", tool_versions())

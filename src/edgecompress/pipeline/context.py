@@ -33,6 +33,7 @@ class Context:
     stages: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # outcome of `assistants: search`, for the report
 
     @contextmanager
     def timed(self, name: str, key: str, cached: bool, out: str) -> Iterator[None]:

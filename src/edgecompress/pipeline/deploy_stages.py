@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecompress.errors import QuantizationError
 from edgecompress.pipeline.context import Context, metrics_of
 from edgecompress.pipeline.train_stages import Trained
 
@@ -18,13 +17,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_through(runtime_name: str, model_file: Path, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Logits of an artifact on ``x``, computed by the artifact's own runtime."""
-    from edgecompress.devices.runtimes import get_runtime
+def run_through(art: Any, x: np.ndarray) -> np.ndarray:
+    """Logits of an artifact on ``x``, computed by the artifact's own runtime at its stated precision."""
+    from edgecompress.export import run_artifact
 
-    rt = get_runtime(runtime_name)
-    rt.load(model_file)
-    return np.concatenate([rt.run(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+    return run_artifact(art.runtime, art.model_file, x, art.precision)[0]
 
 
 def _metadata(ctx: Context, splits: Splits, temperature: float) -> dict[str, Any]:
@@ -43,9 +40,9 @@ def _metadata(ctx: Context, splits: Splits, temperature: float) -> dict[str, Any
 def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict[str, Any]]:
     """Export every configured format, parity-check it, evaluate it on test through its runtime.
 
-    INT8 artifacts whose ECE moved by more than ``calibration.refit_threshold`` get T re-fitted on val through their
-    runtime and folded again (both results are kept); an INT8 artifact that loses more than
-    ``export.max_accuracy_drop`` of accuracy against the FP32 student fails the stage.
+    INT8 / FP16 artifacts whose ECE moved by more than ``calibration.refit_threshold`` get T re-fitted on val through
+    their runtime and folded again (both results are kept). The accuracy gate (``export.max_accuracy_drop``, judged on
+    val, never on test) lives in the export wrapper.
     """
     ecfg = ctx.cfg.export
     key = {"export": ecfg.model_dump(mode="json"), "model": calibrated.key, "data": splits.fingerprint(),
@@ -54,53 +51,48 @@ def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict
     with ctx.timed("export", sd.key, sd.done, str(sd.path)):
         if sd.done:
             return sd.result()["artifacts"]
-        from edgecompress.export import export_all
+        from edgecompress.export import ExportContract, export_all
 
         temperature = calibrated.record["temperature"]
+        contract = ExportContract(
+            input_shape=splits.input_shape, num_classes=splits.num_classes,
+            output_probabilities=ecfg.output_probabilities, dynamic_batch=ecfg.dynamic_batch,
+            max_batch=ecfg.max_batch, opset=ecfg.opset, metadata=_metadata(ctx, splits, temperature))
+        has_val = splits.val is not None
         artifacts = export_all(
-            calibrated.model, input_shape=splits.input_shape, formats=ecfg.formats, calib_x=splits.calib.x,
-            out_dir=sd.path / "artifacts", metadata=_metadata(ctx, splits, temperature), cfg=ecfg,
-            val=(splits.val.x, splits.val.y) if splits.val is not None else None)
-        reference = calibrated.record.get("after", {})
+            calibrated.model, contract=contract, formats=ecfg.formats, calib_x=splits.calib.x,
+            out_dir=sd.path / "artifacts", cfg=ecfg, val_x=splits.val.x if has_val else None,
+            val_y=splits.val.y if has_val else None,
+            parity_x=(splits.val if has_val else splits.calib).x[:256])  # real inputs: top-1 on noise means little
+        reference = calibrated.record.get("val_after", {})
         rows = []
         for art in artifacts:
             rows.extend(_evaluate(ctx, splits, art, reference, sd.path / "refit"))
         return sd.finish({"artifacts": rows})["artifacts"]
 
 
-def _evaluate(ctx: Context, splits: Splits, art: Any, reference: dict[str, float], refit_dir: Path) -> list[dict]:
+def _evaluate(ctx: Context, splits: Splits, art: Any, reference_val: dict[str, float], refit_dir: Path) -> list[dict]:
+    """Test metrics through the runtime; a re-fitted, re-folded twin when low precision moved ECE on val."""
     row = art.model_dump(mode="json")
     if splits.test is None:
         return [row]
-    logits = run_through(art.runtime, art.model_file, splits.test.x)
-    row["metrics"] = metrics_of(logits, splits.test.y)
+    row["metrics"] = metrics_of(run_through(art, splits.test.x), splits.test.y)
     out = [row]
     ccfg = ctx.cfg.calibration
-    low_precision = art.precision in ("int8", "fp16")
-    if low_precision and ccfg.refit_after_quantization and splits.val is not None and reference:
-        moved = abs(row["metrics"]["ece"] - reference["ece"])
-        row["ece_shift"] = moved
+    if art.precision in ("int8", "fp16") and ccfg.refit_after_quantization and splits.val is not None and reference_val:
+        val_logits = run_through(art, splits.val.x)
+        moved = abs(metrics_of(val_logits, splits.val.y)["ece"] - reference_val["ece"])
+        row["val_ece_shift"] = moved
         if moved > ccfg.refit_threshold:
             from edgecompress.calibration import fit_temperature
             from edgecompress.export import rescale_output
 
-            t_extra = fit_temperature(run_through(art.runtime, art.model_file, splits.val.x), splits.val.y)
+            t_extra = fit_temperature(val_logits, splits.val.y)
             refit = rescale_output(art, 1.0 / t_extra, refit_dir / art.name)
             refit_row = refit.model_dump(mode="json")
-            refit_row["metrics"] = metrics_of(run_through(refit.runtime, refit.model_file, splits.test.x),
-                                              splits.test.y)
-            refit_row["refit_temperature"] = float(t_extra)
-            refit_row["refit_of"] = art.name
+            refit_row["metrics"] = metrics_of(run_through(refit, splits.test.x), splits.test.y)
+            refit_row.update(refit_temperature=float(t_extra), refit_of=art.name)
             out.append(refit_row)
-    if art.precision == "int8" and reference:
-        drop = reference["accuracy"] - row["metrics"]["accuracy"]
-        bound = ctx.cfg.export.max_accuracy_drop
-        if drop > bound:
-            raise QuantizationError(
-                f"{art.name}: accuracy {row['metrics']['accuracy']:.4f} is {drop * 100:.2f} points below the FP32 "
-                f"student ({reference['accuracy']:.4f}), more than export.max_accuracy_drop={bound}",
-                "raise export.calib_samples, try export.int8_calibration: entropy/percentile, keep the head in float, "
-                "or loosen export.max_accuracy_drop")
     return out
 
 

@@ -36,24 +36,17 @@ def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> li
     """Report rows of the teacher, every assistant and the student (before and after its calibration)."""
     members = distill.record.get("chain", {}).get("members", [])
     by_name = {m.get("name"): m for m in members}
+    if "teacher" not in by_name:  # data-free runs have no teacher hop record
+        members = [{"name": "teacher", "role": "teacher", **teacher.record}, *members]
     entries = []
-    t = by_name.get("teacher", {})
-    entries.append({
-        "name": "teacher", "role": "teacher", "format": "pytorch", "precision": "fp32",
-        "params": teacher.record.get("params"), "macs": teacher.record.get("macs"), "size_bytes": None,
-        **_metrics(teacher.record), "temperature": t.get("temperature"),
-        "ece_before_ts": t.get("ece_before"), "device": "host", "notes": ["metrics before temperature scaling"],
-    })
     for m in members:
-        if m.get("role") not in ("assistant", "student"):
-            continue
         entries.append({
             "name": m["name"], "role": m["role"], "format": "pytorch", "precision": "fp32",
             "params": m.get("params"), "macs": m.get("macs"), "size_bytes": None,
             "accuracy": m.get("accuracy"), "ece": m.get("ece_after", m.get("ece")), "nll": m.get("nll"),
             "brier": m.get("brier"), "temperature": m.get("temperature"), "ece_before_ts": m.get("ece_before"),
             "fidelity_agreement": m.get("fidelity_agreement"), "fidelity_kl": m.get("fidelity_kl"),
-            "device": "host", "parent": m.get("parent"),
+            "device": "host", "parent": m.get("teacher"),
         })
     cal = calibrated.record
     student = next((e for e in entries if e["role"] == "student"), None)
@@ -85,7 +78,8 @@ def artifact_entries(artifacts: list[dict[str, Any]], bench: list[dict[str, Any]
             "temperature": temperature * a.get("refit_temperature", 1.0), "latency_ms": _latency(r),
             "device": device if r else None, "parity_max_abs_diff": a.get("parity_max_abs_diff"),
             "throughput": _largest(r.get("throughput")), "energy_mj": r.get("energy_mj_per_inference"),
-            "runtime": a.get("runtime"), "precision_used": info.get("inference_precision"), "notes": notes,
+            "runtime": a.get("runtime"), "notes": notes,
+            "precision_used": r.get("inference_precision") or info.get("runtime_info", {}).get("precision"),
             "parent": a.get("refit_of") or "student",
         })
     return out

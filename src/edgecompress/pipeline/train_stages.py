@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgecompress._io import sha256_file
 from edgecompress.errors import ConfigError, DataError
 from edgecompress.pipeline.context import Context, metrics_of, predict_logits
@@ -144,7 +142,8 @@ def _search(ctx: Context, teacher: Trained, splits: Splits, student_ratio: float
         teacher.model, lambda r: prune_to_ratio(teacher.model, splits.input_shape, r),
         lambda: _member_model(dcfg.student, teacher, splits)[0], candidates, splits, dcfg,
         workdir=ctx.run.root / "stages" / "search", seed=ctx.cfg.seed)
-    return [] if best is None else [MemberSpec(prune_ratio=best, name=f"ta-{best:.2f}")]
+    ctx.search = best.to_dict()
+    return [MemberSpec(prune_ratio=best.best_ratio, name=f"ta-{best.best_ratio:.2f}")]
 
 
 def stage_distill(ctx: Context, splits: Splits, teacher: Trained) -> Trained:
@@ -220,8 +219,11 @@ def stage_calibrate(ctx: Context, splits: Splits, student: Trained) -> Trained:
         save_state(model, sd.path / "student.pt")
         temperature = 1.0
         has_val = splits.val is not None and len(splits.val.y) > 0
-        if ccfg.temperature_scaling and has_val:
-            temperature = float(fit_temperature(predict_logits(model, splits.val.x), splits.val.y))
+        if has_val:
+            val_logits = predict_logits(model, splits.val.x)
+            if ccfg.temperature_scaling:
+                temperature = float(fit_temperature(val_logits, splits.val.y))
+            result["val_after"] = metrics_of(val_logits / temperature, splits.val.y)
         result["temperature"] = temperature
         result["ece_measured"] = has_val and splits.test is not None
         if splits.test is not None:

@@ -1,0 +1,125 @@
+"""End to end on scikit-learn's digits: config → teacher → student → calibrated → exported → benchmarked → bundled.
+
+One real run (module-scoped fixture, ~1-2 minutes on 2 cores) checked from several sides, then a rerun that must reuse
+every stage.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = [
+    "name",
+    "role",
+    "format",
+    "precision",
+    "params",
+    "macs",
+    "size_bytes",
+    "accuracy",
+    "ece",
+    "nll",
+    "brier",
+    "temperature",
+    "latency_ms",
+    "device",
+]
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecompress",
+            "run",
+            str(ROOT / "examples" / "digits.yaml"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "digits"
+    res = _run(out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_report_files(run_dir):
+    for name in ("report.json", "report.md", "report.html", "config.resolved.yaml"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_models_have_public_fields(report):
+    roles = {m["role"] for m in report["models"]}
+    assert {"teacher", "student", "artifact"} <= roles
+    for m in report["models"]:
+        missing = [k for k in REQUIRED if k not in m]
+        assert not missing, (m["name"], missing)
+
+
+def test_student_is_compact_and_calibrated(report):
+    models = {m["name"]: m for m in report["models"]}
+    teacher, student = models["teacher"], models["student"]
+    assert student["macs"] <= teacher["macs"] / 5
+    assert student["accuracy"] > 0.8  # 10 classes: chance is 0.1
+    assert student["ece_before_ts"] is not None and student["ece"] is not None
+    assert student["temperature"] > 0
+
+
+def test_artifacts_measured_through_runtimes(report):
+    arts = [m for m in report["models"] if m["role"] == "artifact"]
+    names = {a["name"] for a in arts}
+    assert {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"} <= names
+    student = next(m for m in report["models"] if m["name"] == "student")
+    for a in arts:
+        assert a["latency_ms"]["1"]["p50"] > 0, a["name"]
+        assert a["accuracy"] is not None and a["ece"] is not None
+    fp32 = next(a for a in arts if a["name"] == "onnx-fp32")
+    assert abs(fp32["accuracy"] - student["accuracy"]) < 1e-3  # the folded T does not change the argmax
+    assert fp32["parity_max_abs_diff"] < 1e-3
+    int8 = next(a for a in arts if a["name"] == "onnx-int8")
+    assert student["accuracy"] - int8["accuracy"] <= 0.02
+
+
+def test_bundles_verify_and_predict(run_dir):
+    from edgecompress.bundle import load_bundle, verify_bundle
+
+    zips = sorted((run_dir / "bundles").glob("*.zip"))
+    assert zips
+    for z in zips:
+        assert verify_bundle(z).labels
+    from edgecompress.config import load_config
+    from edgecompress.data import load_splits
+
+    splits = load_splits(load_config(run_dir / "config.resolved.yaml").data, seed=0)
+    with load_bundle(run_dir / "bundles" / "onnx-int8") as predictor:
+        probs = predictor.predict(splits.test.x[:64])
+    assert probs.shape == (64, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert (probs.argmax(1) == splits.test.y[:64]).mean() > 0.8
+
+
+def test_rerun_reuses_every_stage(run_dir, report):
+    res = _run(run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads((run_dir / "report.json").read_text())
+    assert all(s["cached"] for s in again["stages"]), again["stages"]
+    acc = {m["name"]: m["accuracy"] for m in report["models"]}
+    assert {m["name"]: m["accuracy"] for m in again["models"]} == acc
