@@ -3,8 +3,18 @@
 import subprocess
 import sys
 
-HEAVY = ["torch", "onnx", "onnxruntime", "openvino", "nncf", "torch_pruning", "tensorrt", "executorch", "matplotlib",
-         "sklearn"]
+HEAVY = [
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "torch_pruning",
+    "tensorrt",
+    "executorch",
+    "matplotlib",
+    "sklearn",
+]
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -24,7 +34,9 @@ def test_config_schema_is_light():
 
 
 def test_subpackages_are_light():
-    stmt = "; ".join(f"import edgecompress.{p}" for p in
-                     ["data", "models", "distill", "calibration", "export", "devices", "report", "bundle", "pipeline"])
+    stmt = "; ".join(
+        f"import edgecompress.{p}"
+        for p in ["data", "models", "distill", "calibration", "export", "devices", "report", "bundle", "pipeline"]
+    )
     loaded = _loaded_after(stmt)
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

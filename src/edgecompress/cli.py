@@ -15,8 +15,12 @@ import typer
 
 from edgecompress.errors import EdgeCompressError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distill, calibrate, quantize, benchmark and bundle a classifier for edge devices.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distill, calibrate, quantize, benchmark and bundle a classifier for edge devices.",
+)
 _state = {"debug": False}
 
 STAGES = ["data", "teacher", "distill", "calibrate", "export", "benchmark", "report"]
@@ -36,8 +40,11 @@ def _main(
     _state["debug"] = debug
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-                        format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=_console(), show_path=False)],
+    )
 
 
 def _summary(report_paths: dict[str, Path], run_dir: Path) -> None:
@@ -99,7 +106,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)
 @app.command()
 def bench(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or YAML path.")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or YAML.")] = None,
 ) -> None:
     """Benchmark the run's artifacts again on the given devices and rewrite the report."""
     from edgecompress.pipeline import bench_run
@@ -148,8 +155,10 @@ def inspect(path: Annotated[Path, typer.Argument(help="Run directory or bundle."
         for m in data.get("models", []):
             acc = m.get("accuracy")
             ece = m.get("ece")
-            typer.echo(f"{m['name']:28s} {m['role']:9s} acc={'—' if acc is None else f'{acc:.4f}'} "
-                       f"ece={'—' if ece is None else f'{ece:.4f}'}")
+            typer.echo(
+                f"{m['name']:28s} {m['role']:9s} acc={'—' if acc is None else f'{acc:.4f}'} "
+                f"ece={'—' if ece is None else f'{ece:.4f}'}"
+            )
         return
     from edgecompress.bundle import verify_bundle
 

@@ -92,8 +92,10 @@ def _format_error(exc: ValidationError, source: str) -> ConfigError:
 def parse_config(data: Any, *, source: str = "config", base_dir: Path | None = None) -> PipelineConfig:
     """Validate a mapping into :class:`PipelineConfig`; relative paths resolve against ``base_dir``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}",
-                          "start from examples/digits.yaml")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections, got {type(data).__name__}",
+            "start from examples/digits.yaml",
+        )
     try:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:

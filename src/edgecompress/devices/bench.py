@@ -22,7 +22,6 @@ from edgecompress.errors import DeviceError, EdgeCompressError
 log = logging.getLogger(__name__)
 
 
-
 def _get(artifact: Any, key: str, default: Any = None) -> Any:
     if isinstance(artifact, dict):
         return artifact.get(key, default)

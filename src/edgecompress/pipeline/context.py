@@ -42,8 +42,7 @@ class Context:
         log.info("stage %s: %s", name, "cached" if cached else "running")
         yield
         self.stages.append(
-            {"name": name, "seconds": round(time.perf_counter() - start, 3), "cached": cached,
-             "output_dir": out}
+            {"name": name, "seconds": round(time.perf_counter() - start, 3), "cached": cached, "output_dir": out}
         )
 
     def warn(self, message: str) -> None:

@@ -45,8 +45,12 @@ def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict
     val, never on test) lives in the export wrapper.
     """
     ecfg = ctx.cfg.export
-    key = {"export": ecfg.model_dump(mode="json"), "model": calibrated.key, "data": splits.fingerprint(),
-           "refit": ctx.cfg.calibration.model_dump(mode="json")}
+    key = {
+        "export": ecfg.model_dump(mode="json"),
+        "model": calibrated.key,
+        "data": splits.fingerprint(),
+        "refit": ctx.cfg.calibration.model_dump(mode="json"),
+    }
     sd = ctx.run.stage("export", key)
     with ctx.timed("export", sd.key, sd.done, str(sd.path)):
         if sd.done:
@@ -55,15 +59,26 @@ def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict
 
         temperature = calibrated.record["temperature"]
         contract = ExportContract(
-            input_shape=splits.input_shape, num_classes=splits.num_classes,
-            output_probabilities=ecfg.output_probabilities, dynamic_batch=ecfg.dynamic_batch,
-            max_batch=ecfg.max_batch, opset=ecfg.opset, metadata=_metadata(ctx, splits, temperature))
+            input_shape=splits.input_shape,
+            num_classes=splits.num_classes,
+            output_probabilities=ecfg.output_probabilities,
+            dynamic_batch=ecfg.dynamic_batch,
+            max_batch=ecfg.max_batch,
+            opset=ecfg.opset,
+            metadata=_metadata(ctx, splits, temperature),
+        )
         has_val = splits.val is not None
         artifacts = export_all(
-            calibrated.model, contract=contract, formats=ecfg.formats, calib_x=splits.calib.x,
-            out_dir=sd.path / "artifacts", cfg=ecfg, val_x=splits.val.x if has_val else None,
+            calibrated.model,
+            contract=contract,
+            formats=ecfg.formats,
+            calib_x=splits.calib.x,
+            out_dir=sd.path / "artifacts",
+            cfg=ecfg,
+            val_x=splits.val.x if has_val else None,
             val_y=splits.val.y if has_val else None,
-            parity_x=(splits.val if has_val else splits.calib).x[:256])  # real inputs: top-1 on noise means little
+            parity_x=(splits.val if has_val else splits.calib).x[:256],
+        )  # real inputs: top-1 on noise means little
         reference = calibrated.record.get("val_after", {})
         rows = []
         for art in artifacts:
@@ -101,8 +116,15 @@ def eval_subset(splits: Splits, n: int) -> tuple[np.ndarray, np.ndarray]:
     return splits.test.x[:n], splits.test.y[:n]
 
 
-def stage_benchmark(ctx: Context, splits: Splits, artifacts: list[dict[str, Any]], export_key: str,
-                    *, devices: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
+def stage_benchmark(
+    ctx: Context,
+    splits: Splits,
+    artifacts: list[dict[str, Any]],
+    export_key: str,
+    *,
+    devices: list[str] | None = None,
+    force: bool = False,
+) -> list[dict[str, Any]]:
     bcfg = ctx.cfg.benchmark
     if devices is not None:
         bcfg = bcfg.model_copy(update={"devices": devices})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -28,8 +29,11 @@ def _metrics(m: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _latency(row: dict[str, Any]) -> dict[str, Any]:
-    return {str(b): {k: v for k, v in s.items() if k in ("p50", "p90", "p99", "mean", "std")}
-            for b, s in (row.get("latency_ms") or {}).items() if s and s.get("p50") is not None}
+    return {
+        str(b): {k: v for k, v in s.items() if k in ("p50", "p90", "p99", "mean", "std")}
+        for b, s in (row.get("latency_ms") or {}).items()
+        if s and s.get("p50") is not None
+    }
 
 
 def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> list[dict[str, Any]]:
@@ -40,14 +44,27 @@ def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> li
         members = [{"name": "teacher", "role": "teacher", **teacher.record}, *members]
     entries = []
     for m in members:
-        entries.append({
-            "name": m["name"], "role": m["role"], "format": "pytorch", "precision": "fp32",
-            "params": m.get("params"), "macs": m.get("macs"), "size_bytes": None,
-            "accuracy": m.get("accuracy"), "ece": m.get("ece_after", m.get("ece")), "nll": m.get("nll"),
-            "brier": m.get("brier"), "temperature": m.get("temperature"), "ece_before_ts": m.get("ece_before"),
-            "fidelity_agreement": m.get("fidelity_agreement"), "fidelity_kl": m.get("fidelity_kl"),
-            "device": "host", "parent": m.get("teacher"),
-        })
+        entries.append(
+            {
+                "name": m["name"],
+                "role": m["role"],
+                "format": "pytorch",
+                "precision": "fp32",
+                "params": m.get("params"),
+                "macs": m.get("macs"),
+                "size_bytes": None,
+                "accuracy": m.get("accuracy"),
+                "ece": m.get("ece_after", m.get("ece")),
+                "nll": m.get("nll"),
+                "brier": m.get("brier"),
+                "temperature": m.get("temperature"),
+                "ece_before_ts": m.get("ece_before"),
+                "fidelity_agreement": m.get("fidelity_agreement"),
+                "fidelity_kl": m.get("fidelity_kl"),
+                "device": "host",
+                "parent": m.get("teacher"),
+            }
+        )
     cal = calibrated.record
     student = next((e for e in entries if e["role"] == "student"), None)
     if student is not None and cal.get("after"):
@@ -62,8 +79,9 @@ def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> li
     return entries
 
 
-def artifact_entries(artifacts: list[dict[str, Any]], bench: list[dict[str, Any]], temperature: float,
-                     device: str) -> list[dict[str, Any]]:
+def artifact_entries(
+    artifacts: list[dict[str, Any]], bench: list[dict[str, Any]], temperature: float, device: str
+) -> list[dict[str, Any]]:
     rows = {(r.get("device"), r.get("artifact")): r for r in bench}
     out = []
     for a in artifacts:
@@ -72,16 +90,28 @@ def artifact_entries(artifacts: list[dict[str, Any]], bench: list[dict[str, Any]
         if a.get("refit_of"):
             notes.append(f"T re-fitted through the runtime: extra factor 1/{a['refit_temperature']:.3f}")
         info = a.get("info") or {}
-        out.append({
-            "name": a["name"], "role": "artifact", "format": a["format"], "precision": a["precision"],
-            "params": None, "macs": None, "size_bytes": a.get("size_bytes"), **_metrics(a.get("metrics")),
-            "temperature": temperature * a.get("refit_temperature", 1.0), "latency_ms": _latency(r),
-            "device": device if r else None, "parity_max_abs_diff": a.get("parity_max_abs_diff"),
-            "throughput": _largest(r.get("throughput")), "energy_mj": r.get("energy_mj_per_inference"),
-            "runtime": a.get("runtime"), "notes": notes,
-            "precision_used": r.get("inference_precision") or info.get("runtime_info", {}).get("precision"),
-            "parent": a.get("refit_of") or "student",
-        })
+        out.append(
+            {
+                "name": a["name"],
+                "role": "artifact",
+                "format": a["format"],
+                "precision": a["precision"],
+                "params": None,
+                "macs": None,
+                "size_bytes": a.get("size_bytes"),
+                **_metrics(a.get("metrics")),
+                "temperature": temperature * a.get("refit_temperature", 1.0),
+                "latency_ms": _latency(r),
+                "device": device if r else None,
+                "parity_max_abs_diff": a.get("parity_max_abs_diff"),
+                "throughput": _largest(r.get("throughput")),
+                "energy_mj": r.get("energy_mj_per_inference"),
+                "runtime": a.get("runtime"),
+                "notes": notes,
+                "precision_used": r.get("inference_precision") or info.get("runtime_info", {}).get("precision"),
+                "parent": a.get("refit_of") or "student",
+            }
+        )
     return out
 
 
@@ -94,11 +124,12 @@ def _largest(throughput: dict[str, Any] | None) -> float | None:
 def environment() -> dict[str, Any]:
     from importlib import metadata
 
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "cpu_count": os.cpu_count()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
     for pkg in ("torch", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning", "executorch", "tensorrt"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             env[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return env

@@ -29,8 +29,9 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("edgecompress.pipeline").joinpath("presets", f"{name}.yaml")))
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path, *, until: str | None = None,
-                 progress: bool = True) -> dict[str, Path]:
+def run_pipeline(
+    cfg: PipelineConfig, out: str | Path, *, until: str | None = None, progress: bool = True
+) -> dict[str, Path]:
     """Run every stage of ``cfg`` into the run directory ``out``; returns the paths of the report files.
 
     Finished stages are reused (their folders are addressed by a hash of their config and inputs); a stage that was
@@ -59,36 +60,61 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, until: str | None = No
     if until == "export":
         return {}
     bench = deploy.stage_benchmark(ctx, splits, artifacts, export_key)
-    state = {"config_hash": sha256_json(cfg.model_dump(mode="json")), "teacher": teacher.record,
-             "distill": student.record, "distill_spec": student.spec, "calibrate": calibrated.record,
-             "artifacts": artifacts, "benchmark": bench, "export_key": export_key, "stages": ctx.stages,
-             "warnings": ctx.warnings}
+    state = {
+        "config_hash": sha256_json(cfg.model_dump(mode="json")),
+        "teacher": teacher.record,
+        "distill": student.record,
+        "distill_spec": student.spec,
+        "calibrate": calibrated.record,
+        "artifacts": artifacts,
+        "benchmark": bench,
+        "export_key": export_key,
+        "stages": ctx.stages,
+        "warnings": ctx.warnings,
+    }
     atomic_write_json(run.root / STATE, state)
     return _finish(ctx, teacher, student, calibrated, artifacts, bench)
 
 
-def _finish(ctx: Context, teacher: Any, student: Any, calibrated: Any, artifacts: list[dict[str, Any]],
-            bench: list[dict[str, Any]]) -> dict[str, Path]:
+def _finish(
+    ctx: Context,
+    teacher: Any,
+    student: Any,
+    calibrated: Any,
+    artifacts: list[dict[str, Any]],
+    bench: list[dict[str, Any]],
+) -> dict[str, Path]:
     from edgecompress.report import Report, recommend, write_report
 
     cfg = ctx.cfg
     device = cfg.benchmark.devices[0]
     temperature = calibrated.record["temperature"]
     models = finish.chain_entries(teacher, student, calibrated) + finish.artifact_entries(
-        artifacts, bench, temperature, device)
+        artifacts, bench, temperature, device
+    )
     for m in models:
         m["reliability_png"] = finish._rel(ctx, m.get("reliability_png"))
     reference = calibrated.record.get("after", {}).get("accuracy")
-    recs = recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop) \
-        if reference is not None else []
+    recs = (
+        recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop)
+        if reference is not None
+        else []
+    )
     figures = {"reliability_student": finish._rel(ctx, calibrated.record.get("reliability_png"))}
     if student.record.get("sample_grid"):
         figures["datafree_samples"] = finish._rel(ctx, student.record["sample_grid"])
     report = Report(
-        name=cfg.name, config_hash=sha256_json(cfg.model_dump(mode="json"))[:16], environment=finish.environment(),
-        models=models, benchmarks=bench, stages=ctx.stages, recommendations=recs,
-        figures={k: v for k, v in figures.items() if v}, warnings=ctx.warnings,
-        datafree=student.record.get("datafree"))
+        name=cfg.name,
+        config_hash=sha256_json(cfg.model_dump(mode="json"))[:16],
+        environment=finish.environment(),
+        models=models,
+        benchmarks=bench,
+        stages=ctx.stages,
+        recommendations=recs,
+        figures={k: v for k, v in figures.items() if v},
+        warnings=ctx.warnings,
+        datafree=student.record.get("datafree"),
+    )
     paths = write_report(report, ctx.run.root)
     if cfg.bundle.enabled:
         paths.update(write_bundles(ctx, report, artifacts))
@@ -110,15 +136,22 @@ def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) ->
             "labels": splits.labels,
             "preprocessing": splits.preprocess.model_dump(mode="json"),
             "temperature": {"value": entry.temperature if entry else None, "folded": True},
-            "metrics": {k: getattr(entry, k) for k in ("accuracy", "ece", "nll", "brier")} | {
-                "latency_ms": {b: s.p50 for b, s in entry.latency_ms.items()}, "device": entry.device}
-            if entry else {},
+            "metrics": {k: getattr(entry, k) for k in ("accuracy", "ece", "nll", "brier")}
+            | {"latency_ms": {b: s.p50 for b, s in entry.latency_ms.items()}, "device": entry.device}
+            if entry
+            else {},
             "config_hash": report.config_hash,
             "input_shape": list(splits.input_shape),
         }
-        bdir = write_bundle(name=art["name"], files=[Path(f) for f in art["files"]],
-                            model_file=Path(art["model_file"]), manifest_fields=fields,
-                            out_dir=ctx.run.bundles_dir, include_runner=cfg.bundle.include_runner, artifact=art)
+        bdir = write_bundle(
+            name=art["name"],
+            files=[Path(f) for f in art["files"]],
+            model_file=Path(art["model_file"]),
+            manifest_fields=fields,
+            out_dir=ctx.run.bundles_dir,
+            include_runner=cfg.bundle.include_runner,
+            artifact=art,
+        )
         out[f"bundle {art['name']}"] = bdir
         if cfg.bundle.zip:
             out[f"zip {art['name']}"] = zip_bundle(bdir)
@@ -132,12 +165,16 @@ def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
     run = RunDir(run_dir)
     state_file = run.root / STATE
     if not state_file.is_file():
-        raise ConfigError(f"{run.root} is not a finished run directory (no {STATE})",
-                          "run `edgecompress run CONFIG --out DIR` first")
+        raise ConfigError(
+            f"{run.root} is not a finished run directory (no {STATE})", "run `edgecompress run CONFIG --out DIR` first"
+        )
     cfg = load_config(run.root / "config.resolved.yaml")
     state = json.loads(state_file.read_text())
-    ctx = Context(cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
-                  run=run, progress=False)
+    ctx = Context(
+        cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
+        run=run,
+        progress=False,
+    )
     splits = train.stage_data(ctx)
     bench = deploy.stage_benchmark(ctx, splits, state["artifacts"], state["export_key"], force=True)
     teacher = train.Trained(None, {}, "", state["teacher"])

@@ -56,15 +56,18 @@ class RunDir:
         try:
             (self.root / "stages").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ResourceError(f"cannot create the run directory {self.root}: {exc.strerror}",
-                                "choose a writable --out directory") from None
+            raise ResourceError(
+                f"cannot create the run directory {self.root}: {exc.strerror}", "choose a writable --out directory"
+            ) from None
         if not os.access(self.root, os.W_OK):
             raise ResourceError(f"the run directory {self.root} is not writable", "choose a writable --out directory")
         free = shutil.disk_usage(self.root).free
         if free < MIN_FREE_BYTES:
             raise ResourceError(
                 f"only {free // 2**20} MiB free on the disk of {self.root}; a run needs at least "
-                f"{MIN_FREE_BYTES // 2**20} MiB", "free disk space or choose another --out directory")
+                f"{MIN_FREE_BYTES // 2**20} MiB",
+                "free disk space or choose another --out directory",
+            )
 
     def stage(self, name: str, key_material: dict[str, Any]) -> StageDir:
         key = sha256_json({"stage": name, **key_material})[:12]

@@ -79,14 +79,22 @@ def stage_teacher(ctx: Context, splits: Splits) -> Trained:
             model = load_state(model, cfg.checkpoint)
         else:
             if splits.train is None:
-                raise DataError("the teacher must be trained but there is no training data",
-                                "give teacher.checkpoint or a dataset")
+                raise DataError(
+                    "the teacher must be trained but there is no training data", "give teacher.checkpoint or a dataset"
+                )
             from edgecompress.distill import train_model
             from edgecompress.distill.config import LossConfig
 
-            model = train_model(model, splits, cfg.train, workdir=sd.path / "train", seed=ctx.cfg.seed,
-                                loss=LossConfig(kind="ce"), augment_cfg=ctx.cfg.data.augment,
-                                progress=ctx.progress).model
+            model = train_model(
+                model,
+                splits,
+                cfg.train,
+                workdir=sd.path / "train",
+                seed=ctx.cfg.seed,
+                loss=LossConfig(kind="ce"),
+                augment_cfg=ctx.cfg.data.augment,
+                progress=ctx.progress,
+            ).model
         save_state(model, state)
         record = {"name": "teacher", "role": "teacher", **_size(model, splits)}
         if splits.test is not None:
@@ -113,8 +121,10 @@ def _plan_members(ctx: Context, teacher: Trained, splits: Splits) -> list[tuple[
     ratio = count_macs(student, splits.input_shape) / max(1, teacher.record["macs"])
     assistants = dcfg.assistants
     if assistants == "auto":
-        assistants = [MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}")
-                      for i, r in enumerate(plan_assistant_ratios(ratio, dcfg.n_assistants))]
+        assistants = [
+            MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}")
+            for i, r in enumerate(plan_assistant_ratios(ratio, dcfg.n_assistants))
+        ]
     elif assistants == "search":
         assistants = _search(ctx, teacher, splits, ratio)
     elif assistants == "none":
@@ -135,28 +145,42 @@ def _search(ctx: Context, teacher: Trained, splits: Splits, student_ratio: float
     dcfg = ctx.cfg.distill
     candidates = [c for c in dcfg.search_candidates if c > student_ratio]
     if not candidates:
-        ctx.warn(f"assistants: search found no candidate above the student's MAC ratio {student_ratio:.3f}; "
-                 "distilling directly")
+        ctx.warn(
+            f"assistants: search found no candidate above the student's MAC ratio {student_ratio:.3f}; "
+            "distilling directly"
+        )
         return []
     best = search_assistant(
-        teacher.model, lambda r: prune_to_ratio(teacher.model, splits.input_shape, r),
-        lambda: _member_model(dcfg.student, teacher, splits)[0], candidates, splits, dcfg,
-        workdir=ctx.run.root / "stages" / "search", seed=ctx.cfg.seed)
+        teacher.model,
+        lambda r: prune_to_ratio(teacher.model, splits.input_shape, r),
+        lambda: _member_model(dcfg.student, teacher, splits)[0],
+        candidates,
+        splits,
+        dcfg,
+        workdir=ctx.run.root / "stages" / "search",
+        seed=ctx.cfg.seed,
+    )
     ctx.search = best.to_dict()
     return [MemberSpec(prune_ratio=best.best_ratio, name=f"ta-{best.best_ratio:.2f}")]
 
 
 def stage_distill(ctx: Context, splits: Splits, teacher: Trained) -> Trained:
     dcfg = ctx.cfg.distill
-    key = {"distill": dcfg.model_dump(mode="json"), "teacher": teacher.key, "data": splits.fingerprint(),
-           "seed": ctx.cfg.seed, "augment": ctx.cfg.data.augment.model_dump(mode="json"),
-           "label_smoothing": ctx.cfg.teacher.label_smoothing}
+    key = {
+        "distill": dcfg.model_dump(mode="json"),
+        "teacher": teacher.key,
+        "data": splits.fingerprint(),
+        "seed": ctx.cfg.seed,
+        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
+        "label_smoothing": ctx.cfg.teacher.label_smoothing,
+    }
     sd = ctx.run.stage("distill", key)
     with ctx.timed("distill", sd.key, sd.done, str(sd.path)):
         if sd.done:
             res = sd.result()
-            return Trained(rebuild(res["student_spec"], sd.path / "student.pt", splits), res["student_spec"],
-                           sd.key, res)
+            return Trained(
+                rebuild(res["student_spec"], sd.path / "student.pt", splits), res["student_spec"], sd.key, res
+            )
         from edgecompress.models import save_state
 
         if dcfg.datafree is not None:
@@ -166,14 +190,24 @@ def stage_distill(ctx: Context, splits: Splits, teacher: Trained) -> Trained:
 
         if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
             dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
-        chain = distill_chain(teacher.model, [(n, m) for n, m, _ in members], splits, dcfg,
-                              workdir=sd.path / "chain", seed=ctx.cfg.seed, progress=ctx.progress)
+        chain = distill_chain(
+            teacher.model,
+            [(n, m) for n, m, _ in members],
+            splits,
+            dcfg,
+            workdir=sd.path / "chain",
+            seed=ctx.cfg.seed,
+            progress=ctx.progress,
+        )
         student = chain.members[-1].model
         save_state(student, sd.path / "student.pt")
-        for (name, model, spec), rec in zip(members[:-1], chain.members[1:-1], strict=False):
-            save_state(rec.model, sd.path / f"{name}.pt")
-        result = {"student_spec": members[-1][2], "chain": chain.to_json(),
-                  "member_specs": {n: s for n, _, s in members}}
+        for rec in chain.members[1:-1]:  # the assistants, kept for inspection and the report
+            save_state(rec.model, sd.path / f"{rec.name}.pt")
+        result = {
+            "student_spec": members[-1][2],
+            "chain": chain.to_json(),
+            "member_specs": {n: s for n, _, s in members},
+        }
         return Trained(student, members[-1][2], sd.key, sd.finish(result))
 
 
@@ -184,14 +218,33 @@ def _datafree(ctx: Context, splits: Splits, teacher: Trained, sd: Any) -> Traine
 
     student, spec = _member_model(ctx.cfg.distill.student, teacher, splits)
     val = (splits.val.x, splits.val.y) if splits.val is not None else None
-    res = datafree_distill(teacher.model, student, ctx.cfg.distill.datafree, input_shape=splits.input_shape,
-                           num_classes=splits.num_classes, seed=ctx.cfg.seed, workdir=sd.path / "synthesis",
-                           progress=ctx.progress, val=val)
+    res = datafree_distill(
+        teacher.model,
+        student,
+        ctx.cfg.distill.datafree,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        seed=ctx.cfg.seed,
+        workdir=sd.path / "synthesis",
+        progress=ctx.progress,
+        val=val,
+    )
     save_state(res.student, sd.path / "student.pt")
-    grid = sample_grid(res.bank_images, res.bank_labels, splits.num_classes, sd.path / "samples.png",
-                       mean=splits.preprocess.mean, std=splits.preprocess.std, class_names=splits.labels)
-    result = {"student_spec": spec, "datafree": res.to_json(), "sample_grid": str(grid),
-              "chain": {"members": [{"name": "student", "role": "student"}]}}
+    grid = sample_grid(
+        res.bank_images,
+        res.bank_labels,
+        splits.num_classes,
+        sd.path / "samples.png",
+        mean=splits.preprocess.mean,
+        std=splits.preprocess.std,
+        class_names=splits.labels,
+    )
+    result = {
+        "student_spec": spec,
+        "datafree": res.to_json(),
+        "sample_grid": str(grid),
+        "chain": {"members": [{"name": "student", "role": "student"}]},
+    }
     return Trained(res.student, spec, sd.key, sd.finish(result))
 
 
@@ -213,8 +266,9 @@ def stage_calibrate(ctx: Context, splits: Splits, student: Trained) -> Trained:
         if ccfg.mbls is not None and splits.train is not None and splits.val is not None:
             from edgecompress.calibration.mbls import mbls_finetune
 
-            model, history = mbls_finetune(model, splits.train.x, splits.train.y, splits.val.x, splits.val.y,
-                                           ccfg.mbls, seed=ctx.cfg.seed)
+            model, history = mbls_finetune(
+                model, splits.train.x, splits.train.y, splits.val.x, splits.val.y, ccfg.mbls, seed=ctx.cfg.seed
+            )
             result["mbls_history"] = history
         save_state(model, sd.path / "student.pt")
         temperature = 1.0
@@ -231,9 +285,12 @@ def stage_calibrate(ctx: Context, splits: Splits, student: Trained) -> Trained:
             result["before"] = metrics_of(logits, splits.test.y)
             result["after"] = metrics_of(logits / temperature, splits.test.y)
             png = reliability_diagram(
-                [("student before TS", logits, splits.test.y),
-                 (f"student after TS (T={temperature:.2f})", logits / temperature, splits.test.y)],
-                sd.path / "reliability_student.png")
+                [
+                    ("student before TS", logits, splits.test.y),
+                    (f"student after TS (T={temperature:.2f})", logits / temperature, splits.test.y),
+                ],
+                sd.path / "reliability_student.png",
+            )
             result["reliability_png"] = str(png)
         return Trained(_fold(model, temperature, splits), student.spec, sd.key, sd.finish(result))
 
