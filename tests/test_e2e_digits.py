@@ -123,3 +123,33 @@ def test_rerun_reuses_every_stage(run_dir, report):
     assert all(s["cached"] for s in again["stages"]), again["stages"]
     acc = {m["name"]: m["accuracy"] for m in report["models"]}
     assert {m["name"]: m["accuracy"] for m in again["models"]} == acc
+
+
+def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
+    """`edgecompress bench RUN --device local --device <ssh profile>`: the agent measures on both, metrics come back."""
+    import shutil
+
+    import yaml
+    from sshd_helpers import NO_SSHD, SSHD, Sshd
+
+    if not SSHD.is_file() or shutil.which("ssh") is None:
+        pytest.skip(NO_SSHD)
+    server = Sshd(tmp_path / "sshd")
+    try:
+        profile = server.profile(name="loopback", runtimes=["onnxruntime", "openvino"], formats=["onnx:*"])
+        path = tmp_path / "loopback.yaml"
+        path.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+        res = subprocess.run([sys.executable, "-m", "edgecompress", "bench", str(run_dir), "--device", "local",
+                              "--device", str(path)], capture_output=True, text=True, timeout=600)
+    finally:
+        server.kill()
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {(r["device"], r["artifact"]): r for r in report["benchmarks"]}
+    for device in ("local", "loopback"):
+        row = rows[(device, "onnx-int8")]
+        assert row["ok"], row
+        assert row["accuracy"] > 0.8 and row["ece"] is not None
+        assert row["latency_ms"]["1"]["p50"] > 0
+    assert ("loopback", "openvino-int8") not in rows  # the profile accepts only ONNX
+    assert "loopback" in (run_dir / "report.md").read_text()

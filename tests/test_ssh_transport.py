@@ -7,13 +7,7 @@ Faults are real too: sshd killed mid-run, a port nothing listens on, a wrong hos
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,124 +17,17 @@ import pytest
 
 from edgecompress.devices import agent
 from edgecompress.devices.bench import benchmark_artifacts
-from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
+from edgecompress.devices.config import BenchmarkConfig
 from edgecompress.devices.transports import AgentJob, SSHTransport, with_retries
+from sshd_helpers import NO_SSHD, SSHD, Sshd, descendants, free_port, keygen
 from test_runtime_template import tiny_onnx
 
-SSHD = Path("/usr/sbin/sshd")
 pytestmark = [
-    pytest.mark.skipif(not SSHD.is_file(), reason="/usr/sbin/sshd is not installed (apt-get install openssh-server)"),
+    pytest.mark.skipif(not SSHD.is_file(), reason=NO_SSHD),
     pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed"),
     pytest.mark.timeout(120),
 ]
 FAST = ("--warmup", "1", "--min-time", "0", "--min-iters", "3", "--repeats", "1", "--batch-sizes", "1,2")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)  # noqa: S603 S607
-    return path.with_suffix(".pub").read_text().strip()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Processes below ``pid`` (sshd's connection children call setsid, so a process group would miss them)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-class Sshd:
-    """A throw-away sshd: host key, authorized user key, known_hosts, all under ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
-        root.mkdir(parents=True, exist_ok=True)
-        host_pub = _keygen(root / "host_key")
-        user_pub = _keygen(root / "user_key")
-        (root / "authorized_keys").write_text(user_pub + "\n")
-        (root / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {' '.join(host_pub.split()[:2])}\n")
-        (root / "sshd_config").write_text(
-            "\n".join(
-                [
-                    f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
-                    f"HostKey {root / 'host_key'}",
-                    f"PidFile {root / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {root / 'authorized_keys'}",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin prohibit-password",
-                    "Subsystem sftp internal-sftp",
-                    "PrintMotd no",
-                    "LogLevel ERROR",
-                ]
-            )
-            + "\n"
-        )
-        if os.geteuid() == 0:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        log = open(self.root / "sshd.log", "ab")  # noqa: SIM115 - sshd writes to it until stopped
-        self.proc = subprocess.Popen(  # noqa: S603
-            [str(SSHD), "-D", "-e", "-f", str(self.root / "sshd_config")], stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                pytest.fail(f"sshd exited: {(self.root / 'sshd.log').read_text()[-800:]}")
-            time.sleep(0.05)
-        pytest.fail("sshd did not start listening")
-
-    def kill(self) -> None:
-        """Kill sshd and every session below it (our own processes), dropping live connections."""
-        if self.proc is None:
-            return
-        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def profile(self, **overrides) -> DeviceProfile:
-        fields = {
-            "name": "ssh-loopback",
-            "transport": "ssh",
-            "host": "127.0.0.1",
-            "port": self.port,
-            "user": getpass.getuser(),
-            "identity_file": self.root / "user_key",
-            "known_hosts_file": self.root / "known_hosts",
-            "python": sys.executable,
-            "workdir": str(self.root / "remote"),
-            "runtimes": ["onnxruntime", "tensorrt"],
-            "formats": ["onnx:*"],
-        }
-        return DeviceProfile(**(fields | overrides))
 
 
 @pytest.fixture
@@ -185,7 +72,7 @@ def test_agent_runs_over_ssh_and_metrics_come_back(sshd: Sshd, model, tmp_path: 
 
 
 def test_unreachable_port_is_retried_then_a_clear_failure(sshd: Sshd, model, tmp_path: Path) -> None:
-    transport = SSHTransport(sshd.profile(port=_free_port()))
+    transport = SSHTransport(sshd.profile(port=free_port()))
     out = with_retries(
         lambda: transport.run(_job(model), local_dir=tmp_path / "r", timeout_s=30), retries=2, backoff_s=0.01, what="t"
     )
@@ -197,7 +84,7 @@ def _kill_when_agent_runs(server: Sshd, restart: bool) -> threading.Thread:
     def worker() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and server.proc is not None:
-            procs = _descendants(server.proc.pid)
+            procs = descendants(server.proc.pid)
             cmdlines = []
             for pid in procs:
                 with contextlib.suppress(OSError):
@@ -237,7 +124,7 @@ def test_sshd_killed_mid_run(sshd: Sshd, model, tmp_path: Path, restart: bool) -
 
 
 def test_wrong_host_key_is_refused_not_retried(sshd: Sshd, model, tmp_path: Path) -> None:
-    other = _keygen(tmp_path / "impostor_key")
+    other = keygen(tmp_path / "impostor_key")
     bad_known = tmp_path / "bad_known_hosts"
     bad_known.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(other.split()[:2])}\n")
     transport = SSHTransport(sshd.profile(known_hosts_file=bad_known))

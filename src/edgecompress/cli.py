@@ -116,12 +116,16 @@ def bench(
 
 
 @app.command()
-def devices() -> None:
-    """List the device profiles (built-in and from EDGECOMPRESS_PROFILES)."""
-    from edgecompress.devices.profiles import list_profiles
+def devices(
+    profiles_dir: Annotated[Path | None, typer.Option(help="A directory of your own profile YAML files.")] = None,
+) -> None:
+    """List the device profiles: built-in ones and those in --profiles-dir."""
+    from edgecompress.devices.profiles import list_profiles, load_profile
 
-    for profile in list_profiles():
-        typer.echo(f"{profile.name:20s} {profile.transport:6s} {profile.description}")
+    extra = [profiles_dir] if profiles_dir else []
+    for name in list_profiles(extra):
+        profile = load_profile(name, extra)
+        typer.echo(f"{name:20s} {profile.transport:6s} {profile.description}")
 
 
 @app.command()
