@@ -30,5 +30,5 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The CPU wheel of torch first, so that resolving the package's torch range installs nothing more.
 .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
   || "${PIP[@]}" install "torch==2.13.0"
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,mobile]"
 .venv/bin/python -c "import torch; assert '+cu' not in torch.__version__, torch.__version__; print('bootstrap: torch', torch.__version__)"
