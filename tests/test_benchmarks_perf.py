@@ -180,7 +180,7 @@ def test_torch_runtime_and_round_robin_bookkeeping() -> None:
     calls: list[str] = []
 
     def fake_measure(runtime, x, **kw):  # noqa: ANN001, ANN003, ANN202 - records the order only
-        calls.append(runtime)
+        calls.append(runtime.inner)  # round_robin wraps each runtime in a CpuTimer
         return {"p50": 1.0, "p90": 1.0, "throughput": float(len(x)), "batch": len(x)}
 
     entries = [c.Entry("a", "A", "fp32"), c.Entry("b", "B", "fp32"), c.Entry("c", "C", "int8")]
@@ -197,6 +197,7 @@ def test_round_robin_with_the_real_harness() -> None:
     out = c.round_robin([c.Entry("lin", rt, "fp32")], {3: np.ones((3, 4), np.float32)}, rounds=2, min_time_s=0.001)
     rounds = out[("lin", 3)]
     assert len(rounds) == 2 and all(r["batch"] == 3 and r["p50"] > 0 for r in rounds)
+    assert all(r["cpu_p50"] >= 0 and r["cpu_min"] <= r["cpu_p50"] for r in rounds)
 
 
 def _row(name: str, role: str, acc: float, speedup: float) -> dict:

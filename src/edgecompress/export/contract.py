@@ -39,12 +39,14 @@ class Tolerance:
 
 
 # fp32: 1e-4 abs on logits. fp16/bf16: ~1e-2 (bf16 keeps 8 mantissa bits, so looser).
-# int8: judged by top-1 agreement >= 0.98; the abs bound only catches a broken graph.
+# int8: parity only catches a broken graph (agreement >= 0.85 on real inputs, a loose abs bound); whether the
+# quantized model is good enough is decided by the accuracy gate on the whole val split (export.max_accuracy_drop).
+# A fixed high agreement bar would fail good INT8 models of low-accuracy students, whose many near-ties flip.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_top1_agreement=0.99),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_top1_agreement=0.98),
     "bf16": Tolerance(atol=2e-2, rtol=2e-2, min_top1_agreement=0.97),
-    "int8": Tolerance(atol=5e-2, rtol=0.25, min_top1_agreement=0.98),
+    "int8": Tolerance(atol=5e-2, rtol=0.25, min_top1_agreement=0.85),
 }
 
 # Order of loss of precision, for "the coarser of what was stored and what the runtime executes".

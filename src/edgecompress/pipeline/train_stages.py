@@ -218,6 +218,7 @@ def _datafree(ctx: Context, splits: Splits, teacher: Trained, sd: Any) -> Traine
 
     student, spec = _member_model(ctx.cfg.distill.student, teacher, splits)
     val = (splits.val.x, splits.val.y) if splits.val is not None else None
+    pre = splits.preprocess
     res = datafree_distill(
         teacher.model,
         student,
@@ -228,23 +229,26 @@ def _datafree(ctx: Context, splits: Splits, teacher: Trained, sd: Any) -> Traine
         workdir=sd.path / "synthesis",
         progress=ctx.progress,
         val=val,
+        mean=pre.mean,
+        std=pre.std,
     )
     save_state(res.student, sd.path / "student.pt")
     grid = sample_grid(
-        res.bank_images,
-        res.bank_labels,
+        res.bank_x,
+        res.bank_y,
         splits.num_classes,
         sd.path / "samples.png",
-        mean=splits.preprocess.mean,
-        std=splits.preprocess.std,
+        mean=pre.mean,
+        std=pre.std,
         class_names=splits.labels,
     )
-    result = {
-        "student_spec": spec,
-        "datafree": res.to_json(),
-        "sample_grid": str(grid),
-        "chain": {"members": [{"name": "student", "role": "student"}]},
-    }
+    members = [{"name": "student", "role": "student", "teacher": "teacher", **_size(res.student, splits)}]
+    if splits.test is not None:
+        t_logits = predict_logits(teacher.model, splits.test.x)
+        s_logits = predict_logits(res.student, splits.test.x)
+        members[0].update(metrics_of(s_logits, splits.test.y))
+        members[0]["fidelity_agreement"] = float((t_logits.argmax(1) == s_logits.argmax(1)).mean())
+    result = {"student_spec": spec, "datafree": res.summary(), "sample_grid": str(grid), "chain": {"members": members}}
     return Trained(res.student, spec, sd.key, sd.finish(result))
 
 
