@@ -37,7 +37,7 @@ def _metadata(ctx: Context, splits: Splits, temperature: float) -> dict[str, Any
     }
 
 
-def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict[str, Any]]:
+def stage_export(ctx: Context, splits: Splits, calibrated: Trained, calib_x: np.ndarray) -> list[dict[str, Any]]:
     """Export every configured format, parity-check it, evaluate it on test through its runtime.
 
     INT8 / FP16 artifacts whose ECE moved by more than ``calibration.refit_threshold`` get T re-fitted on val through
@@ -72,13 +72,13 @@ def stage_export(ctx: Context, splits: Splits, calibrated: Trained) -> list[dict
             calibrated.model,
             contract=contract,
             formats=ecfg.formats,
-            calib_x=splits.calib.x,
+            calib_x=calib_x,
             out_dir=sd.path / "artifacts",
             cfg=ecfg,
             val_x=splits.val.x if has_val else None,
             val_y=splits.val.y if has_val else None,
-            parity_x=(splits.val if has_val else splits.calib).x[:256],
-        )  # real inputs: top-1 on noise means little
+            parity_x=(splits.val.x if has_val else calib_x)[:256],  # real inputs: top-1 on noise means little
+        )
         reference = calibrated.record.get("val_after", {})
         rows = []
         for art in artifacts:

@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 PRESETS = ("digits", "fashion_mnist", "datafree_digits")
 STATE = "run.json"
+ECE_SLACK = 0.01  # how much worse than the FP32 student's ECE a recommended artifact may be
 
 
 def preset_path(name: str) -> Path:
@@ -37,10 +40,11 @@ def run_pipeline(
     Finished stages are reused (their folders are addressed by a hash of their config and inputs); a stage that was
     interrupted resumes from its own checkpoints.
     """
-    import torch
-
+    check_devices(cfg.benchmark.devices, cfg.benchmark.profiles_dir)  # fail before any work, not after training
     run = RunDir(out)
     run.prepare()
+    import torch
+
     torch.manual_seed(cfg.seed)
     atomic_write_text(run.root / "config.resolved.yaml", dump_config(cfg))
     ctx = Context(cfg=cfg, run=run, progress=progress)
@@ -55,7 +59,9 @@ def run_pipeline(
     calibrated = train.stage_calibrate(ctx, splits, student)
     if until == "calibrate":
         return {}
-    artifacts = deploy.stage_export(ctx, splits, calibrated)
+    # INT8 calibration data: the calib split, or in data-free runs the synthesized transfer set
+    calib_x = splits.calib.x if splits.calib is not None else np.load(student.record["bank"])
+    artifacts = deploy.stage_export(ctx, splits, calibrated, calib_x)
     export_key = ctx.stages[-1]["output_dir"]
     if until == "export":
         return {}
@@ -76,6 +82,15 @@ def run_pipeline(
     return _finish(ctx, teacher, student, calibrated, artifacts, bench)
 
 
+def check_devices(devices: list[str], profiles_dir: Path | None) -> None:
+    """Load every device profile and build its transport (no connection): a bad profile fails in one line now."""
+    from edgecompress.devices.profiles import load_profile
+    from edgecompress.devices.transports import make_transport
+
+    for name in devices:
+        make_transport(load_profile(name, [profiles_dir]))
+
+
 def _finish(
     ctx: Context,
     teacher: Any,
@@ -94,9 +109,13 @@ def _finish(
     )
     for m in models:
         m["reliability_png"] = finish._rel(ctx, m.get("reliability_png"))
-    reference = calibrated.record.get("after", {}).get("accuracy")
+    after = calibrated.record.get("after", {})
+    reference = after.get("accuracy")
+    # An artifact qualifies when it loses at most export.max_accuracy_drop of accuracy and at most one ECE point
+    # against the calibrated FP32 student; the fastest qualifying one is recommended per device.
+    max_ece = after["ece"] + ECE_SLACK if after.get("ece") is not None else None
     recs = (
-        recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop)
+        recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop, max_ece=max_ece)
         if reference is not None
         else []
     )
@@ -168,7 +187,9 @@ def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
         raise ConfigError(
             f"{run.root} is not a finished run directory (no {STATE})", "run `edgecompress run CONFIG --out DIR` first"
         )
+    run.prepare()  # lock the folder: a second process must not write the same report
     cfg = load_config(run.root / "config.resolved.yaml")
+    check_devices(devices, cfg.benchmark.profiles_dir)
     state = json.loads(state_file.read_text())
     ctx = Context(
         cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),

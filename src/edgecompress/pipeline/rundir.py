@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DONE = "_done.json"
 MIN_FREE_BYTES = 200 * 1024 * 1024
+LOCK = ".edgecompress.lock"
+# `.name.XXXXXXXX.tmp` of _io.atomic_path and `.prefix-XXXXXXXX` folders of tempfile.mkdtemp (exporters, bundles)
+_TEMP_RE = re.compile(r"^\.(.+(\.tmp|-[a-z0-9_]{8})|old-.+-\d+)$")  # and `.old-<name>-<pid>` swap leftovers
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._lock_fh: Any = None
 
     def prepare(self) -> None:
         """Create the folder and fail early, in one line, when it cannot be written or the disk is nearly full."""
@@ -68,6 +73,44 @@ class RunDir:
                 f"{MIN_FREE_BYTES // 2**20} MiB",
                 "free disk space or choose another --out directory",
             )
+        self._lock()
+        self.sweep()
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the run directory for this process's life (released by the OS, even on kill)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, and no sweep of other writers' files either
+            return
+        if self._lock_fh is not None:
+            return
+        fh = open(self.root / LOCK, "a")  # noqa: SIM115 (kept open: the lock lives as long as the file handle)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise ResourceError(
+                f"another edgecompress process is using the run directory {self.root}",
+                "wait for it to finish, or choose another --out directory",
+            ) from None
+        self._lock_fh = fh
+
+    def sweep(self) -> list[Path]:
+        """Remove temporary files and folders left by a killed run (atomic-write temps, exporter work folders).
+
+        Only called with the directory's lock held, so no live writer owns them.
+        """
+        if self._lock_fh is None:
+            return []
+        stale = [p for p in self.root.rglob(".*") if _TEMP_RE.match(p.name)]
+        for p in sorted(stale, key=lambda q: len(q.parts), reverse=True):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", len(stale), self.root)
+        return stale
 
     def stage(self, name: str, key_material: dict[str, Any]) -> StageDir:
         key = sha256_json({"stage": name, **key_material})[:12]

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecompress._io import sha256_file
+import numpy as np
+
+from edgecompress._io import atomic_path, sha256_file
 from edgecompress.errors import ConfigError, DataError
 from edgecompress.pipeline.context import Context, metrics_of, predict_logits
 
@@ -233,6 +235,9 @@ def _datafree(ctx: Context, splits: Splits, teacher: Trained, sd: Any) -> Traine
         std=pre.std,
     )
     save_state(res.student, sd.path / "student.pt")
+    bank = sd.path / "bank.npy"  # synthesized samples: the INT8 calibration set of a data-free run
+    with atomic_path(bank) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, res.bank_x.numpy().astype(np.float32))
     grid = sample_grid(
         res.bank_x,
         res.bank_y,
@@ -248,7 +253,13 @@ def _datafree(ctx: Context, splits: Splits, teacher: Trained, sd: Any) -> Traine
         s_logits = predict_logits(res.student, splits.test.x)
         members[0].update(metrics_of(s_logits, splits.test.y))
         members[0]["fidelity_agreement"] = float((t_logits.argmax(1) == s_logits.argmax(1)).mean())
-    result = {"student_spec": spec, "datafree": res.summary(), "sample_grid": str(grid), "chain": {"members": members}}
+    result = {
+        "student_spec": spec,
+        "datafree": res.summary(),
+        "sample_grid": str(grid),
+        "bank": str(bank),
+        "chain": {"members": members},
+    }
     return Trained(res.student, spec, sd.key, sd.finish(result))
 
 
