@@ -20,7 +20,7 @@ from edgecompress.pipeline.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("digits", "fashion_mnist", "datafree_digits")
+PRESETS = ("digits", "fashion_mnist")
 STATE = "run.json"
 ECE_SLACK = 0.01  # how much worse than the FP32 student's ECE a recommended artifact may be
 
