@@ -1,0 +1,179 @@
+"""Shared helpers for ``benchmarks/takd.py`` and ``benchmarks/calibration.py`` (not part of the library).
+
+What lives here: the mean ± std arithmetic and markdown tables of the result files, loading the Fashion-MNIST splits
+both experiments use, building the plain-CNN members, and a description of the machine the numbers came from.
+Training, distillation, calibration and export are the library's (``edgecompress.distill``, ``.calibration``,
+``.export``); the scripts only drive them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import ConfigError
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arithmetic and tables
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
+    """(mean, sample std with ddof=1, n) of the finite values; std is 0 for one value, NaN/NaN/0 for none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(vals) / n
+    if n == 1:
+        return mean, 0.0, 1
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1)
+    return mean, math.sqrt(var), n
+
+
+def fmt_mean_std(values: Iterable[float | None], *, scale: float = 100.0, digits: int = 2) -> str:
+    """``"91.23 ± 0.45"`` of ``values × scale`` (percent by default); ``"n/a"`` when there is no finite value.
+
+    A single value prints without the ± part, so a one-seed table does not pretend to know its spread.
+    """
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    if n == 1:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def fmt_count(n: float | int | None) -> str:
+    """Human count: 1442 -> ``1.44k``, 17_530_000 -> ``17.53M``."""
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return "n/a"
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; every row must have one cell per header."""
+    for row in rows:
+        if len(row) != len(headers):
+            raise ConfigError(f"table row {list(row)!r} has {len(row)} cells for {len(headers)} headers", "fix the row")
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def group_by(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, list[Mapping[str, Any]]]:
+    """Records grouped by ``record[key]``, groups in first-seen order."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for rec in records:
+        out.setdefault(str(rec[key]), []).append(rec)
+    return out
+
+
+def aggregate(
+    records: Iterable[Mapping[str, Any]], key: str, metrics: Sequence[str]
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per group of ``key``: ``{metric: (mean, std, n)}`` over the group's records (missing values skipped)."""
+    return {
+        name: {m: mean_std(r.get(m) for r in group) for m in metrics} for name, group in group_by(records, key).items()
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data and models
+
+
+def load_fashion(*, max_train: int | None, max_test: int | None, calib_size: int, seed: int = 0) -> Any:
+    """Fashion-MNIST splits (train / val / calib / test, normalized with train statistics) from the local IDX files.
+
+    The data seed is fixed by the caller (the experiments keep it at 0, so every training seed sees the same splits).
+    """
+    from edgecompress.data import DataConfig, load_splits
+
+    cfg = DataConfig(
+        dataset="fashion-mnist",
+        path=FASHION,
+        max_train=max_train,
+        max_test=max_test,
+        calib_size=calib_size,
+        download=False,
+    )
+    return load_splits(cfg, seed=seed)
+
+
+def build_cnn(channels: Sequence[int], pool_every: int, splits: Any, *, seed: int) -> Any:
+    """A randomly initialized plain CNN of the ``cnn`` family (initialization seeded by ``seed``)."""
+    import torch
+
+    from edgecompress.models import ModelSpec, build_model
+
+    torch.manual_seed(seed)
+    c, h, w = splits.input_shape
+    spec = ModelSpec(family="cnn", params={"channels": list(channels), "pool_every": pool_every})
+    return build_model(spec, in_channels=c, num_classes=splits.num_classes, input_size=(h, w))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name (``platform.processor()`` when lscpu is absent)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """CPU model, cores, load average at start, torch version, UTC date, torch threads used."""
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (math.nan, math.nan, math.nan)
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in load],
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine_line(info: Mapping[str, Any]) -> str:
+    """One markdown line describing the machine of a run."""
+    load = info.get("load_average_at_start")
+    return (
+        f"Machine: {info.get('cpu')}, {info.get('cores')} cores (shared with other jobs; load average at start "
+        f"{load}), torch {info.get('torch')} with {info.get('torch_threads')} thread(s); {info.get('date_utc')}."
+    )
+
+
+def write_outputs(out_dir: Path, stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically into ``out_dir``."""
+    from edgecompress._io import atomic_write_json, atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j, m = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_json(j, payload)
+    atomic_write_text(m, markdown.rstrip() + "\n")
+    return j, m
