@@ -153,3 +153,33 @@ def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
         assert row["latency_ms"]["1"]["p50"] > 0
     assert ("loopback", "openvino-int8") not in rows  # the profile accepts only ONNX
     assert "loopback" in (run_dir / "report.md").read_text()
+
+
+def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
+    """`export.formats: all` on the same run: training stages are reused; every format that runs here is verified."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    cfg["export"]["formats"] = "all"
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir),
+                          "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    cached = {s["name"]: s["cached"] for s in report["stages"]}
+    assert cached["teacher"] and cached["distill"] and cached["calibrate"] and not cached["export"]
+    arts = {m["name"]: m for m in report["models"] if m["role"] == "artifact"}
+    expected = {"onnx-fp32", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
+                "ort-fp32", "ort-int8", "tensorrt-fp16", "tensorrt-int8"}
+    assert expected <= set(arts), sorted(arts)
+    for name, a in arts.items():
+        assert a["parity_max_abs_diff"] is not None, name
+        if a["format"] != "tensorrt":  # TensorRT needs an NVIDIA GPU: evaluated on the device, noted here
+            assert a["accuracy"] is not None and a["latency_ms"], name
+        else:
+            assert a["accuracy"] is None and any("not evaluated here" in n for n in a["notes"])
+    kit = run_dir / "bundles" / "tensorrt-int8" / "model"  # ONNX + calibration cache + build recipe
+    assert (kit / "model.recipe.json").is_file() and (kit / "calibration.cache").is_file()
+    recipe = json.loads((kit / "model.recipe.json").read_text())
+    assert "trtexec" in json.dumps(recipe)

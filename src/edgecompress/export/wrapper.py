@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgecompress._io import sha256_json
-from edgecompress.errors import EdgeCompressError, ExportError
+from edgecompress.errors import DeviceError, EdgeCompressError, ExportError
 from edgecompress.export import onnx_export as ox
 from edgecompress.export.config import ExportConfig
 from edgecompress.export.contract import ExportContract, effective_precision, stringify_metadata, tool_versions
@@ -59,21 +59,25 @@ class Artifact(BaseModel):
 
 
 def run_artifact(
-    runtime: str, model_file: Path, x: np.ndarray, precision: str | None = None
+    runtime: str, model_file: Path, x: np.ndarray, precision: str | None = None, max_batch: int | None = None
 ) -> tuple[np.ndarray, dict]:
     """Run ``x`` through ``model_file`` with the named ``devices`` runtime; the one place export touches runtimes.
 
     ``precision`` is the artifact's stated precision: the runtime is asked to execute at it (OpenVINO would otherwise
-    pick bf16 for an FP32 IR on CPUs that have it).
+    pick bf16 for an FP32 IR on CPUs that have it). ``max_batch`` splits ``x`` into chunks the artifact accepts
+    (ExecuTorch programs are exported with a bounded batch).
     """
-    from edgecompress.devices.agent import AgentError, get_runtime, runtime_options
+    from edgecompress.devices.agent import runtime_options
+    from edgecompress.devices.runtimes import get_runtime
 
+    step = max_batch or max(1, len(x))
     try:
         rt = get_runtime(runtime, **runtime_options(runtime, precision))
         rt.load(Path(model_file), threads=1)
-        return np.asarray(rt.run(x), dtype=np.float32), rt.info()
-    except AgentError as exc:
-        raise ExportError(f"running {Path(model_file).name} in {runtime} failed: {exc}", "see the message") from exc
+        out = [np.asarray(rt.run(np.ascontiguousarray(x[i : i + step])), np.float32) for i in range(0, len(x), step)]
+        return np.concatenate(out), rt.info()
+    except DeviceError as exc:  # a missing runtime (MissingExtraError) propagates as it is: it names the extra
+        raise ExportError(f"running {Path(model_file).name} in {runtime} failed: {exc.problem}", exc.fix) from exc
 
 
 class _Session:
@@ -359,7 +363,7 @@ def _export_one(
             raise ExportError(f"{name} produced empty or missing files {empty}", "see the exporter log")
         step = "parity"
         runtime, target, judged = _parity_target(fmt, precision, files, model_file)
-        y, rt_info = run_artifact(runtime, target, parity_x, precision)
+        y, rt_info = run_artifact(runtime, target, parity_x, precision, s.contract.max_batch)
         if y.shape != ref.shape:
             raise ExportError(f"{name} output shape {y.shape} differs from PyTorch {ref.shape}", "check the export")
         diff = float(np.max(np.abs(y - ref))) if y.size else 0.0
@@ -371,7 +375,9 @@ def _export_one(
         info = {**info, "parity_runtime": runtime, "parity_precision": judged, "runtime_info": rt_info}
         if precision == "int8" and fp32_acc is not None:
             step = "accuracy check"
-            acc = label_scorer(s.val_y)(run_artifact(runtime, target, s.val_x, precision)[0])["accuracy"]
+            acc = label_scorer(s.val_y)(run_artifact(runtime, target, s.val_x, precision, s.contract.max_batch)[0])[
+                "accuracy"
+            ]
             info.update({"val_accuracy": acc, "fp32_val_accuracy": fp32_acc})
             info["accuracy_drop"] = check_accuracy_drop(fp32_acc, acc, s.cfg.max_accuracy_drop, name)
         info.setdefault("tool_versions", tool_versions())

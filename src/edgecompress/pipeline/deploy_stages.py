@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgecompress.errors import MissingExtraError
 from edgecompress.pipeline.context import Context, metrics_of
 from edgecompress.pipeline.train_stages import Trained
 
@@ -17,11 +18,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_through(art: Any, x: np.ndarray) -> np.ndarray:
+def run_through(art: Any, x: np.ndarray, max_batch: int) -> np.ndarray:
     """Logits of an artifact on ``x``, computed by the artifact's own runtime at its stated precision."""
     from edgecompress.export import run_artifact
 
-    return run_artifact(art.runtime, art.model_file, x, art.precision)[0]
+    return run_artifact(art.runtime, art.model_file, x, art.precision, max_batch)[0]
 
 
 def _metadata(ctx: Context, splits: Splits, temperature: float) -> dict[str, Any]:
@@ -91,11 +92,17 @@ def _evaluate(ctx: Context, splits: Splits, art: Any, reference_val: dict[str, f
     row = art.model_dump(mode="json")
     if splits.test is None:
         return [row]
-    row["metrics"] = metrics_of(run_through(art, splits.test.x), splits.test.y)
+    mb = ctx.cfg.export.max_batch
+    try:
+        row["metrics"] = metrics_of(run_through(art, splits.test.x, mb), splits.test.y)
+    except MissingExtraError as exc:  # e.g. TensorRT: built and measured on the target device, not here
+        row["note"] = f"not evaluated here: {exc.problem}; it is measured on a device that has the runtime"
+        ctx.warn(f"{art.name}: {row['note']}")
+        return [row]
     out = [row]
     ccfg = ctx.cfg.calibration
     if art.precision in ("int8", "fp16") and ccfg.refit_after_quantization and splits.val is not None and reference_val:
-        val_logits = run_through(art, splits.val.x)
+        val_logits = run_through(art, splits.val.x, mb)
         moved = abs(metrics_of(val_logits, splits.val.y)["ece"] - reference_val["ece"])
         row["val_ece_shift"] = moved
         if moved > ccfg.refit_threshold:
@@ -105,7 +112,7 @@ def _evaluate(ctx: Context, splits: Splits, art: Any, reference_val: dict[str, f
             t_extra = fit_temperature(val_logits, splits.val.y)
             refit = rescale_output(art, 1.0 / t_extra, refit_dir / art.name)
             refit_row = refit.model_dump(mode="json")
-            refit_row["metrics"] = metrics_of(run_through(refit, splits.test.x), splits.test.y)
+            refit_row["metrics"] = metrics_of(run_through(refit, splits.test.x, mb), splits.test.y)
             refit_row.update(refit_temperature=float(t_extra), refit_of=art.name)
             out.append(refit_row)
     return out

@@ -87,6 +87,8 @@ def artifact_entries(
     for a in artifacts:
         r = rows.get((device, a["name"]), {})
         notes = []
+        if a.get("note"):
+            notes.append(a["note"])
         if a.get("refit_of"):
             notes.append(f"T re-fitted through the runtime: extra factor 1/{a['refit_temperature']:.3f}")
         info = a.get("info") or {}
