@@ -119,7 +119,7 @@ def _finish(
         if reference is not None
         else []
     )
-    figures = {"reliability_student": finish._rel(ctx, calibrated.record.get("reliability_png"))}
+    figures = {}  # the student's reliability diagram travels with its model entry (reliability_png)
     if student.record.get("sample_grid"):
         figures["datafree_samples"] = finish._rel(ctx, student.record["sample_grid"])
     report = Report(
