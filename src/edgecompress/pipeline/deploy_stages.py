@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecompress.errors import MissingExtraError
-from edgecompress.pipeline.context import Context, metrics_of
+from edgecompress.pipeline.context import Context, metrics_of, predict_logits
 from edgecompress.pipeline.train_stages import Trained
 
 if TYPE_CHECKING:
@@ -81,24 +81,32 @@ def stage_export(ctx: Context, splits: Splits, calibrated: Trained, calib_x: np.
             parity_x=(splits.val.x if has_val else calib_x)[:256],  # real inputs: top-1 on noise means little
         )
         reference = calibrated.record.get("val_after", {})
+        student_test = predict_logits(calibrated.model, splits.test.x) if splits.test is not None else None
         rows = []
         for art in artifacts:
-            rows.extend(_evaluate(ctx, splits, art, reference, sd.path / "refit"))
+            rows.extend(_evaluate(ctx, splits, art, reference, student_test, sd.path))
         return sd.finish({"artifacts": rows})["artifacts"]
 
 
-def _evaluate(ctx: Context, splits: Splits, art: Any, reference_val: dict[str, float], refit_dir: Path) -> list[dict]:
-    """Test metrics through the runtime; a re-fitted, re-folded twin when low precision moved ECE on val."""
+def _evaluate(
+    ctx: Context, splits: Splits, art: Any, reference_val: dict[str, float], student_test: np.ndarray, out_dir: Path
+) -> list[dict]:
+    """Test metrics through the runtime; a re-fitted, re-folded twin when low precision moved ECE on val.
+
+    A reliability diagram puts the FP32 student (T folded) beside the artifact (and its re-fitted twin, if any).
+    """
     row = art.model_dump(mode="json")
     if splits.test is None:
         return [row]
     mb = ctx.cfg.export.max_batch
     try:
-        row["metrics"] = metrics_of(run_through(art, splits.test.x, mb), splits.test.y)
+        test_logits = run_through(art, splits.test.x, mb)
     except MissingExtraError as exc:  # e.g. TensorRT: built and measured on the target device, not here
         row["note"] = f"not evaluated here: {exc.problem}; it is measured on a device that has the runtime"
         ctx.warn(f"{art.name}: {row['note']}")
         return [row]
+    row["metrics"] = metrics_of(test_logits, splits.test.y)
+    diagram = [("student FP32 (T folded)", student_test, splits.test.y), (art.name, test_logits, splits.test.y)]
     out = [row]
     ccfg = ctx.cfg.calibration
     if art.precision in ("int8", "fp16") and ccfg.refit_after_quantization and splits.val is not None and reference_val:
@@ -110,11 +118,18 @@ def _evaluate(ctx: Context, splits: Splits, art: Any, reference_val: dict[str, f
             from edgecompress.export import rescale_output
 
             t_extra = fit_temperature(val_logits, splits.val.y)
-            refit = rescale_output(art, 1.0 / t_extra, refit_dir / art.name)
+            refit = rescale_output(art, 1.0 / t_extra, out_dir / "refit" / art.name)
             refit_row = refit.model_dump(mode="json")
-            refit_row["metrics"] = metrics_of(run_through(refit, splits.test.x, mb), splits.test.y)
+            refit_logits = run_through(refit, splits.test.x, mb)
+            refit_row["metrics"] = metrics_of(refit_logits, splits.test.y)
             refit_row.update(refit_temperature=float(t_extra), refit_of=art.name)
+            diagram.append((f"{refit.name} (T re-fitted)", refit_logits, splits.test.y))
             out.append(refit_row)
+    from edgecompress.calibration import reliability_diagram
+
+    png = reliability_diagram(diagram, out_dir / "reliability" / f"{art.name}.png")
+    for r in out:
+        r["reliability_png"] = str(png)
     return out
 
 

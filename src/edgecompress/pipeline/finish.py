@@ -112,6 +112,7 @@ def artifact_entries(
                 "notes": notes,
                 "precision_used": r.get("inference_precision") or info.get("runtime_info", {}).get("precision"),
                 "parent": a.get("refit_of") or "student",
+                "reliability_png": a.get("reliability_png"),
             }
         )
     return out
