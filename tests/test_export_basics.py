@@ -78,7 +78,8 @@ def test_contract() -> None:
     ref = np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32)
     assert c.tolerance("fp32").check(5e-5, 1.0, ref)[0]
     assert not c.tolerance("fp32").check(1e-3, 1.0, ref)[0]
-    assert not c.tolerance("int8").check(0.01, 0.9, ref)[0]
+    assert not c.tolerance("int8").check(0.01, 0.8, ref)[0]  # below the broken-graph bar
+    assert c.tolerance("int8").check(0.01, 0.9, ref)[0]  # near-ties may flip: the val accuracy gate judges
     fc = ExportContract.from_config(ExportConfig(max_batch=8, opset=17), input_shape=(1, 8, 8), num_classes=3)
     assert fc.max_batch == 8 and fc.opset == 17 and fc.output_name == "logits"
     assert effective_precision("fp32", "bf16") == "bf16" and effective_precision("int8", "bf16") == "int8"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from edgecompress.errors import MissingExtraError
 
@@ -43,3 +45,32 @@ def available(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Module-level ``__getattr__`` and ``__dir__`` for a package whose public names load on first use (PEP 562).
+
+    Args:
+        package: the package's ``__name__``.
+        exports: public name -> module holding it, absolute ("edgecompress.data.splits") or relative to the package
+            ("splits").
+
+    Usage in a package ``__init__``: ``__getattr__, __dir__ = lazy_exports(__name__, {"load_splits": "splits"})``.
+    """
+    import sys
+
+    def _module_of(name: str) -> str:
+        target = exports[name]
+        return target if target.startswith("edgecompress.") else f"{package}.{target}"
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_module_of(name)), name)
+        setattr(sys.modules[package], name, value)  # later look-ups skip this function
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__

@@ -5,8 +5,7 @@ Names load lazily so that ``import edgecompress.bundle`` stays light (no numpy, 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgecompress._lazy import lazy_exports
 
 _EXPORTS = {
     "BundleConfig": "edgecompress.bundle.config",
@@ -23,12 +22,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'edgecompress.bundle' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,9 @@ matplotlib; ``metrics`` and ``temperature`` need only numpy until a fit runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecompress._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "CalibrationConfig": "config",
@@ -62,15 +63,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecompress.calibration.plots import reliability_diagram
     from edgecompress.calibration.temperature import fit_temperature
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecompress.calibration' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"edgecompress.calibration.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

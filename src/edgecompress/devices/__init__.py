@@ -6,8 +6,7 @@ nor pydantic models until used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgecompress._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "Runtime": "edgecompress.devices.agent",
@@ -28,15 +27,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecompress.devices' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

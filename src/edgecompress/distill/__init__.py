@@ -5,8 +5,7 @@ Public names resolve lazily (``from edgecompress.distill import train_model`` im
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgecompress._lazy import lazy_exports
 
 _NAMES = {
     "DistillConfig": "config",
@@ -34,15 +33,4 @@ _NAMES = {
 
 __all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecompress.distill' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"edgecompress.distill.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

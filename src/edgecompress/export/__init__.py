@@ -6,8 +6,7 @@ OpenVINO, NNCF, TensorRT and ExecuTorch only when called.
 
 from __future__ import annotations
 
-from typing import Any
-
+from edgecompress._lazy import lazy_exports
 from edgecompress.export.config import ExportConfig
 from edgecompress.export.formats import FORMATS, FormatSpec, available_here, parse_formats
 
@@ -24,11 +23,4 @@ _LAZY = {
 
 __all__ = ["FORMATS", "ExportConfig", "FormatSpec", "available_here", "parse_formats", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecompress.export' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -5,8 +5,7 @@ Light at import: torch and torch-pruning load only when a public name is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgecompress._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelSpec": "edgecompress.models.config",
@@ -21,15 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecompress.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

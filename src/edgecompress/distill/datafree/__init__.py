@@ -5,8 +5,7 @@ Light on import: the config is pydantic-only; everything that needs torch loads 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgecompress._lazy import lazy_exports
 
 _LAZY = {
     "DataFreeConfig": "config",
@@ -24,12 +23,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
