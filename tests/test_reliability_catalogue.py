@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from test_reliability_common import cli, one_error_line, record, tiny_config, write_yaml
 
 PWNED = Path(f"/tmp/edgecompress-pwned-{uuid.uuid4().hex[:8]}")
@@ -392,7 +393,7 @@ CASES = [
         "factory-code",
         "config",
         "`teacher.model.factory: \"os.system('id')\"`",
-        _mutated(("teacher", "model", "factory"), "os.system('id')"),
+        _mutated(("teacher", "model"), {"factory": "os.system('id')"}),
         ("factory",),
     ),
     Case(

@@ -80,3 +80,23 @@ def record(group: str, case: str, given: str, how: str, outcome: str, message: s
     row = {"group": group, "case": case, "input": given, "how": how, "outcome": outcome, "message": message}
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
+
+
+def render_catalogue(jsonl: Path) -> str:
+    """The Markdown table of docs/reliability.md from a recorded catalogue (one row per observed case)."""
+    order = ["config", "data", "checkpoint", "device", "export", "numerics", "bundle", "resource", "interrupt"]
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (order.index(r["group"]) if r["group"] in order else 99, r["case"]))
+    out = [
+        "| # | group | case | input | where | exit / outcome | message the user sees |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows, 1):
+        msg = r["message"].replace("|", "\\|")
+        given = r["input"].replace("|", "\\|")
+        out.append(f"| {i} | {r['group']} | {r['case']} | {given} | {r['how']} | {r['outcome']} | {msg} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # python tests/test_reliability_common.py catalogue.jsonl > table.md
+    print(render_catalogue(Path(sys.argv[1])), end="")

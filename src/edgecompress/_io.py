@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +32,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if _disk_full(exc, path.parent):
+            from edgecompress.errors import ResourceError
+
+            raise ResourceError(
+                f"no space left on the disk of {path.parent} while writing {path.name} (nothing was half-written)",
+                "free disk space and rerun the same command: finished stages and epochs are kept",
+            ) from exc
         raise
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """True when a failed write failed because the disk (or quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, RuntimeError):  # torch.save's stream writer hides the errno ("unexpected pos 128 vs 0")
+        try:
+            return shutil.disk_usage(folder).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 def _umask() -> int:

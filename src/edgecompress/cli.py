@@ -173,15 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line for user errors, the traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    interrupted = "interrupted — finished stages are kept; rerun the same command to resume"
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C inside a command into Exit(130) and returns that code
+            print(interrupted, file=sys.stderr)
+            return 130
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            return code
     except EdgeCompressError as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted — finished stages are kept; rerun the same command to resume", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     except Exception as exc:  # click usage errors and the like
         import click

@@ -105,7 +105,7 @@ def parse_config(data: Any, *, source: str = "config", base_dir: Path | None = N
 
 def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p).resolve()
+        return p if p is None or p.is_absolute() else (base / p).resolve()
 
     updates: dict[str, Any] = {}
     if cfg.data.path is not None:

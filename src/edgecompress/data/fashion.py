@@ -78,14 +78,20 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def locate(path: Path | None) -> Path | None:
-    """The first searched folder holding all four IDX files (gzip or not), else None."""
+    """The first searched folder holding all four IDX files (gzip or not), else None.
+
+    An explicit ``path`` must exist and hold the files: it is never silently replaced by another copy.
+    """
+    if path is not None and not Path(path).is_dir():
+        raise DataError(f"Fashion-MNIST not found in {path}: data.path does not exist or is not a folder", INSTALL_FIX)
     for folder in search_dirs(path):
         found = [_find_file(folder, stem) for stem in FILES]
         if all(found):
             return folder
-        if any(found) and path is not None and folder == Path(path):
+        if path is not None and folder == Path(path):
             missing = [stem for stem, f in zip(FILES, found, strict=True) if f is None]
-            raise DataError(f"Fashion-MNIST folder {folder} lacks {', '.join(missing)} (.gz)", INSTALL_FIX)
+            what = "Fashion-MNIST not found in" if not any(found) else "Fashion-MNIST folder"
+            raise DataError(f"{what} {folder}: it lacks {', '.join(missing)} (.gz)", INSTALL_FIX)
     return None
 
 

@@ -29,7 +29,21 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # a bare device Python: answer in the agent's JSON protocol, not with a traceback
+    if __name__ != "__main__":
+        raise
+    print(
+        json.dumps(
+            {
+                "ok": False,
+                "error": "numpy is not installed on this device — fix: pip install numpy",
+                "error_type": "missing_runtime",
+            }
+        )
+    )
+    sys.exit(3)
 
 AGENT_VERSION = "1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING_RUNTIME = 0, 1, 2, 3

@@ -44,9 +44,16 @@ def _read(path: Path) -> DeviceProfile:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "profile"
         raise DeviceError(
-            f"device profile {path.name}: {where}: {first['msg']} (got {first.get('input')!r})",
+            f"device profile {path.name}: {where}: {_describe(first)}",
             "fix that field; see the built-in profiles in edgecompress/devices/profiles/",
         ) from exc
+
+
+def _describe(error: dict) -> str:
+    msg = str(error["msg"])
+    if msg.startswith("Value error, "):  # our validators already quote the bad value
+        return msg.removeprefix("Value error, ")
+    return f"{msg} (got {error.get('input')!r})"
 
 
 def load_profile(name_or_path: str | Path, extra_dirs: Iterable[Path | str | None] = ()) -> DeviceProfile:

@@ -165,6 +165,13 @@ class SSHTransport:
             raise TransportError(f"device '{profile.name}' has transport ssh but no host", "set host: in the profile")
         if profile.host.startswith("-") or (profile.user or "").startswith("-"):
             raise TransportError("host and user must not start with '-'", "fix the device profile")  # belt and braces
+        for key in ("identity_file", "known_hosts_file"):
+            given = getattr(profile, key)
+            if given is not None and not Path(given).expanduser().is_file():
+                raise TransportError(
+                    f"device '{profile.name}': {key} {given} does not exist or is not a file",
+                    f"fix {key} in the device profile (an absolute path to a readable file)",
+                )
         self.profile = profile
         self.ssh, self.scp = shutil.which(ssh) or ssh, shutil.which(scp) or scp
         self.dest = f"{profile.user}@{profile.host}" if profile.user else profile.host
@@ -193,7 +200,10 @@ class SSHTransport:
                     f"{what}: ssh to {self.dest} refused: {err}",
                     "check the device's host key in known_hosts_file and the identity_file",
                 )
-            raise TransientTransportError(f"{what}: ssh connection to {self.dest} failed: {err or 'code 255'}")
+            raise TransientTransportError(
+                f"{what}: ssh connection to {self.dest} port {self.profile.port} failed: {err or 'code 255'}",
+                "check that the device is on and reachable and that sshd listens on that port",
+            )
         return proc
 
     def _remote(self, words: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess:

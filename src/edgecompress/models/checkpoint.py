@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,14 +38,17 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", "check the path (teacher.checkpoint)")
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise CheckpointError(f"checkpoint {what}: {path}", "check the path (teacher.checkpoint)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = str(exc).strip()
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        detail = f"it references {found.group(1)}" if found else (text.splitlines()[0][:160] if text else "")
         raise CheckpointError(
             f"{path} was refused by torch.load(weights_only=True): it contains pickled code or objects, not only "
-            f"tensors ({first[:160]})",
+            f"tensors ({detail})",
             "re-save it from trusted code with torch.save(model.state_dict(), path)",
         ) from None
     except Exception as exc:  # truncated zip, not a torch file, bad magic number
