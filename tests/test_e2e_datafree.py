@@ -38,25 +38,53 @@ def datafree_run(tmp_path_factory):
     splits = load_splits(DataConfig(dataset="digits", calib_size=100), seed=0)
     spec = {"family": "cnn", "params": {"channels": [16, 32, 64]}}
     teacher = build_model(ModelSpec(**spec), in_channels=1, num_classes=10, input_size=(8, 8))
-    teacher = train_model(teacher, splits, TrainConfig(epochs=6, batch_size=64, warmup_epochs=0), workdir=root / "t",
-                          seed=0, loss=LossConfig(kind="ce"), progress=False).model
+    teacher = train_model(
+        teacher,
+        splits,
+        TrainConfig(epochs=6, batch_size=64, warmup_epochs=0),
+        workdir=root / "t",
+        seed=0,
+        loss=LossConfig(kind="ce"),
+        progress=False,
+    ).model
     save_state(teacher, root / "teacher.pt")
     pre = splits.preprocess
     # the user's only data: a small labelled set, as raw uint8 images (the teacher's training data is not given)
-    np.savez(root / "val.npz", x_val=_denormalize(splits.val.x, pre), y_val=splits.val.y,
-             x_test=_denormalize(splits.test.x, pre), y_test=splits.test.y)
+    np.savez(
+        root / "val.npz",
+        x_val=_denormalize(splits.val.x, pre),
+        y_val=splits.val.y,
+        x_test=_denormalize(splits.test.x, pre),
+        y_test=splits.test.y,
+    )
     cfg = {
-        "name": "datafree-digits", "seed": 0,
+        "name": "datafree-digits",
+        "seed": 0,
         "data": {"dataset": "none", "path": "val.npz", "mean": pre.mean, "std": pre.std},
         "teacher": {"model": spec, "checkpoint": "teacher.pt"},
-        "distill": {"student": {"prune_ratio": 0.3},
-                    "datafree": {"synthesis_batches": 12, "batch_size": 32, "k_inner_steps": 2, "bank_size": 512}},
+        "distill": {
+            "student": {"prune_ratio": 0.3},
+            "datafree": {"synthesis_batches": 12, "batch_size": 32, "k_inner_steps": 2, "bank_size": 512},
+        },
         "export": {"formats": ["onnx:fp32", "onnx:int8"], "max_accuracy_drop": 0.05},
         "benchmark": {"batch_sizes": [1], "min_time_s": 0.05, "repeats": 1, "eval_samples": 200},
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(root / "cfg.yaml"), "--out",
-                          str(root / "run"), "--no-progress"], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecompress",
+            "run",
+            str(root / "cfg.yaml"),
+            "--out",
+            str(root / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return root / "run"
 

@@ -130,6 +130,7 @@ def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
     import shutil
 
     import yaml
+
     from sshd_helpers import NO_SSHD, SSHD, Sshd
 
     if not SSHD.is_file() or shutil.which("ssh") is None:
@@ -139,8 +140,12 @@ def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
         profile = server.profile(name="loopback", runtimes=["onnxruntime", "openvino"], formats=["onnx:*"])
         path = tmp_path / "loopback.yaml"
         path.write_text(yaml.safe_dump(profile.model_dump(mode="json")))
-        res = subprocess.run([sys.executable, "-m", "edgecompress", "bench", str(run_dir), "--device", "local",
-                              "--device", str(path)], capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "edgecompress", "bench", str(run_dir), "--device", "local", "--device", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         server.kill()
     assert res.returncode == 0, res.stderr[-3000:]
@@ -163,15 +168,29 @@ def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
     cfg["export"]["formats"] = "all"
     path = tmp_path / "all.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir),
-                          "--no-progress"], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     cached = {s["name"]: s["cached"] for s in report["stages"]}
     assert cached["teacher"] and cached["distill"] and cached["calibrate"] and not cached["export"]
     arts = {m["name"]: m for m in report["models"] if m["role"] == "artifact"}
-    expected = {"onnx-fp32", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
-                "ort-fp32", "ort-int8", "tensorrt-fp16", "tensorrt-int8"}
+    expected = {
+        "onnx-fp32",
+        "onnx-fp16",
+        "onnx-int8",
+        "openvino-fp32",
+        "openvino-fp16",
+        "openvino-int8",
+        "ort-fp32",
+        "ort-int8",
+        "tensorrt-fp16",
+        "tensorrt-int8",
+    }
     assert expected <= set(arts), sorted(arts)
     for name, a in arts.items():
         assert a["parity_max_abs_diff"] is not None, name

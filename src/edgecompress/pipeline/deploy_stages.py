@@ -122,8 +122,8 @@ def _evaluate(
             refit_row = refit.model_dump(mode="json")
             refit_logits = run_through(refit, splits.test.x, mb)
             refit_row["metrics"] = metrics_of(refit_logits, splits.test.y)
-            refit_row.update(refit_temperature=float(t_extra), refit_of=art.name)
-            diagram.append((f"{refit.name} (T re-fitted)", refit_logits, splits.test.y))
+            refit_row.update(name=f"{art.name}-refit", refit_temperature=float(t_extra), refit_of=art.name)
+            diagram.append((f"{art.name} (T re-fitted on val)", refit_logits, splits.test.y))
             out.append(refit_row)
     from edgecompress.calibration import reliability_diagram
 

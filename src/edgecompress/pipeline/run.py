@@ -11,7 +11,7 @@ import numpy as np
 
 from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import finish
 from edgecompress.pipeline import train_stages as train
@@ -202,4 +202,12 @@ def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
     student = train.Trained(None, state["distill_spec"], "", state["distill"])
     calibrated = train.Trained(None, state["distill_spec"], "", state["calibrate"])
     ctx.stages = state["stages"] + ctx.stages
-    return _finish(ctx, teacher, student, calibrated, state["artifacts"], bench)
+    paths = _finish(ctx, teacher, student, calibrated, state["artifacts"], bench)
+    if bench and not any(row.get("ok") for row in bench):  # the report keeps the failed rows and their reasons
+        first = next(row for row in bench if not row.get("ok"))
+        raise DeviceError(
+            f"no benchmark succeeded on {', '.join(devices)}; first failure: {first.get('artifact')} on "
+            f"{first.get('device')}: {first.get('error')}",
+            f"see the device table in {paths.get('md', run.root / 'report.md')}; check the device profile",
+        )
+    return paths
