@@ -202,3 +202,27 @@ def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
     assert (kit / "model.recipe.json").is_file() and (kit / "calibration.cache").is_file()
     recipe = json.loads((kit / "model.recipe.json").read_text())
     assert "trtexec" in json.dumps(recipe)
+
+
+def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
+    """`assistants: auto` on the same run: the teacher is reused, a TA is cut and trained, the report lists the chain."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    cfg["distill"].update(assistants="auto", n_assistants=1)
+    cfg["export"]["formats"] = ["onnx:fp32"]
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir),
+                          "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert {s["name"]: s["cached"] for s in report["stages"]}["teacher"]
+    chain = [m for m in report["models"] if m["role"] in ("teacher", "assistant", "student")]
+    assert [m["role"] for m in chain] == ["teacher", "assistant", "student"]
+    teacher, ta, student = chain
+    assert teacher["macs"] > ta["macs"] > student["macs"]
+    assert ta["parent"] == "teacher" and student["parent"] == ta["name"]
+    for m in (ta, student):
+        assert m["ece_before_ts"] is not None and m["ece"] is not None and m["temperature"] > 0
+        assert 0.5 < m["fidelity_agreement"] <= 1 and m["fidelity_kl"] >= 0
