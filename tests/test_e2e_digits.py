@@ -205,7 +205,7 @@ def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
 
 
 def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
-    """`assistants: auto` on the same run: the teacher is reused, a TA is cut and trained, the report lists the chain."""
+    """`assistants: auto` on the same run: the teacher is reused, a TA is cut and trained, the chain is reported."""
     import yaml
 
     cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
@@ -213,8 +213,12 @@ def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
     cfg["export"]["formats"] = ["onnx:fp32"]
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir),
-                          "--no-progress"], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert {s["name"]: s["cached"] for s in report["stages"]}["teacher"]
