@@ -1,13 +1,10 @@
 """Inference helpers shared by the trainer and the chain: batched logits, teacher wrappers, metrics, fidelity.
 
-Metrics and temperature fitting come from ``edgecompress.calibration`` when it is installed; the small fallbacks
-below implement the same definitions (ECE with 15 equal-width bins, Guo et al. 2017 temperature scaling by LBFGS
-on log T, fitted on validation data only).
+Metrics and temperature fitting are ``edgecompress.calibration``'s (one definition for the package).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,61 +87,22 @@ def fit_ensemble_weights(logits: Sequence[Tensor], labels: np.ndarray | Tensor, 
     return theta.detach().softmax(0).tolist()
 
 
-def _fallback_metrics(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    p = z.softmax(1)
-    conf, pred = p.max(1)
-    correct = (pred == y).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.double().mean().item() * abs(correct[m].mean().item() - conf[m].mean().item())
-    onehot = F.one_hot(y, z.shape[1]).double()
-    return {
-        "accuracy": correct.mean().item(),
-        "ece": ece,
-        "nll": F.cross_entropy(z, y).item(),
-        "brier": ((p - onehot) ** 2).sum(1).mean().item(),
-    }
-
-
 def compute_metrics(logits: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> dict[str, float]:
-    """accuracy, ece, nll, brier (and whatever else ``edgecompress.calibration`` reports), as fractions."""
+    """accuracy, ece, nll, brier, ... (``edgecompress.calibration.compute_metrics``), from arrays or tensors."""
+    from edgecompress.calibration import compute_metrics as impl
+
     z = np.asarray(logits.cpu().numpy() if isinstance(logits, Tensor) else logits, dtype=np.float32)
     y = np.asarray(labels.cpu().numpy() if isinstance(labels, Tensor) else labels, dtype=np.int64)
-    try:
-        from edgecompress.calibration import compute_metrics as impl
-    except ImportError:
-        return _fallback_metrics(z, y)
     return {k: float(v) for k, v in impl(z, y).items()}
 
 
 def fit_temperature(logits: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> float:
-    """Temperature T > 0 minimizing the NLL of softmax(z / T) (fit on validation data only)."""
+    """Temperature T > 0 minimizing the NLL of softmax(z / T) (``edgecompress.calibration``; val data only)."""
+    from edgecompress.calibration import fit_temperature as impl
+
     z = np.asarray(logits.cpu().numpy() if isinstance(logits, Tensor) else logits, dtype=np.float32)
     y = np.asarray(labels.cpu().numpy() if isinstance(labels, Tensor) else labels, dtype=np.int64)
-    try:
-        from edgecompress.calibration import fit_temperature as impl
-    except ImportError:
-        impl = None
-    if impl is not None:
-        return float(impl(z, y))
-    zt, yt = torch.from_numpy(z).double(), torch.from_numpy(y)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(zt / log_t.exp(), yt)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.exp().item())
-    return t if math.isfinite(t) and t > 0 else 1.0
+    return float(impl(z, y))
 
 
 def fidelity(student: Tensor, teacher: Tensor) -> dict[str, float]:

@@ -18,17 +18,11 @@ from edgecompress.errors import ConfigError
 def margin_penalty(logits: Tensor, margin: float) -> Tensor:
     """MbLS margin term: mean over the batch of Σ_k max(0, max_j z_j − z_k − m) (Liu et al., CVPR 2022).
 
-    Uses ``edgecompress.calibration.mbls.margin_penalty`` when that module is installed (one definition for the
-    package); otherwise this formula.
+    The definition lives in ``edgecompress.calibration.mbls`` (one for the package).
     """
-    try:
-        from edgecompress.calibration.mbls import margin_penalty as _impl
-    except ImportError:
-        _impl = None
-    if _impl is not None:
-        return _impl(logits, margin)
-    gap = logits.max(dim=1, keepdim=True).values - logits
-    return F.relu(gap - margin).sum(dim=1).mean()
+    from edgecompress.calibration.mbls import margin_penalty as impl
+
+    return impl(logits, margin)
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:

@@ -80,37 +80,15 @@ def keyed_generator(seed: int, *keys: object) -> torch.Generator:
     return torch.Generator().manual_seed(key_seed(seed, *keys))
 
 
-def random_crop_flip(x: Tensor, generator: torch.Generator, *, pad: int = 0, hflip: bool = False) -> Tensor:
-    """Per-sample random crop after zero padding by ``pad`` pixels and random horizontal flip (NCHW, vectorized).
-
-    Fallback for ``edgecompress.data.augment.augment_batch`` (used when installed), same semantics.
-    """
-    n, c, h, w = x.shape
-    if pad > 0:
-        padded = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
-
-
 def _make_augment(augment_cfg: Any) -> Augment | None:
     if augment_cfg is None:
         return None
     if callable(augment_cfg):
         return augment_cfg
-    pad, flip = int(getattr(augment_cfg, "crop_pad", 0) or 0), bool(getattr(augment_cfg, "hflip", False))
-    if pad == 0 and not flip:
+    if not getattr(augment_cfg, "crop_pad", 0) and not getattr(augment_cfg, "hflip", False):
         return None
-    try:  # one definition of the augmentation for the package
-        from edgecompress.data.augment import augment_batch
-    except ImportError:
-        return lambda x, g: random_crop_flip(x, g, pad=pad, hflip=flip)
+    from edgecompress.data.augment import augment_batch  # one definition of the augmentation for the package
+
     return lambda x, g: augment_batch(x, augment_cfg, g)
 
 
