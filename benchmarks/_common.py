@@ -443,3 +443,24 @@ def save_model(model: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return Path(path)
+
+
+def run_and_print(run: Callable[[Any], dict], render: Callable[[dict], str], args: Any) -> int:
+    """A benchmark script's main: run it, print its markdown, write ``--json``; a user error is one line, exit 2."""
+    import logging
+    import sys
+
+    from edgecompress.errors import EdgeCompressError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        report = run(args)
+    except EdgeCompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(report))
+    if args.json:
+        from edgecompress._io import atomic_write_json
+
+        atomic_write_json(args.json, report)
+    return 0

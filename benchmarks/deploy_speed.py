@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     parse_batches,
     precision_label,
     round_robin,
+    run_and_print,
     set_torch_threads,
     summarize_rounds,
 )
@@ -274,18 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-teacher-onnx", action="store_true", help="skip the teacher-in-ONNX-Runtime row")
     p.add_argument("--json", type=Path, default=None, help="also write the full results as JSON here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        report = run_benchmark(args)
-    except EdgeCompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(render(report))
-    if args.json:
-        from edgecompress._io import atomic_write_json
-
-        atomic_write_json(args.json, report)
-    return 0
+    return run_and_print(run_benchmark, render, args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     median_or_none,
     precision_label,
     round_robin,
+    run_and_print,
     save_model,
     set_torch_threads,
 )
@@ -497,18 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-runs", type=int, default=30)
     p.add_argument("--json", type=Path, default=None, help="also write the full results as JSON here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        report = run_roofline(args)
-    except EdgeCompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(render(report))
-    if args.json:
-        from edgecompress._io import atomic_write_json
-
-        atomic_write_json(args.json, report)
-    return 0
+    return run_and_print(run_roofline, render, args)
 
 
 if __name__ == "__main__":
