@@ -155,6 +155,22 @@ class LocalTransport:
         return _parse_result(out, proc.stdout, proc.returncode, proc.stderr)
 
 
+def _shipped_files(job: AgentJob) -> list[str]:
+    """What goes to a remote device: the agent, the artifact's files and the evaluation subset."""
+    return [str(AGENT_PATH), *[str(f) for f in job.files], *([str(job.eval_file)] if job.eval_file else [])]
+
+
+def _remote_agent_words(python: str, job: AgentJob) -> list[str]:
+    """The agent's command line on the device, with file names relative to the per-run folder."""
+    return [python, "agent.py"] + agent_argv(
+        job,
+        model=job.model_file.name,
+        eval_file=job.eval_file.name if job.eval_file else None,
+        out=RESULT_NAME,
+        logits=LOGITS_NAME if job.save_logits else None,
+    )
+
+
 class SSHTransport:
     """OpenSSH ``ssh``/``scp``: copy agent, artifact and eval data into a per-run remote dir, run, fetch the JSON."""
 
@@ -225,17 +241,8 @@ class SSHTransport:
         rdir = f"{self.profile.workdir.rstrip('/')}/run-{uuid.uuid4().hex[:12]}"
         self._remote(["mkdir", "-p", rdir], timeout_s, "mkdir")
         try:
-            files = [str(AGENT_PATH), *[str(f) for f in job.files]]
-            if job.eval_file:
-                files.append(str(job.eval_file))
-            self._scp(files, f"{self.dest}:{rdir}/", timeout_s, "copy to device")
-            words = [self.profile.python, "agent.py"] + agent_argv(
-                job,
-                model=job.model_file.name,
-                eval_file=job.eval_file.name if job.eval_file else None,
-                out=RESULT_NAME,
-                logits=LOGITS_NAME if job.save_logits else None,
-            )
+            self._scp(_shipped_files(job), f"{self.dest}:{rdir}/", timeout_s, "copy to device")
+            words = _remote_agent_words(self.profile.python, job)
             proc = self._remote(["sh", "-c", _RUN_IN_DIR, "sh", rdir, *words], timeout_s, "agent")
             out = local_dir / RESULT_NAME
             out.unlink(missing_ok=True)
@@ -356,15 +363,8 @@ class ADBTransport:
                 log.info("could not remove %s on the device: %s", rdir, exc)
 
     def _run_agent(self, job: AgentJob, rdir: str, local_dir: Path, timeout_s: float) -> dict[str, Any]:
-        files = [str(AGENT_PATH), *[str(f) for f in job.files]] + ([str(job.eval_file)] if job.eval_file else [])
-        self._call(["push", *files, rdir + "/"], timeout_s, "push")
-        words = [self.profile.python, "agent.py"] + agent_argv(
-            job,
-            model=job.model_file.name,
-            eval_file=job.eval_file.name if job.eval_file else None,
-            out=RESULT_NAME,
-            logits=LOGITS_NAME if job.save_logits else None,
-        )
+        self._call(["push", *_shipped_files(job), rdir + "/"], timeout_s, "push")
+        words = _remote_agent_words(self.profile.python, job)
         proc = self._shell(["sh", "-c", _RUN_IN_DIR, "sh", rdir, *words], timeout_s, "agent")
         out = local_dir / RESULT_NAME
         out.unlink(missing_ok=True)
