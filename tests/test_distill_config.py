@@ -69,3 +69,27 @@ def test_config_module_does_not_import_torch() -> None:
     code = "import sys, edgecompress.distill, edgecompress.distill.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
     assert out.stdout.strip() == "False"
+
+
+def test_round_to_only_with_prune_ratio():
+    import pytest
+    from pydantic import ValidationError
+
+    from edgecompress.distill.config import MemberSpec
+
+    assert MemberSpec(prune_ratio=0.1, round_to=16).round_to == 16
+    with pytest.raises(ValidationError, match="round_to applies to pruned members only"):
+        MemberSpec(model={"family": "cnn"}, round_to=16)
+
+
+def test_round_to_reaches_the_pruned_student():
+    from edgecompress.models import ModelSpec, build_model, prune_to_ratio
+
+    teacher = build_model(
+        ModelSpec(family="cnn", params={"channels": [32, 64, 128]}), in_channels=1, num_classes=10, input_size=(8, 8)
+    )
+    student = prune_to_ratio(teacher, (1, 8, 8), 0.3, round_to=8)
+    import torch.nn as nn
+
+    widths = [m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths), widths

@@ -60,6 +60,9 @@ class MemberSpec(StrictModel):
     prune_ratio: float | None = Field(
         None, gt=0, le=1, description="Target MACs relative to the teacher, in (0, 1]; the member is pruned from it."
     )
+    round_to: int | None = Field(
+        None, ge=1, description="With prune_ratio: keep channel counts multiples of this (e.g. 8 or 16 for SIMD/INT8)."
+    )
     name: str | None = Field(None, min_length=1, description="Name used in reports and the hop folder.")
 
     @field_validator("model")
@@ -78,6 +81,8 @@ class MemberSpec(StrictModel):
     def _exactly_one(self) -> MemberSpec:
         if (self.model is None) == (self.prune_ratio is None):
             raise ValueError("give exactly one of 'model' (a model spec) or 'prune_ratio' (MACs relative to teacher)")
+        if self.round_to is not None and self.prune_ratio is None:
+            raise ValueError("round_to applies to pruned members only; set prune_ratio or remove round_to")
         return self
 
 

@@ -109,7 +109,7 @@ def _member_model(member: Any, teacher: Trained, splits: Splits) -> tuple[nn.Mod
 
     if member.model is not None:
         return _build(member.model, splits), dict(member.model)
-    pruned = prune_to_ratio(teacher.model, splits.input_shape, member.prune_ratio)
+    pruned = prune_to_ratio(teacher.model, splits.input_shape, member.prune_ratio, round_to=member.round_to)
     return pruned, teacher.spec
 
 
@@ -124,7 +124,7 @@ def _plan_members(ctx: Context, teacher: Trained, splits: Splits) -> list[tuple[
     assistants = dcfg.assistants
     if assistants == "auto":
         assistants = [
-            MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}")
+            MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
             for i, r in enumerate(plan_assistant_ratios(ratio, dcfg.n_assistants))
         ]
     elif assistants == "search":
