@@ -31,22 +31,27 @@ REQUIRED = [
 ]
 
 
-def _run(out: Path) -> subprocess.CompletedProcess:
+EXAMPLE = ROOT / "examples" / "digits.yaml"
+
+
+def _run(out: Path, config: Path = EXAMPLE) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "run",
-            str(ROOT / "examples" / "digits.yaml"),
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
+        [sys.executable, "-m", "edgecompress", "run", str(config), "--out", str(out), "--no-progress"],
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def _variant(tmp_path: Path, edit) -> Path:
+    """The digits example with ``edit(cfg)`` applied, written to a YAML file."""
+    import yaml
+
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    edit(cfg)
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +167,7 @@ def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
 
 def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
     """`export.formats: all` on the same run: training stages are reused; every format that runs here is verified."""
-    import yaml
-
-    cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
-    cfg["export"]["formats"] = "all"
-    path = tmp_path / "all.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    res = _run(run_dir, _variant(tmp_path, lambda cfg: cfg["export"].update(formats="all")))
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     cached = {s["name"]: s["cached"] for s in report["stages"]}
@@ -206,19 +200,12 @@ def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
 
 def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
     """`assistants: auto` on the same run: the teacher is reused, a TA is cut and trained, the chain is reported."""
-    import yaml
 
-    cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
-    cfg["distill"].update(assistants="auto", n_assistants=1)
-    cfg["export"]["formats"] = ["onnx:fp32"]
-    path = tmp_path / "auto.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "run", str(path), "--out", str(run_dir), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    def edit(cfg: dict) -> None:
+        cfg["distill"].update(assistants="auto", n_assistants=1)
+        cfg["export"]["formats"] = ["onnx:fp32"]
+
+    res = _run(run_dir, _variant(tmp_path, edit))
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert {s["name"]: s["cached"] for s in report["stages"]}["teacher"]
