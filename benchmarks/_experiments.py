@@ -177,3 +177,38 @@ def write_outputs(out_dir: Path, stem: str, payload: dict[str, Any], markdown: s
     atomic_write_json(j, payload)
     atomic_write_text(m, markdown.rstrip() + "\n")
     return j, m
+
+
+def parse_methods(text: str, known: Sequence[str], what: str = "method") -> list[str]:
+    """``"kd,dist"`` -> ``["kd", "dist"]``; ``"all"`` -> every known name; unknown names are a :class:`ConfigError`."""
+    if text.strip() == "all":
+        return list(known)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ConfigError(f"unknown {what}(s) {bad or text!r}", f"choose from: {', '.join(known)} (or 'all')")
+    return names
+
+
+def start(args: Any, known: Sequence[str], *, what: str, quiet: Sequence[str]) -> list[str] | None:
+    """Shared start of an experiment script: logging, ``--methods`` / ``--seeds`` checks, torch threads.
+
+    Returns the methods to run, or None after printing a one-line error (the script then exits with 2).
+    """
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in quiet:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        methods = parse_methods(args.methods, known, what)
+        if args.seeds is not None and args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds} is below 1", "give at least one seed")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return methods

@@ -43,10 +43,10 @@ from _experiments import (  # noqa: E402
     machine_line,
     markdown_table,
     mean_std,
+    start,
     write_outputs,
 )
-
-from edgecompress.errors import ConfigError  # noqa: E402
+from _experiments import parse_methods as _parse_methods  # noqa: E402
 
 log = logging.getLogger("calibration")
 
@@ -97,14 +97,8 @@ STAGE_LABELS = {
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"ce,mbls"`` -> ``["ce", "mbls"]``; ``"all"`` -> every loss; unknown names are a :class:`ConfigError`."""
-    if text.strip() == "all":
-        return list(METHODS)
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in METHODS]
-    if bad or not names:
-        raise ConfigError(f"unknown loss(es) {bad or text!r}", f"choose from: {', '.join(METHODS)} (or 'all')")
-    return names
+    """``--methods`` of this script (see ``_experiments.parse_methods``)."""
+    return _parse_methods(text, METHODS, "loss")
 
 
 def train(method: str, splits: Any, budget: Budget, seed: int, workdir: Path) -> Any:
@@ -273,19 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results folder (default runs/bench/calibration-<mode>)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared; default 1)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    for noisy in ("edgecompress.distill.trainer", "edgecompress.export", "torch_pruning", "nncf"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        methods = parse_methods(args.methods)
-        if args.seeds is not None and args.seeds < 1:
-            raise ConfigError(f"--seeds {args.seeds} is below 1", "give at least one seed")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    methods = start(
+        args,
+        METHODS,
+        what="loss",
+        quiet=("edgecompress.distill.trainer", "edgecompress.export", "torch_pruning", "nncf"),
+    )
+    if methods is None:
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     budget = BUDGETS[mode]
     if args.seeds is not None:
