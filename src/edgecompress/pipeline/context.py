@@ -51,15 +51,10 @@ class Context:
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Logits of ``model`` on ``x`` (float32 NCHW), in eval mode, batched, without autograd."""
-    import torch
+    """Logits of ``model`` on ``x`` (float32 NCHW) as a numpy array (``distill.evaluate.predict_logits``)."""
+    from edgecompress.distill.evaluate import predict_logits as logits_tensor
 
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return logits_tensor(model, x, batch_size=batch_size).numpy()
 
 
 def metrics_of(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
