@@ -1,4 +1,4 @@
-"""Tests of the performance benchmark scripts' helpers (benchmarks/_common.py, deploy_speed.py, roofline.py).
+"""Tests of the performance benchmark scripts (benchmarks/_common.py, deploy_speed.py, roofline.py, int8_settings.py).
 
 No timing assertions: the arithmetic of the tables, the peak-GEMM ONNX builders (valid ONNX that the real runtimes
 run, with the right numbers and, for INT8, an integer kernel after ORT's fusion), the PyTorch adapter, round-robin
@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 
 import _common as c  # noqa: E402
 import deploy_speed  # noqa: E402
+import int8_settings  # noqa: E402
 import roofline  # noqa: E402
 
 from edgecompress.errors import ConfigError  # noqa: E402
@@ -296,3 +297,13 @@ def test_both_scripts_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {r["name"] for r in roof["artifacts"]} == set(names)
     assert all(r["fraction"] is not None and r["fraction"] > 0 for r in roof["artifacts"])
     assert deploy_speed.main([str(tmp_path)]) == 2  # not a run directory: one-line error, exit 2
+    assert int8_settings.main([str(run_dir), "--batch", "4", "--json", str(tmp_path / "i.json"), *common]) == 0
+    out = capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads((tmp_path / "i.json").read_text())["rows"]}
+    assert set(rows) == {"onnx-fp32", "openvino-fp32", *(v[0] for v in int8_settings.VARIANTS)}
+    assert all(0 <= r["accuracy"] <= 1 and r["timing"]["p50"] > 0 for r in rows.values())
+    assert (
+        rows["ort-int8-stem-float"]["vs"] == "ort-int8-stem-int8" and rows["ort-int8-stem-float"]["timing"]["speedup"]
+    )
+    assert "| ov-int8-full-bc | openvino | NNCF full bias correction | yes |" in out
+    assert int8_settings.main([str(tmp_path)]) == 2

@@ -55,11 +55,24 @@ def _variant(tmp_path: Path, edit) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "digits"
     res = _run(out)
     assert res.returncode == 0, res.stderr[-3000:]
-    return out
+    return out, res
+
+
+@pytest.fixture(scope="module")
+def run_dir(first_run):
+    return first_run[0]
+
+
+def test_progress_lines_on_stdout(first_run):
+    """Without a terminal (CI, a redirected log) stage and epoch lines still show, on stdout (stderr is for errors)."""
+    _, res = first_run
+    for line in ("stage teacher: running", "stage teacher: done in", "stage export: done in", "epoch 1/"):
+        assert line in res.stdout, (line, res.stdout[-2000:])
+    assert "stage teacher" not in res.stderr
 
 
 @pytest.fixture(scope="module")

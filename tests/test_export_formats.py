@@ -170,6 +170,28 @@ def test_calibration_methods_all_run(model: nn.Module, tmp_path: Path) -> None:
         assert np.mean(y.argmax(1) == ref.argmax(1)) >= 0.9
 
 
+def test_keep_stem_float_leaves_the_grayscale_stem_in_float(model: nn.Module, tmp_path: Path) -> None:
+    from edgecompress.export.onnx_export import export_onnx, ort_run, quantize_int8
+
+    base = tmp_path / "m.onnx"
+    export_onnx(model, CONTRACT, base, exporters=("torchscript",))
+    calib, _ = make_data(48, 3)
+    x, _ = make_data(32, 4)
+
+    def float_convs(path: Path) -> list[str]:
+        proto = onnx.load(str(path))
+        producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+        convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+        return [n.name for n in convs if producer.get(n.input[1]) != "DequantizeLinear"]
+
+    full = quantize_int8(base, tmp_path / "full.onnx", calib)
+    stem = quantize_int8(base, tmp_path / "stem.onnx", calib, keep_stem_float=True)
+    assert len(stem["stem_nodes"]) == 1 and full["stem_nodes"] == stem["stem_nodes"]  # only the 1-channel conv
+    assert float_convs(tmp_path / "full.onnx") == [] and float_convs(tmp_path / "stem.onnx") == stem["stem_nodes"]
+    ref = ort_run(base, x)
+    assert np.mean(ort_run(tmp_path / "stem.onnx", x).argmax(1) == ref.argmax(1)) >= 0.9
+
+
 def test_rescale_output_multiplies_logits(exported: tuple[list, Path], tmp_path: Path) -> None:
     arts, _ = exported
     x, _ = make_data(8, 5)

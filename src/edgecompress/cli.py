@@ -40,11 +40,24 @@ def _main(
     _state["debug"] = debug
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=_console(), show_path=False)],
-    )
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    stderr_handler = RichHandler(console=_console(), show_path=False)
+    stderr_handler.setLevel(level)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[stderr_handler])
+    if not debug and not verbose:
+        # Progress below WARNING goes to stdout (stderr keeps its one-line error contract): stage start/finish lines
+        # always, epoch lines too when there is no terminal for the progress bars (CI, redirected logs).
+        progress = logging.StreamHandler(sys.stdout)
+        progress.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        progress.addFilter(lambda record: record.levelno < logging.WARNING)
+        names = ["edgecompress.pipeline.context"]
+        if not sys.stderr.isatty():
+            names.append("edgecompress.distill.trainer")
+        progress.set_name("edgecompress-progress")
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.INFO)
+            logger.handlers = [h for h in logger.handlers if h.get_name() != "edgecompress-progress"] + [progress]
 
 
 def _summary(report_paths: dict[str, Path], run_dir: Path) -> None:

@@ -97,9 +97,14 @@ def quantize_ir(
     *,
     method: str = "minmax",
     keep_head_float: bool = False,
+    fast_bias_correction: bool = False,
     metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """INT8 IR with ``nncf.quantize(model, nncf.Dataset(calib, transform))`` (performance preset, symmetric weights).
+
+    Bias correction is NNCF's full ``BiasCorrection`` by default, not its fast variant: on the Fashion-MNIST demo
+    student the fast one lost 0.83 points of test accuracy against FP32 and the full one none (+0.09), for about 0.4 s
+    more quantization time (docs/performance.md).
 
     Range estimators: ``minmax`` -> NNCF MINMAX, ``percentile`` -> MEAN_QUANTILE; NNCF has no KL-entropy estimator,
     so ``entropy`` uses its HISTOGRAM range search and ``info["calibration_method"]`` records that.
@@ -133,6 +138,7 @@ def quantize_ir(
                 nncf.Dataset(samples, lambda item: item),
                 subset_size=len(samples),
                 ignored_scope=ignored,
+                fast_bias_correction=fast_bias_correction,
                 advanced_parameters=advanced,
             )
     except Exception as exc:
@@ -147,6 +153,7 @@ def quantize_ir(
         "calibration_method": used,
         "excluded_nodes": heads if ignored is not None else [],
         "head_nodes": heads,
+        "bias_correction": "fast" if fast_bias_correction else "full",
         "produced": {"weights": "i8", "activations": "u8/i8 FakeQuantize", "io": "f32"},
         "calib_samples": len(samples),
         "openvino_version": _ov().get_version(),

@@ -41,9 +41,10 @@ class Context:
         start = time.perf_counter()
         log.info("stage %s: %s", name, "cached" if cached else "running")
         yield
-        self.stages.append(
-            {"name": name, "seconds": round(time.perf_counter() - start, 3), "cached": cached, "output_dir": out}
-        )
+        seconds = time.perf_counter() - start
+        if not cached:
+            log.info("stage %s: done in %.1f s", name, seconds)
+        self.stages.append({"name": name, "seconds": round(seconds, 3), "cached": cached, "output_dir": out})
 
     def warn(self, message: str) -> None:
         log.warning(message)
