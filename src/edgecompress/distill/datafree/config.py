@@ -88,6 +88,13 @@ class DataFreeConfig(StrictModel):
         description="Reset the student's BN running statistics before training (use when it was pre-trained on other "
         "data; its statistics are then re-estimated on synthetic samples).",
     )
+    # resume
+    checkpoint_every: int = Field(
+        10,
+        ge=1,
+        description="With a workdir, save a resumable checkpoint every this many synthesized batches (and after each "
+        "student epoch); an interrupted run continues from it, bit-identical to an uninterrupted one.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DataFreeConfig:

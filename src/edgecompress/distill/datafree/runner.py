@@ -6,13 +6,23 @@ bank samples: L_kd = T²·KL(softmax(f_t(x)/T) ‖ softmax(f_s(x)/T)) (Hinton et
 bank and augmented like the synthesis batches. Optionally ``student_epochs`` more passes over the final bank.
 
 Synthesis and student training are timed separately (``synthesis_seconds`` / ``student_seconds``). A run is
-deterministic on CPU given the seed (and the student's initial weights). Not resumable mid-run: a cut-off run starts
-over; the finished result can be saved (``DataFreeResult.save``).
+deterministic on CPU given the seed (and the student's initial weights).
+
+Resumable: with a ``workdir``, ``workdir/checkpoint.pt`` is written atomically every ``checkpoint_every`` synthesized
+batches, at the end of synthesis and after each student epoch. It holds the loop position, the student and its
+optimizer, the synthesizer (FastDFKD's meta-generator; DeepInversion keeps nothing between batches), the memory bank,
+both random streams (the run's ``torch.Generator`` and the global torch RNG of the forked RNG scope), the history and
+the timings, under a fingerprint of the config, seed, input shape, classes, normalization and the teacher's and
+student's weights. A later call with the same arguments continues from it, and the student comes out bit-identical to
+an uninterrupted run's; a checkpoint of another run, or one that cannot be read, is ignored with a warning (the run
+starts over). The checkpoint is deleted once the result is saved (``DataFreeResult.save``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -36,6 +46,9 @@ from edgecompress.errors import ConfigError, ModelError, TrainingError
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT = "checkpoint.pt"
+_FORMAT = 1  # bump when the checkpoint's layout changes: older files are then ignored (their fingerprint differs)
+
 
 @dataclass
 class DataFreeResult:
@@ -50,6 +63,7 @@ class DataFreeResult:
         history: one dict per synthesized batch (inversion terms, student loss, bank size, seconds).
         val_accuracy: the student's accuracy on ``val`` when given, else None.
         config: the config used, as a dict.
+        resumed_from_batch: the synthesized batches a checkpoint of an interrupted run had done (0: a fresh start).
     """
 
     student: nn.Module
@@ -61,6 +75,7 @@ class DataFreeResult:
     history: list[dict[str, float | None]] = field(default_factory=list)
     val_accuracy: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    resumed_from_batch: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-able summary (no tensors)."""
@@ -71,6 +86,7 @@ class DataFreeResult:
             "val_accuracy": self.val_accuracy,
             "bank_sample": int(self.bank_x.shape[0]),
             "config": self.config,
+            "resumed_from_batch": self.resumed_from_batch,
             "history": self.history,
         }
 
@@ -162,6 +178,31 @@ def _restore_requires_grad(model: nn.Module, before: dict[str, bool]) -> None:
         p.requires_grad_(before.get(n, True))
 
 
+@dataclass
+class _State:
+    """Everything a run carries from one synthesized batch to the next: what a checkpoint holds."""
+
+    gen: torch.Generator
+    student: nn.Module
+    synth: FastDFKDSynthesizer | DeepInversionSynthesizer
+    bank: MemoryBank
+    opt: torch.optim.Optimizer
+    history: list[dict[str, float | None]] = field(default_factory=list)
+    next_batch: int = 0
+    epochs_done: int = 0
+    t_synth: float = 0.0
+    t_student: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Checkpoints:
+    """Where a run keeps its checkpoint, under which fingerprint, and how often (in synthesized batches)."""
+
+    path: Path
+    fingerprint: str
+    every: int
+
+
 def datafree_distill(
     teacher: nn.Module,
     student: nn.Module,
@@ -186,7 +227,9 @@ def datafree_distill(
         input_shape: (C, H, W) of the teacher's input.
         num_classes: number of classes K.
         seed: seeds the generator's init, latents, labels, augmentation and bank sampling.
-        workdir: if given, the result is saved there (see :meth:`DataFreeResult.save`).
+        workdir: if given, the run keeps a checkpoint there (``checkpoint.pt``, every ``cfg.checkpoint_every``
+            batches) and a later call with the same arguments resumes from it; the result is saved there (see
+            :meth:`DataFreeResult.save`) and the checkpoint then deleted.
         progress: log a line per synthesized batch at INFO (else DEBUG).
         val: optional (x, y) arrays (normalized NCHW float32, int64 labels) to report the student's accuracy on.
         mean, std: the dataset normalization of the teacher's input (``Splits.preprocess``); the generator emits
@@ -217,44 +260,78 @@ def datafree_distill(
         raise ConfigError(f"std must be > 0, got {list(std)}", "pass the dataset's per-channel standard deviation")
     _check_model(teacher, "teacher", shape, num_classes)  # type: ignore[arg-type]
     _check_model(student, "student", shape, num_classes)  # type: ignore[arg-type]
+    ckpts = None
+    if workdir is not None:
+        fingerprint = _fingerprint(teacher, student, cfg, shape, num_classes, seed, mean, std)
+        ckpts = _Checkpoints(Path(workdir) / CHECKPOINT, fingerprint, cfg.checkpoint_every)
     # the global RNG (generator init, dropout in a student) is seeded inside a fork and restored on return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        result = _run(teacher, student, cfg, shape, num_classes, seed, progress, val, mean, std)
-    if workdir is not None:
-        result.save(workdir)
+        result = _run(teacher, student, cfg, shape, num_classes, seed, progress, val, mean, std, ckpts)
+    if ckpts is not None:
+        result.save(ckpts.path.parent)
+        ckpts.path.unlink(missing_ok=True)  # finished: a later run in this folder starts fresh
     return result
 
 
-def _run(
+def _fingerprint(
     teacher: nn.Module,
     student: nn.Module,
     cfg: DataFreeConfig,
     shape: tuple[int, ...],
     num_classes: int,
     seed: int,
-    progress: bool,
-    val: tuple[Any, Any] | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-) -> DataFreeResult:
+) -> str:
+    """sha256 of everything that decides a run's course; ``checkpoint_every`` is left out (it changes no number)."""
+    h = hashlib.sha256()
+    meta = {
+        "format": _FORMAT,
+        "config": cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
+        "seed": int(seed),
+        "input_shape": list(shape),
+        "num_classes": int(num_classes),
+        "mean": None if mean is None else [float(v) for v in mean],
+        "std": None if std is None else [float(v) for v in std],
+    }
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for role, model in (("teacher", teacher), ("student", student)):
+        for key, value in model.state_dict().items():
+            h.update(f"{role}.{key}".encode())
+            _hash_value(h, value)
+    return h.hexdigest()
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    """Feed a state-dict entry (dtype, shape and raw bytes of a tensor; repr of anything else) into ``h``."""
+    if not isinstance(value, torch.Tensor):
+        h.update(repr(value).encode())
+        return
+    t = value.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    try:
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    except (RuntimeError, TypeError):  # a dtype without a byte view (quantized): its printed form
+        h.update(repr(t).encode())
+
+
+def _build_state(
+    student: nn.Module,
+    cfg: DataFreeConfig,
+    shape: tuple[int, ...],
+    seed: int,
+    loss_fn: InversionLoss,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> _State:
+    """A fresh run's state; the global RNG must be seeded just before (the generator's init draws from it)."""
     gen = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(student)
     if cfg.reset_student_bn_stats:
         for m in student.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.reset_running_stats()
-    loss_fn = InversionLoss(
-        teacher,
-        lambda_bn=cfg.lambda_bn,
-        lambda_oh=cfg.lambda_oh,
-        lambda_adv=cfg.lambda_adv,
-        lambda_tv=cfg.lambda_tv,
-        adv_divergence=cfg.adv_divergence,
-        allow_no_bn=cfg.allow_no_bn,
-    )
-    if not loss_fn.hooks.layers:
-        log.warning("teacher has no BatchNorm2d: running the reduced inversion loss without L_bn (allow_no_bn)")
     if cfg.method == "fastdfkd":
         synth: FastDFKDSynthesizer | DeepInversionSynthesizer = FastDFKDSynthesizer(
             Generator(cfg.z_dim, shape, width=cfg.generator_width, mean=mean, std=std),
@@ -280,80 +357,245 @@ def _run(
             flip=cfg.flip,
             gen=gen,
         )
+    bank = MemoryBank(cfg.bank_size, policy=cfg.bank_policy, gen=gen)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr)
+    return _State(gen=gen, student=student, synth=synth, bank=bank, opt=opt)
+
+
+def _checkpoint(state: _State, fingerprint: str) -> dict[str, Any]:
+    """The state as tensors, dicts, lists, numbers and strings (loadable with ``weights_only=True``)."""
+    synth: dict[str, Any] = {}
+    if isinstance(state.synth, FastDFKDSynthesizer):
+        synth = {"generator": state.synth.generator.state_dict(), "batches_done": state.synth.batches_done}
+    return {
+        "format": _FORMAT,
+        "fingerprint": fingerprint,
+        "next_batch": state.next_batch,
+        "epochs_done": state.epochs_done,
+        "student": state.student.state_dict(),
+        "optimizer": state.opt.state_dict(),
+        "synthesizer": synth,
+        "bank": {"x": state.bank.x, "y": state.bank.y, "seen": state.bank.seen},
+        "gen_state": state.gen.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "history": state.history,
+        "t_synth": state.t_synth,
+        "t_student": state.t_student,
+    }
+
+
+def _save_checkpoint(state: _State, ckpts: _Checkpoints) -> None:
+    with atomic_path(ckpts.path) as tmp:
+        torch.save(_checkpoint(state, ckpts.fingerprint), tmp)
+
+
+def _read_checkpoint(ckpts: _Checkpoints) -> dict[str, Any] | None:
+    """The checkpoint of this run, or None (none there; unreadable or of another run: warned about)."""
+    path = ckpts.path
+    if not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or holding pickled objects weights_only refuses
+        log.warning(
+            "ignoring the data-free checkpoint %s: it cannot be read (%s: %s); starting over",
+            path,
+            type(exc).__name__,
+            str(exc)[:160],
+        )
+        return None
+    if not isinstance(ck, dict) or ck.get("format") != _FORMAT or ck.get("fingerprint") != ckpts.fingerprint:
+        log.warning(
+            "ignoring the data-free checkpoint %s: it belongs to a different run (config, seed, input shape, classes, "
+            "normalization, teacher or student changed); starting over",
+            path,
+        )
+        return None
+    return ck
+
+
+def _restore(state: _State, ck: dict[str, Any], cfg: DataFreeConfig) -> None:
+    """Load a checkpoint into a freshly built state (raises on contents that do not fit it)."""
+    next_batch, epochs_done = int(ck["next_batch"]), int(ck["epochs_done"])
+    history = list(ck["history"])
+    if not (1 <= next_batch <= cfg.synthesis_batches and 0 <= epochs_done <= cfg.student_epochs):
+        raise ValueError(f"position batch {next_batch}, epoch {epochs_done} is outside this run")
+    if len(history) != next_batch or (epochs_done > 0 and next_batch != cfg.synthesis_batches):
+        raise ValueError(f"inconsistent position: batch {next_batch}, epoch {epochs_done}, {len(history)} entries")
+    state.student.load_state_dict(ck["student"])
+    state.opt.load_state_dict(ck["optimizer"])
+    if isinstance(state.synth, FastDFKDSynthesizer):
+        state.synth.generator.load_state_dict(ck["synthesizer"]["generator"])
+        state.synth.batches_done = int(ck["synthesizer"]["batches_done"])
+    bank = ck["bank"]
+    if not isinstance(bank["x"], torch.Tensor) or not isinstance(bank["y"], torch.Tensor):
+        raise ValueError("the memory bank is missing")
+    state.bank.x, state.bank.y, state.bank.seen = bank["x"], bank["y"], int(bank["seen"])
+    state.gen.set_state(ck["gen_state"])
+    torch.set_rng_state(ck["torch_rng_state"])
+    state.history = history
+    state.next_batch, state.epochs_done = next_batch, epochs_done
+    state.t_synth, state.t_student = float(ck["t_synth"]), float(ck["t_student"])
+
+
+def _start(
+    student: nn.Module,
+    cfg: DataFreeConfig,
+    shape: tuple[int, ...],
+    seed: int,
+    loss_fn: InversionLoss,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    ckpts: _Checkpoints | None,
+) -> _State:
+    """A fresh state, or the state of this run's checkpoint when there is one that loads."""
+    state = _build_state(student, cfg, shape, seed, loss_fn, mean, std)
+    ck = _read_checkpoint(ckpts) if ckpts is not None else None
+    if ckpts is None or ck is None:
+        return state
+    try:
+        _restore(state, ck, cfg)
+    except Exception as exc:  # matching fingerprint but unusable contents: start over from a clean state
+        log.warning(
+            "ignoring the data-free checkpoint %s: its contents do not fit this run (%s: %s); starting over",
+            ckpts.path,
+            type(exc).__name__,
+            str(exc)[:160],
+        )
+        torch.manual_seed(seed)  # the fresh state's generator init draws from the global RNG, as on a first start
+        return _build_state(student, cfg, shape, seed, loss_fn, mean, std)
+    log.info(
+        "resuming data-free %s from %s at batch %d/%d, student epoch %d/%d",
+        cfg.method,
+        ckpts.path,
+        state.next_batch,
+        cfg.synthesis_batches,
+        state.epochs_done,
+        cfg.student_epochs,
+    )
+    return state
+
+
+def _synthesis_step(
+    b: int, state: _State, teacher: nn.Module, cfg: DataFreeConfig, num_classes: int, level: int
+) -> None:
+    """Synthesize batch ``b``, bank it and take the interleaved student steps; appends to the history."""
+    student, bank = state.student, state.bank
+    offset = int(torch.randint(0, num_classes, (1,), generator=state.gen))
+    targets = (torch.arange(cfg.batch_size) + offset) % num_classes  # balanced classes
+    use_adv = cfg.lambda_adv > 0 and b >= cfg.adv_warmup_batches
+    student_grad = _set_requires_grad(student, False)
+    student.eval()
+    t0 = time.perf_counter()
+    x, terms = state.synth.synthesize(targets, student=student if use_adv else None)
+    dt_synth = time.perf_counter() - t0
+    state.t_synth += dt_synth
+    _restore_requires_grad(student, student_grad)
+    bank.add(x, targets)
+    student.train()
+    t0 = time.perf_counter()
+    kd = _kd_args(cfg, state.gen)
+    s_losses = [
+        _kd_step(teacher, student, state.opt, bank.sample(cfg.student_batch_size)[0], **kd)
+        for _ in range(cfg.student_steps_per_batch)
+    ]
+    state.t_student += time.perf_counter() - t0
+    entry = {"batch": float(b), **terms, "synthesis_seconds": dt_synth, "bank": float(len(bank))}
+    entry["student_loss"] = float(np.mean(s_losses)) if s_losses else None
+    state.history.append(entry)
+    log.log(
+        level,
+        "datafree %s batch %d/%d: L_inv %.3f (bn %.3f, oh %.3f, adv %.3f), KD %s, bank %d",
+        cfg.method,
+        b + 1,
+        cfg.synthesis_batches,
+        terms["loss_inv"],
+        terms["loss_bn"],
+        terms["loss_oh"],
+        terms["loss_adv"],
+        "-" if not s_losses else f"{entry['student_loss']:.4f}",
+        len(bank),
+    )
+
+
+def _student_epoch(ep: int, state: _State, teacher: nn.Module, cfg: DataFreeConfig, level: int) -> None:
+    """One KD pass over the final bank, in a random order."""
+    bank = state.bank
+    assert bank.x is not None
+    state.student.train()
+    t0 = time.perf_counter()
+    kd = _kd_args(cfg, state.gen)
+    losses = [
+        _kd_step(teacher, state.student, state.opt, bank.x[idx], **kd) for idx in bank.epoch(cfg.student_batch_size)
+    ]
+    state.t_student += time.perf_counter() - t0
+    log.log(
+        level, "datafree student epoch %d/%d on the bank: KD %.4f", ep + 1, cfg.student_epochs, float(np.mean(losses))
+    )
+
+
+def _kd_args(cfg: DataFreeConfig, gen: torch.Generator) -> dict[str, Any]:
+    return {"temperature": cfg.kd_temperature, "augment": cfg.augment, "flip": cfg.flip, "gen": gen}
+
+
+def _run(
+    teacher: nn.Module,
+    student: nn.Module,
+    cfg: DataFreeConfig,
+    shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    progress: bool,
+    val: tuple[Any, Any] | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    ckpts: _Checkpoints | None = None,
+) -> DataFreeResult:
+    loss_fn = InversionLoss(
+        teacher,
+        lambda_bn=cfg.lambda_bn,
+        lambda_oh=cfg.lambda_oh,
+        lambda_adv=cfg.lambda_adv,
+        lambda_tv=cfg.lambda_tv,
+        adv_divergence=cfg.adv_divergence,
+        allow_no_bn=cfg.allow_no_bn,
+    )
+    if not loss_fn.hooks.layers:
+        log.warning("teacher has no BatchNorm2d: running the reduced inversion loss without L_bn (allow_no_bn)")
+    state = _start(student, cfg, shape, seed, loss_fn, mean, std, ckpts)
+    resumed_from = state.next_batch
     teacher_mode = teacher.training
     teacher_grad = _set_requires_grad(teacher, False)
     teacher.eval()
-    bank = MemoryBank(cfg.bank_size, policy=cfg.bank_policy, gen=gen)
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr)
-    kd = {"temperature": cfg.kd_temperature, "augment": cfg.augment, "flip": cfg.flip, "gen": gen}
-    history: list[dict[str, float | None]] = []
-    t_synth = t_student = 0.0
     level = logging.INFO if progress else logging.DEBUG
     try:
         with loss_fn:
-            for b in range(cfg.synthesis_batches):
-                offset = int(torch.randint(0, num_classes, (1,), generator=gen))
-                targets = (torch.arange(cfg.batch_size) + offset) % num_classes  # balanced classes
-                use_adv = cfg.lambda_adv > 0 and b >= cfg.adv_warmup_batches
-                student_grad = _set_requires_grad(student, False)
-                student.eval()
-                t0 = time.perf_counter()
-                x, terms = synth.synthesize(targets, student=student if use_adv else None)
-                dt_synth = time.perf_counter() - t0
-                t_synth += dt_synth
-                _restore_requires_grad(student, student_grad)
-                bank.add(x, targets)
-                student.train()
-                t0 = time.perf_counter()
-                s_losses = [
-                    _kd_step(teacher, student, opt, bank.sample(cfg.student_batch_size)[0], **kd)
-                    for _ in range(cfg.student_steps_per_batch)
-                ]
-                t_student += time.perf_counter() - t0
-                entry = {"batch": float(b), **terms, "synthesis_seconds": dt_synth, "bank": float(len(bank))}
-                entry["student_loss"] = float(np.mean(s_losses)) if s_losses else None
-                history.append(entry)
-                log.log(
-                    level,
-                    "datafree %s batch %d/%d: L_inv %.3f (bn %.3f, oh %.3f, adv %.3f), KD %s, bank %d",
-                    cfg.method,
-                    b + 1,
-                    cfg.synthesis_batches,
-                    terms["loss_inv"],
-                    terms["loss_bn"],
-                    terms["loss_oh"],
-                    terms["loss_adv"],
-                    "-" if not s_losses else f"{entry['student_loss']:.4f}",
-                    len(bank),
-                )
-            t0 = time.perf_counter()
-            for ep in range(cfg.student_epochs):
-                assert bank.x is not None
-                losses = [
-                    _kd_step(teacher, student, opt, bank.x[idx], **kd) for idx in bank.epoch(cfg.student_batch_size)
-                ]
-                log.log(
-                    level,
-                    "datafree student epoch %d/%d on the bank: KD %.4f",
-                    ep + 1,
-                    cfg.student_epochs,
-                    float(np.mean(losses)),
-                )
-            t_student += time.perf_counter() - t0
+            for b in range(state.next_batch, cfg.synthesis_batches):
+                _synthesis_step(b, state, teacher, cfg, num_classes, level)
+                state.next_batch = b + 1
+                if ckpts is not None and (state.next_batch % ckpts.every == 0 or b + 1 == cfg.synthesis_batches):
+                    _save_checkpoint(state, ckpts)
+            for ep in range(state.epochs_done, cfg.student_epochs):
+                _student_epoch(ep, state, teacher, cfg, level)
+                state.epochs_done = ep + 1
+                if ckpts is not None:
+                    _save_checkpoint(state, ckpts)
     finally:
         teacher.train(teacher_mode)
         _restore_requires_grad(teacher, teacher_grad)
+    student, bank = state.student, state.bank
     student.eval()
     assert bank.x is not None and bank.y is not None
-    keep = torch.randperm(len(bank), generator=gen)[:512]
+    keep = torch.randperm(len(bank), generator=state.gen)[:512]
     return DataFreeResult(
         student=student,
         method=cfg.method,
-        synthesis_seconds=t_synth,
-        student_seconds=t_student,
+        synthesis_seconds=state.t_synth,
+        student_seconds=state.t_student,
         bank_x=bank.x[keep].clone(),
         bank_y=bank.y[keep].clone(),
-        history=history,
+        history=state.history,
         val_accuracy=_accuracy(student, *val) if val is not None else None,
         config=cfg.model_dump(mode="json"),
+        resumed_from_batch=resumed_from,
     )
