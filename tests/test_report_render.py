@@ -177,3 +177,19 @@ def test_empty_report(tmp_path: Path) -> None:
     assert set(out) == {"json", "md", "html"}
     md = out["md"].read_text()
     assert "No models recorded." in md and "No device benchmarks in this run." in md
+
+
+@pytest.mark.parametrize(("low", "high", "at_least"), [(0.69, 1.47, 4), (0.05, 40.0, 4)])
+def test_log_latency_axis_has_labelled_ticks(low: float, high: float, at_least: int) -> None:
+    """A latency range inside one decade still gets several labelled ticks (1-2-5 steps alone would give one)."""
+    from edgecompress.report.plots import _log_x, _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    ax.scatter([low, high], [1.0, 2.0])
+    _log_x(ax, span=high / low)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    plt.close(fig)
+    assert len(labels) >= at_least, labels

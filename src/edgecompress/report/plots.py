@@ -29,12 +29,17 @@ def _pyplot() -> Any:
     return plt
 
 
-def _log_x(ax: Any, *, engineering: bool = False) -> None:
-    """Log x axis with readable ticks at 1-2-5 steps (plain numbers or k/M/G), no crowded minor labels."""
+def _log_x(ax: Any, *, engineering: bool = False, span: float | None = None) -> None:
+    """Log x axis with readable ticks at 1-2-5 steps (plain numbers or k/M/G), no crowded minor labels.
+
+    ``span`` (largest / smallest x) under 10 adds ticks at every integer mantissa, so a range within one decade
+    still has labelled ticks.
+    """
     from matplotlib import ticker
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    subs = (1.0, 2.0, 5.0) if span is None or span >= 10 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     if engineering:
         ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
@@ -65,6 +70,7 @@ def latency_accuracy_plot(rows: list[dict[str, Any]], path: Path, *, batch: int 
     import numpy as np
 
     points = []
+    samples: set[Any] = set()
     for row in rows:
         lat = latency_table(row)
         if batch is not None:
@@ -77,6 +83,7 @@ def latency_accuracy_plot(rows: list[dict[str, Any]], path: Path, *, batch: int 
         if p50 is None or acc is None or p50 <= 0:
             continue
         points.append((device_name(row), artifact_name(row), b, p50, 100 * acc, num(row.get("ece"))))
+        samples.add(row.get("eval_samples"))
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     if not points:
@@ -112,11 +119,14 @@ def latency_accuracy_plot(rows: list[dict[str, Any]], path: Path, *, batch: int 
             if not has_ece:
                 label += " [no ECE]"
             ax.annotate(label, (p[3], p[4]), textcoords="offset points", xytext=(6, 5), fontsize=8)
-    _log_x(ax)
+    latencies = [p[3] for p in points]
+    _log_x(ax, span=max(latencies) / min(latencies))
     bsizes = sorted({p[2] for p in points})
     which = f"batch {bsizes[0]}" if len(bsizes) == 1 else "largest batch measured per artifact"
     ax.set_xlabel(f"p50 latency (ms, log scale; {which})")
-    ax.set_ylabel("accuracy (%)")
+    counts = sorted(n for n in samples if isinstance(n, int))
+    on = f", on the device: {counts[0]} test images" if len(counts) == 1 else ", on the device"
+    ax.set_ylabel(f"accuracy (%{on})")
     ax.set_title("Latency vs accuracy (colour and size: ECE)")
     ax.grid(True, which="both", alpha=0.3)
     legend = ax.legend(title="device", loc="best", fontsize=8)
