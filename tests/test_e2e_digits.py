@@ -230,3 +230,19 @@ def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
     for m in (ta, student):
         assert m["ece_before_ts"] is not None and m["ece"] is not None and m["temperature"] > 0
         assert 0.5 < m["fidelity_agreement"] <= 1 and m["fidelity_kl"] >= 0
+
+
+def test_recommendation_compares_on_the_images_the_devices_evaluated(run_dir, tmp_path):
+    """Devices evaluate the first eval_samples test images: the accuracy bound comes from the student on those."""
+    import re
+
+    res = _run(run_dir, _variant(tmp_path, lambda cfg: cfg["benchmark"].update(eval_samples=120)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [s["name"] for s in report["stages"] if not s["cached"]] == ["benchmark"]
+    rec = report["recommendations"][0]
+    found = re.search(r"calibrated FP32 student on the same 120 test images ([0-9.]+)%", rec["reason"])
+    assert found, rec["reason"]
+    fp32 = next(r for r in report["benchmarks"] if r["artifact"] == "onnx-fp32")
+    assert fp32["eval_samples"] == 120
+    assert float(found.group(1)) == pytest.approx(100 * fp32["accuracy"], abs=0.01)  # same images, same argmax

@@ -109,14 +109,19 @@ def _finish(
     )
     for m in models:
         m["reliability_png"] = finish._rel(ctx, m.get("reliability_png"))
-    after = calibrated.record.get("after", {})
-    reference = after.get("accuracy")
     # An artifact qualifies when it loses at most export.max_accuracy_drop of accuracy and at most one ECE point
-    # against the calibrated FP32 student; the fastest qualifying one is recommended per device.
-    max_ece = after["ece"] + ECE_SLACK if after.get("ece") is not None else None
+    # against the calibrated FP32 student on the same images the devices evaluated; the fastest qualifying one is
+    # recommended per device.
+    ref, label = _bench_reference(ctx, calibrated, bench)
     recs = (
-        recommend(bench, reference_accuracy=reference, max_accuracy_drop=cfg.export.max_accuracy_drop, max_ece=max_ece)
-        if reference is not None
+        recommend(
+            bench,
+            reference_accuracy=ref["accuracy"],
+            max_accuracy_drop=cfg.export.max_accuracy_drop,
+            max_ece=ref["ece"] + ECE_SLACK if ref.get("ece") is not None else None,
+            reference_label=label,
+        )
+        if ref.get("accuracy") is not None
         else []
     )
     figures = {}  # the student's reliability diagram travels with its model entry (reliability_png)
@@ -138,6 +143,35 @@ def _finish(
     if cfg.bundle.enabled:
         paths.update(write_bundles(ctx, report, artifacts))
     return paths
+
+
+def _bench_reference(ctx: Context, calibrated: Any, bench: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """Accuracy / ECE of the calibrated FP32 student on the images the devices evaluated, and how to name it.
+
+    Devices evaluate the first ``benchmark.eval_samples`` test images; comparing their accuracy with the student's on
+    the whole test split would mix two samples (a subset can be easier or harder). The student (T folded) is run on
+    the same subset here; a rerun by ``edgecompress bench`` rebuilds it from the calibrate stage.
+    """
+    after = calibrated.record.get("after", {})
+    counts = {row.get("eval_samples") for row in bench if row.get("ok") and row.get("eval_samples")}
+    splits = ctx.splits
+    if len(counts) != 1 or splits is None or splits.test is None or counts == {len(splits.test.y)}:
+        return after, "calibrated FP32 student"
+    n = int(counts.pop())
+    model = calibrated.model
+    if model is None:
+        stage = next((st for st in reversed(ctx.stages) if st["name"] == "calibrate"), None)
+        if stage is None or not (Path(stage["output_dir"]) / "student.pt").is_file():
+            return after, "calibrated FP32 student"
+        model = train._fold(
+            train.rebuild(calibrated.spec, Path(stage["output_dir"]) / "student.pt", splits),
+            float(calibrated.record.get("temperature") or 1.0),
+            splits,
+        )
+    from edgecompress.pipeline.context import metrics_of, predict_logits
+
+    x, y = deploy.eval_subset(splits, n)
+    return metrics_of(predict_logits(model, x), y), f"calibrated FP32 student on the same {n} test images"
 
 
 def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) -> dict[str, Path]:

@@ -18,6 +18,7 @@ def recommend(
     max_accuracy_drop: float = 0.01,
     max_ece: float | None = None,
     by: Literal["auto", "throughput"] = "auto",
+    reference_label: str = "reference",
 ) -> list[dict[str, Any]]:
     """Per device, the fastest artifact whose accuracy and ECE meet the bounds, with the reason.
 
@@ -34,6 +35,7 @@ def recommend(
         max_accuracy_drop: largest allowed accuracy drop, as a fraction.
         max_ece: largest allowed expected calibration error, as a fraction; None for no bound.
         by: "auto" (p50 at the largest common batch, else throughput) or "throughput".
+        reference_label: what the reference is, for the reason text (e.g. "FP32 student on the same 2000 images").
 
     Returns:
         One dict per device, in order of first appearance: ``device``, ``artifact`` (None when nothing qualifies),
@@ -41,7 +43,8 @@ def recommend(
     """
     floor = reference_accuracy - max_accuracy_drop
     bounds = (
-        f"accuracy ≥ {100 * floor:.2f}% (reference {100 * reference_accuracy:.2f}% − {100 * max_accuracy_drop:.2f} pp)"
+        f"accuracy ≥ {100 * floor:.2f}% ({reference_label} {100 * reference_accuracy:.2f}% − "
+        f"{100 * max_accuracy_drop:.2f} pp)"
     )
     if max_ece is not None:
         bounds += f", ECE ≤ {100 * max_ece:.2f}%"
