@@ -261,7 +261,7 @@ def test_int8_accuracy_gate_fails_loudly(tmp_path: Path) -> None:
     easy_y = np.r_[np.zeros(16), np.ones(16)].astype(np.int64)
     hard = batch(1.0, 1.0001, 32)  # label 1 by 1e-4; an INT8 tie reads as class 0
     val_x, val_y = np.concatenate([easy, hard]), np.r_[easy_y, np.ones(32, np.int64)]
-    cfg = ExportConfig(formats=["onnx:int8"], max_accuracy_drop=0.05)
+    cfg = ExportConfig(formats=["onnx:int8"], max_accuracy_drop=0.05, keep_stem_float=False)  # the conv is the stem
     msg = _expect(
         QuantizationError,
         lambda: export_all(

@@ -47,6 +47,9 @@ def _start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
         cwd=ROOT,
         start_new_session=True,  # its own process group: the kill reaches the local benchmark agents too
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        # a shell's background job (`cmd &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+        # give the child the default disposition, as a terminal's foreground process has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
