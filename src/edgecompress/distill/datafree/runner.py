@@ -21,8 +21,6 @@ starts over). The checkpoint is deleted once the result is saved (``DataFreeResu
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress._io import atomic_path, atomic_write_json
+from edgecompress.distill.datafree import checkpoint as ckpt
 from edgecompress.distill.datafree.bank import MemoryBank
+from edgecompress.distill.datafree.checkpoint import CHECKPOINT
 from edgecompress.distill.datafree.config import DataFreeConfig
 from edgecompress.distill.datafree.deepinversion import DeepInversionSynthesizer
 from edgecompress.distill.datafree.fastdfkd import FastDFKDSynthesizer
@@ -45,9 +45,6 @@ from edgecompress.distill.datafree.inversion import InversionLoss, augment_batch
 from edgecompress.errors import ConfigError, ModelError, TrainingError
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-_FORMAT = 1  # bump when the checkpoint's layout changes: older files are then ignored (their fingerprint differs)
 
 
 @dataclass
@@ -178,31 +175,6 @@ def _restore_requires_grad(model: nn.Module, before: dict[str, bool]) -> None:
         p.requires_grad_(before.get(n, True))
 
 
-@dataclass
-class _State:
-    """Everything a run carries from one synthesized batch to the next: what a checkpoint holds."""
-
-    gen: torch.Generator
-    student: nn.Module
-    synth: FastDFKDSynthesizer | DeepInversionSynthesizer
-    bank: MemoryBank
-    opt: torch.optim.Optimizer
-    history: list[dict[str, float | None]] = field(default_factory=list)
-    next_batch: int = 0
-    epochs_done: int = 0
-    t_synth: float = 0.0
-    t_student: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Checkpoints:
-    """Where a run keeps its checkpoint, under which fingerprint, and how often (in synthesized batches)."""
-
-    path: Path
-    fingerprint: str
-    every: int
-
-
 def datafree_distill(
     teacher: nn.Module,
     student: nn.Module,
@@ -262,8 +234,8 @@ def datafree_distill(
     _check_model(student, "student", shape, num_classes)  # type: ignore[arg-type]
     ckpts = None
     if workdir is not None:
-        fingerprint = _fingerprint(teacher, student, cfg, shape, num_classes, seed, mean, std)
-        ckpts = _Checkpoints(Path(workdir) / CHECKPOINT, fingerprint, cfg.checkpoint_every)
+        fingerprint = ckpt.fingerprint(teacher, student, cfg, shape, num_classes, seed, mean, std)
+        ckpts = ckpt.Checkpoints(Path(workdir) / CHECKPOINT, fingerprint, cfg.checkpoint_every)
     # the global RNG (generator init, dropout in a student) is seeded inside a fork and restored on return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -274,48 +246,6 @@ def datafree_distill(
     return result
 
 
-def _fingerprint(
-    teacher: nn.Module,
-    student: nn.Module,
-    cfg: DataFreeConfig,
-    shape: tuple[int, ...],
-    num_classes: int,
-    seed: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> str:
-    """sha256 of everything that decides a run's course; ``checkpoint_every`` is left out (it changes no number)."""
-    h = hashlib.sha256()
-    meta = {
-        "format": _FORMAT,
-        "config": cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
-        "seed": int(seed),
-        "input_shape": list(shape),
-        "num_classes": int(num_classes),
-        "mean": None if mean is None else [float(v) for v in mean],
-        "std": None if std is None else [float(v) for v in std],
-    }
-    h.update(json.dumps(meta, sort_keys=True).encode())
-    for role, model in (("teacher", teacher), ("student", student)):
-        for key, value in model.state_dict().items():
-            h.update(f"{role}.{key}".encode())
-            _hash_value(h, value)
-    return h.hexdigest()
-
-
-def _hash_value(h: Any, value: Any) -> None:
-    """Feed a state-dict entry (dtype, shape and raw bytes of a tensor; repr of anything else) into ``h``."""
-    if not isinstance(value, torch.Tensor):
-        h.update(repr(value).encode())
-        return
-    t = value.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    try:
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    except (RuntimeError, TypeError):  # a dtype without a byte view (quantized): its printed form
-        h.update(repr(t).encode())
-
-
 def _build_state(
     student: nn.Module,
     cfg: DataFreeConfig,
@@ -324,7 +254,7 @@ def _build_state(
     loss_fn: InversionLoss,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-) -> _State:
+) -> ckpt.RunState:
     """A fresh run's state; the global RNG must be seeded just before (the generator's init draws from it)."""
     gen = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(student)
@@ -359,83 +289,7 @@ def _build_state(
         )
     bank = MemoryBank(cfg.bank_size, policy=cfg.bank_policy, gen=gen)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr)
-    return _State(gen=gen, student=student, synth=synth, bank=bank, opt=opt)
-
-
-def _checkpoint(state: _State, fingerprint: str) -> dict[str, Any]:
-    """The state as tensors, dicts, lists, numbers and strings (loadable with ``weights_only=True``)."""
-    synth: dict[str, Any] = {}
-    if isinstance(state.synth, FastDFKDSynthesizer):
-        synth = {"generator": state.synth.generator.state_dict(), "batches_done": state.synth.batches_done}
-    return {
-        "format": _FORMAT,
-        "fingerprint": fingerprint,
-        "next_batch": state.next_batch,
-        "epochs_done": state.epochs_done,
-        "student": state.student.state_dict(),
-        "optimizer": state.opt.state_dict(),
-        "synthesizer": synth,
-        "bank": {"x": state.bank.x, "y": state.bank.y, "seen": state.bank.seen},
-        "gen_state": state.gen.get_state(),
-        "torch_rng_state": torch.get_rng_state(),
-        "history": state.history,
-        "t_synth": state.t_synth,
-        "t_student": state.t_student,
-    }
-
-
-def _save_checkpoint(state: _State, ckpts: _Checkpoints) -> None:
-    with atomic_path(ckpts.path) as tmp:
-        torch.save(_checkpoint(state, ckpts.fingerprint), tmp)
-
-
-def _read_checkpoint(ckpts: _Checkpoints) -> dict[str, Any] | None:
-    """The checkpoint of this run, or None (none there; unreadable or of another run: warned about)."""
-    path = ckpts.path
-    if not path.is_file():
-        return None
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or holding pickled objects weights_only refuses
-        log.warning(
-            "ignoring the data-free checkpoint %s: it cannot be read (%s: %s); starting over",
-            path,
-            type(exc).__name__,
-            str(exc)[:160],
-        )
-        return None
-    if not isinstance(ck, dict) or ck.get("format") != _FORMAT or ck.get("fingerprint") != ckpts.fingerprint:
-        log.warning(
-            "ignoring the data-free checkpoint %s: it belongs to a different run (config, seed, input shape, classes, "
-            "normalization, teacher or student changed); starting over",
-            path,
-        )
-        return None
-    return ck
-
-
-def _restore(state: _State, ck: dict[str, Any], cfg: DataFreeConfig) -> None:
-    """Load a checkpoint into a freshly built state (raises on contents that do not fit it)."""
-    next_batch, epochs_done = int(ck["next_batch"]), int(ck["epochs_done"])
-    history = list(ck["history"])
-    if not (1 <= next_batch <= cfg.synthesis_batches and 0 <= epochs_done <= cfg.student_epochs):
-        raise ValueError(f"position batch {next_batch}, epoch {epochs_done} is outside this run")
-    if len(history) != next_batch or (epochs_done > 0 and next_batch != cfg.synthesis_batches):
-        raise ValueError(f"inconsistent position: batch {next_batch}, epoch {epochs_done}, {len(history)} entries")
-    state.student.load_state_dict(ck["student"])
-    state.opt.load_state_dict(ck["optimizer"])
-    if isinstance(state.synth, FastDFKDSynthesizer):
-        state.synth.generator.load_state_dict(ck["synthesizer"]["generator"])
-        state.synth.batches_done = int(ck["synthesizer"]["batches_done"])
-    bank = ck["bank"]
-    if not isinstance(bank["x"], torch.Tensor) or not isinstance(bank["y"], torch.Tensor):
-        raise ValueError("the memory bank is missing")
-    state.bank.x, state.bank.y, state.bank.seen = bank["x"], bank["y"], int(bank["seen"])
-    state.gen.set_state(ck["gen_state"])
-    torch.set_rng_state(ck["torch_rng_state"])
-    state.history = history
-    state.next_batch, state.epochs_done = next_batch, epochs_done
-    state.t_synth, state.t_student = float(ck["t_synth"]), float(ck["t_student"])
+    return ckpt.RunState(gen=gen, student=student, synth=synth, bank=bank, opt=opt)
 
 
 def _start(
@@ -446,15 +300,15 @@ def _start(
     loss_fn: InversionLoss,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    ckpts: _Checkpoints | None,
-) -> _State:
+    ckpts: ckpt.Checkpoints | None,
+) -> ckpt.RunState:
     """A fresh state, or the state of this run's checkpoint when there is one that loads."""
     state = _build_state(student, cfg, shape, seed, loss_fn, mean, std)
-    ck = _read_checkpoint(ckpts) if ckpts is not None else None
+    ck = ckpt.read(ckpts) if ckpts is not None else None
     if ckpts is None or ck is None:
         return state
     try:
-        _restore(state, ck, cfg)
+        ckpt.restore(state, ck, cfg)
     except Exception as exc:  # matching fingerprint but unusable contents: start over from a clean state
         log.warning(
             "ignoring the data-free checkpoint %s: its contents do not fit this run (%s: %s); starting over",
@@ -477,7 +331,7 @@ def _start(
 
 
 def _synthesis_step(
-    b: int, state: _State, teacher: nn.Module, cfg: DataFreeConfig, num_classes: int, level: int
+    b: int, state: ckpt.RunState, teacher: nn.Module, cfg: DataFreeConfig, num_classes: int, level: int
 ) -> None:
     """Synthesize batch ``b``, bank it and take the interleaved student steps; appends to the history."""
     student, bank = state.student, state.bank
@@ -518,7 +372,7 @@ def _synthesis_step(
     )
 
 
-def _student_epoch(ep: int, state: _State, teacher: nn.Module, cfg: DataFreeConfig, level: int) -> None:
+def _student_epoch(ep: int, state: ckpt.RunState, teacher: nn.Module, cfg: DataFreeConfig, level: int) -> None:
     """One KD pass over the final bank, in a random order."""
     bank = state.bank
     assert bank.x is not None
@@ -549,7 +403,7 @@ def _run(
     val: tuple[Any, Any] | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    ckpts: _Checkpoints | None = None,
+    ckpts: ckpt.Checkpoints | None = None,
 ) -> DataFreeResult:
     loss_fn = InversionLoss(
         teacher,
@@ -574,12 +428,12 @@ def _run(
                 _synthesis_step(b, state, teacher, cfg, num_classes, level)
                 state.next_batch = b + 1
                 if ckpts is not None and (state.next_batch % ckpts.every == 0 or b + 1 == cfg.synthesis_batches):
-                    _save_checkpoint(state, ckpts)
+                    ckpt.save(state, ckpts)
             for ep in range(state.epochs_done, cfg.student_epochs):
                 _student_epoch(ep, state, teacher, cfg, level)
                 state.epochs_done = ep + 1
                 if ckpts is not None:
-                    _save_checkpoint(state, ckpts)
+                    ckpt.save(state, ckpts)
     finally:
         teacher.train(teacher_mode)
         _restore_requires_grad(teacher, teacher_grad)
