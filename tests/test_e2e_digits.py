@@ -5,6 +5,7 @@ every stage.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,21 @@ def test_recommendation_compares_on_the_images_the_devices_evaluated(run_dir, tm
     fp32 = next(r for r in report["benchmarks"] if r["artifact"] == "onnx-fp32")
     assert fp32["eval_samples"] == 120
     assert float(found.group(1)) == pytest.approx(100 * fp32["accuracy"], abs=0.01)  # same images, same argmax
+    # `edgecompress bench` on the run moved elsewhere (the original gone): its recorded paths are re-rooted, and the
+    # student is rebuilt from the calibrate stage for the same reference
+    moved, away = tmp_path / "moved", tmp_path / "away"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns(".edgecompress.lock"))
+    run_dir.rename(away)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "edgecompress", "bench", str(moved), "--device", "local"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        away.rename(run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert str(run_dir) not in (moved / "report.md").read_text()
+    again = json.loads((moved / "report.json").read_text())["recommendations"][0]["reason"]
+    assert found.group(0) in again, again

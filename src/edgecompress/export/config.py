@@ -31,11 +31,11 @@ class ExportConfig(StrictModel):
         description="keep the final Gemm/MatMul (classifier head) in float; 'auto' does so only when it protects "
         "accuracy",
     )
-    keep_stem_float: Literal["auto"] | bool = Field(
-        default="auto",
+    keep_stem_float: bool = Field(
+        default=True,
         description="ONNX Runtime INT8: keep a stem Conv fed by an image of <= 4 channels in float (its 9-27-long "
-        "reduction is too short for INT8 kernels and runs faster in float); 'auto' = true. OpenVINO runs such "
-        "stems fast in INT8 and ignores this",
+        "reduction is too short for INT8 kernels and runs faster in float; models without such a stem are not "
+        "affected). OpenVINO runs such stems fast in INT8 and ignores this",
     )
     max_accuracy_drop: float = Field(
         default=0.01, ge=0.0, le=1.0, description="largest allowed INT8 top-1 drop vs FP32 (fraction, 0.01 = 1 pt)"

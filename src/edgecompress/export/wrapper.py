@@ -128,9 +128,13 @@ class _Session:
 
             def build(method: str, head: bool) -> tuple[Path, dict]:
                 path = self.work / f"int8-{method}-{'headfloat' if head else 'full'}.onnx"
-                stem = self.cfg.keep_stem_float in (True, "auto")
                 return path, ox.quantize_int8(
-                    base, path, self.calib_x, method=method, keep_head_float=head, keep_stem_float=stem
+                    base,
+                    path,
+                    self.calib_x,
+                    method=method,
+                    keep_head_float=head,
+                    keep_stem_float=self.cfg.keep_stem_float,
                 )
 
             chosen, record = choose_int8(

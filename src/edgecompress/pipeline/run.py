@@ -159,12 +159,13 @@ def _bench_reference(ctx: Context, calibrated: Any, bench: list[dict[str, Any]])
         return after, "calibrated FP32 student"
     n = int(counts.pop())
     model = calibrated.model
-    if model is None:
+    if model is None:  # `edgecompress bench RUN`: rebuild it from the calibrate stage
         stage = next((st for st in reversed(ctx.stages) if st["name"] == "calibrate"), None)
-        if stage is None or not (Path(stage["output_dir"]) / "student.pt").is_file():
+        state = Path(stage["output_dir"]) / "student.pt" if stage else None
+        if state is None or not state.is_file():
             return after, "calibrated FP32 student"
         model = train._fold(
-            train.rebuild(calibrated.spec, Path(stage["output_dir"]) / "student.pt", splits),
+            train.rebuild(calibrated.spec, state, splits),
             float(calibrated.record.get("temperature") or 1.0),
             splits,
         )
@@ -211,6 +212,32 @@ def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) ->
     return out
 
 
+def _moved(state: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory that was moved or copied (e.g. to another machine): its absolute paths re-rooted.
+
+    The old root is where the recorded stage folders lived; every string under it is moved under ``root``.
+    """
+    stages = state.get("stages") or []
+    if not stages or not stages[0].get("output_dir"):
+        return state
+    old = Path(stages[0]["output_dir"]).parent.parent
+    if old == root:
+        return state
+    prefix = f"{old}/"
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(prefix):
+            return str(root / value[len(prefix) :])
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
+    return walk(state)
+
+
 def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
     """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report."""
     import json
@@ -224,7 +251,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
     run.prepare()  # lock the folder: a second process must not write the same report
     cfg = load_config(run.root / "config.resolved.yaml")
     check_devices(devices, cfg.benchmark.profiles_dir)
-    state = json.loads(state_file.read_text())
+    state = _moved(json.loads(state_file.read_text()), run.root)
     ctx = Context(
         cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
         run=run,
