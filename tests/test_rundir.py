@@ -35,3 +35,21 @@ def test_out_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(ResourceError, match="cannot create the run directory"):
         RunDir(f / "run").prepare()
+
+
+def test_stage_results_follow_a_moved_run(tmp_path):
+    """A run directory copied elsewhere: paths its stages recorded point into the copy, other strings are untouched."""
+    import shutil
+
+    run = RunDir(tmp_path / "r")
+    run.prepare()
+    st = run.stage("export", {"f": 1})
+    st.path.mkdir(parents=True, exist_ok=True)
+    model = st.path / "artifacts" / "m.onnx"
+    st.finish({"model_file": str(model), "files": [str(model)], "note": f"{tmp_path}/r-not-under", "n": 3})
+    shutil.copytree(tmp_path / "r", tmp_path / "moved")
+    again = RunDir(tmp_path / "moved").stage("export", {"f": 1})
+    res = again.result()
+    assert res["model_file"] == str(again.path / "artifacts" / "m.onnx") and res["files"] == [res["model_file"]]
+    assert res["note"] == f"{tmp_path}/r-not-under" and res["n"] == 3 and "_run_root" not in res
+    assert st.result()["model_file"] == str(model)  # the original still reads its own paths

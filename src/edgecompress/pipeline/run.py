@@ -16,7 +16,7 @@ from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import finish
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.rundir import RunDir
+from edgecompress.pipeline.rundir import RunDir, reroot
 
 log = logging.getLogger(__name__)
 
@@ -215,27 +215,15 @@ def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) ->
 def _moved(state: dict[str, Any], root: Path) -> dict[str, Any]:
     """``run.json`` of a run directory that was moved or copied (e.g. to another machine): its absolute paths re-rooted.
 
-    The old root is where the recorded stage folders lived; every string under it is moved under ``root``.
+    The old root is where the recorded stage folders lived.
     """
     stages = state.get("stages") or []
     if not stages or not stages[0].get("output_dir"):
         return state
     old = Path(stages[0]["output_dir"]).parent.parent
-    if old == root:
-        return state
-    prefix = f"{old}/"
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(prefix):
-            return str(root / value[len(prefix) :])
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return value
-
-    log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
-    return walk(state)
+    if old != root:
+        log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
+    return reroot(state, old, root)
 
 
 def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:

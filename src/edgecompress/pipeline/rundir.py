@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 DONE = "_done.json"
 MIN_FREE_BYTES = 200 * 1024 * 1024
 LOCK = ".edgecompress.lock"
+_ROOT_KEY = "_run_root"  # in _done.json: the run directory the stage's recorded paths were written under
 # `.name.XXXXXXXX.tmp` of _io.atomic_path and `.prefix-XXXXXXXX` folders of tempfile.mkdtemp (exporters, bundles)
 _TEMP_RE = re.compile(r"^\.(.+(\.tmp|-[a-z0-9_]{8})|old-.+-\d+)$")  # and `.old-<name>-<pid>` swap leftovers
 
@@ -42,11 +43,32 @@ class StageDir:
         return (self.path / DONE).is_file()
 
     def result(self) -> dict[str, Any]:
-        return json.loads((self.path / DONE).read_text())
+        """The stage's recorded result; paths recorded under another run root (the run was moved) are re-rooted."""
+        data = json.loads((self.path / DONE).read_text())
+        old = data.pop(_ROOT_KEY, None)
+        return reroot(data, Path(old), self.path.parent.parent) if old else data
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        atomic_write_json(self.path / DONE, result)
+        atomic_write_json(self.path / DONE, {**result, _ROOT_KEY: str(self.path.parent.parent)})
         return result
+
+
+def reroot(value: Any, old: Path, new: Path) -> Any:
+    """``value`` (JSON-like) with every string path under ``old`` moved under ``new`` (a moved or copied run)."""
+    if old == new:
+        return value
+    prefix = f"{old}/"
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(prefix):
+            return str(new / v[len(prefix) :])
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)
 
 
 class RunDir:
