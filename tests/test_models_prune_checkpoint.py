@@ -144,3 +144,19 @@ def test_load_into_non_resizable_layer_mismatch(tmp_path):
     save_state(WithEmbedding(5), path)
     with pytest.raises(CheckpointError, match="cannot be resized"):
         load_state(WithEmbedding(7), path)
+
+
+def test_state_hash_follows_weights_dtypes_and_names() -> None:
+    import torch
+
+    from edgecompress.models.checkpoint import state_hash
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    b = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    b.load_state_dict(a.state_dict())
+    assert state_hash(a) == state_hash(b)
+    with torch.no_grad():
+        b[0].weight[0, 0, 0, 0] += 0.5
+    assert state_hash(a) != state_hash(b)
+    assert state_hash(a.to(torch.bfloat16)) != state_hash(b.to(torch.bfloat16))  # bf16 has no numpy dtype: bytes

@@ -39,6 +39,7 @@ from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
 from edgecompress.distill.losses import build_loss
 from edgecompress.errors import CheckpointError, DataError, TrainingError
+from edgecompress.models.checkpoint import state_hash
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,6 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _state_hash(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _data_hash(splits: Any, tensors: list[Tensor]) -> str:
     fp = getattr(splits, "fingerprint", None)
     if callable(fp):
@@ -253,7 +246,7 @@ def train_model(
             "seed": seed,
             "world": world,
             "shapes": [(k, list(v.shape)) for k, v in model.state_dict().items()],
-            "teacher": _state_hash(teacher) if teacher is not None else None,
+            "teacher": state_hash(teacher) if teacher is not None else None,
             "data": _data_hash(splits, [x_tr, y_tr, x_val, y_val]),
             "augment": None if augment is None else repr(augment_cfg),
         }

@@ -24,6 +24,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def state_hash(model: nn.Module) -> str:
+    """sha256 over ``model.state_dict()``: every entry's name, dtype, shape and raw bytes (a checkpoint fingerprint).
+
+    Tensors of any dtype (bf16 included) are hashed by their bytes; a non-tensor entry by its repr.
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        if not isinstance(value, torch.Tensor):
+            h.update(repr(value).encode())
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        try:
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # a dtype without a byte view (quantized): its printed form
+            h.update(repr(t).encode())
+    return h.hexdigest()
+
+
 def save_state(model: nn.Module, path: str | Path) -> None:
     """Write ``model.state_dict()`` to ``path`` atomically (temp file + rename)."""
     import torch

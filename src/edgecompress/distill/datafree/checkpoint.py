@@ -6,8 +6,6 @@ it is written atomically. See :mod:`edgecompress.distill.datafree.runner` for wh
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress._io import atomic_path
+from edgecompress._io import atomic_path, sha256_json
 from edgecompress.distill.datafree.bank import MemoryBank
 from edgecompress.distill.datafree.config import DataFreeConfig
 from edgecompress.distill.datafree.deepinversion import DeepInversionSynthesizer
 from edgecompress.distill.datafree.fastdfkd import FastDFKDSynthesizer
+from edgecompress.models.checkpoint import state_hash
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +64,19 @@ def fingerprint(
     std: Sequence[float] | None,
 ) -> str:
     """sha256 of everything that decides a run's course; ``checkpoint_every`` is left out (it changes no number)."""
-    h = hashlib.sha256()
-    meta = {
-        "format": FORMAT,
-        "config": cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
-        "seed": int(seed),
-        "input_shape": list(shape),
-        "num_classes": int(num_classes),
-        "mean": None if mean is None else [float(v) for v in mean],
-        "std": None if std is None else [float(v) for v in std],
-    }
-    h.update(json.dumps(meta, sort_keys=True).encode())
-    for role, model in (("teacher", teacher), ("student", student)):
-        for key, value in model.state_dict().items():
-            h.update(f"{role}.{key}".encode())
-            _hash_value(h, value)
-    return h.hexdigest()
-
-
-def _hash_value(h: Any, value: Any) -> None:
-    """Feed a state-dict entry (dtype, shape and raw bytes of a tensor; repr of anything else) into ``h``."""
-    if not isinstance(value, torch.Tensor):
-        h.update(repr(value).encode())
-        return
-    t = value.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    try:
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    except (RuntimeError, TypeError):  # a dtype without a byte view (quantized): its printed form
-        h.update(repr(t).encode())
+    return sha256_json(
+        {
+            "format": FORMAT,
+            "config": cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "seed": int(seed),
+            "input_shape": list(shape),
+            "num_classes": int(num_classes),
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+            "teacher": state_hash(teacher),
+            "student": state_hash(student),
+        }
+    )
 
 
 def to_dict(state: RunState, run_fingerprint: str) -> dict[str, Any]:
