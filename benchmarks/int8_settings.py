@@ -20,6 +20,7 @@ import contextlib
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,38 @@ from edgecompress.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("int8_settings")
 
-# (name, runtime, setting, is it the pipeline's default); the setting text picks the quantizer option below
-VARIANTS: list[tuple[str, str, str, bool]] = [
-    ("ort-int8-stem-int8", "onnxruntime", "stem conv quantized", False),
-    ("ort-int8-stem-float", "onnxruntime", "stem conv in float (keep_stem_float)", True),
-    ("ov-int8-fast-bc", "openvino", "NNCF fast bias correction", False),
-    ("ov-int8-full-bc", "openvino", "NNCF full bias correction", True),
+
+@dataclass(frozen=True)
+class Variant:
+    """One INT8 setting: the quantizer option it passes, and the variant it is measured against (if any)."""
+
+    name: str
+    runtime: str
+    setting: str
+    option: dict[str, bool]  # keyword for quantize_int8 (onnxruntime) or quantize_ir (openvino)
+    default: bool  # the pipeline's choice
+    versus: str | None = None
+
+
+VARIANTS = [
+    Variant("ort-int8-stem-int8", "onnxruntime", "stem conv quantized", {"keep_stem_float": False}, False),
+    Variant(
+        "ort-int8-stem-float",
+        "onnxruntime",
+        "stem conv in float (keep_stem_float)",
+        {"keep_stem_float": True},
+        True,
+        versus="ort-int8-stem-int8",
+    ),
+    Variant("ov-int8-fast-bc", "openvino", "NNCF fast bias correction", {"fast_bias_correction": True}, False),
+    Variant(
+        "ov-int8-full-bc",
+        "openvino",
+        "NNCF full bias correction",
+        {"fast_bias_correction": False},
+        True,
+        versus="ov-int8-fast-bc",
+    ),
 ]
 
 
@@ -76,26 +103,23 @@ def build_variants(run: RunInfo, folder: Path, *, threads: int | None) -> list[E
     base, calib = _base_onnx(run), run.splits.calib.x
     method, head = _ort_choice(run)
     ovx.export_ir(base, folder / "fp32" / "model.xml", precision="fp32")
-    files: dict[str, tuple[str, Path, str]] = {
-        "onnx-fp32": ("onnxruntime", base, "reference"),
-        "openvino-fp32": ("openvino", folder / "fp32" / "model.xml", "reference"),
+    files: dict[str, tuple[str, Path, str, bool | None]] = {
+        "onnx-fp32": ("onnxruntime", base, "reference", None),
+        "openvino-fp32": ("openvino", folder / "fp32" / "model.xml", "reference", None),
     }
-    for name, runtime, setting, _default in VARIANTS:
+    for v in VARIANTS:
         with contextlib.redirect_stdout(sys.stderr):
-            if runtime == "onnxruntime":
-                path = folder / f"{name}.onnx"
-                ox.quantize_int8(
-                    base, path, calib, method=method, keep_head_float=head, keep_stem_float="float" in setting
-                )
+            if v.runtime == "onnxruntime":
+                path = folder / f"{v.name}.onnx"
+                ox.quantize_int8(base, path, calib, method=method, keep_head_float=head, **v.option)
             else:
-                path = folder / name / "model.xml"
-                ovx.quantize_ir(base, path, calib, fast_bias_correction="fast" in setting)
-        files[name] = (runtime, path, setting)
+                path = folder / v.name / "model.xml"
+                ovx.quantize_ir(base, path, calib, **v.option)
+        files[v.name] = (v.runtime, path, v.setting, v.default)
     entries = []
-    for name, (runtime, path, setting) in files.items():
+    for name, (runtime, path, setting, default) in files.items():
         rt = get_runtime(runtime)
         rt.load(path, threads=threads)
-        default = next((d for n, _r, _s, d in VARIANTS if n == name), None)
         meta = {"runtime": runtime, "setting": setting, "default": default}
         entries.append(Entry(name, rt, "fp32" if "fp32" in name else "int8", None, meta))
     return entries
@@ -113,7 +137,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         metrics = evaluate_entries(entries, test.x, test.y)
         log.info("timing %d variants at batch %d, %d rounds", len(entries), args.batch, args.rounds)
         results = round_robin(entries, bench_inputs(test.x, [args.batch]), rounds=args.rounds, min_time_s=args.min_time)
-    pairs = {"ort-int8-stem-float": "ort-int8-stem-int8", "ov-int8-full-bc": "ov-int8-fast-bc"}
+    pairs = {v.name: v.versus for v in VARIANTS if v.versus}
     rows = []
     for e in entries:
         ref = pairs.get(e.name)

@@ -300,7 +300,7 @@ def test_both_scripts_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert int8_settings.main([str(run_dir), "--batch", "4", "--json", str(tmp_path / "i.json"), *common]) == 0
     out = capsys.readouterr().out
     rows = {r["name"]: r for r in json.loads((tmp_path / "i.json").read_text())["rows"]}
-    assert set(rows) == {"onnx-fp32", "openvino-fp32", *(v[0] for v in int8_settings.VARIANTS)}
+    assert set(rows) == {"onnx-fp32", "openvino-fp32", *(v.name for v in int8_settings.VARIANTS)}
     assert all(0 <= r["accuracy"] <= 1 and r["timing"]["p50"] > 0 for r in rows.values())
     assert (
         rows["ort-int8-stem-float"]["vs"] == "ort-int8-stem-int8" and rows["ort-int8-stem-float"]["timing"]["speedup"]
