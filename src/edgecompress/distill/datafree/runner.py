@@ -21,9 +21,10 @@ starts over). The checkpoint is deleted once the result is saved (``DataFreeResu
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,17 +294,10 @@ def _build_state(
 
 
 def _start(
-    student: nn.Module,
-    cfg: DataFreeConfig,
-    shape: tuple[int, ...],
-    seed: int,
-    loss_fn: InversionLoss,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    ckpts: ckpt.Checkpoints | None,
+    fresh: Callable[[], ckpt.RunState], cfg: DataFreeConfig, seed: int, ckpts: ckpt.Checkpoints | None
 ) -> ckpt.RunState:
-    """A fresh state, or the state of this run's checkpoint when there is one that loads."""
-    state = _build_state(student, cfg, shape, seed, loss_fn, mean, std)
+    """A fresh state (``fresh()``), or the state of this run's checkpoint when there is one that loads."""
+    state = fresh()
     ck = ckpt.read(ckpts) if ckpts is not None else None
     if ckpts is None or ck is None:
         return state
@@ -317,7 +311,7 @@ def _start(
             str(exc)[:160],
         )
         torch.manual_seed(seed)  # the fresh state's generator init draws from the global RNG, as on a first start
-        return _build_state(student, cfg, shape, seed, loss_fn, mean, std)
+        return fresh()
     log.info(
         "resuming data-free %s from %s at batch %d/%d, student epoch %d/%d",
         cfg.method,
@@ -416,7 +410,8 @@ def _run(
     )
     if not loss_fn.hooks.layers:
         log.warning("teacher has no BatchNorm2d: running the reduced inversion loss without L_bn (allow_no_bn)")
-    state = _start(student, cfg, shape, seed, loss_fn, mean, std, ckpts)
+    fresh = functools.partial(_build_state, student, cfg, shape, seed, loss_fn, mean, std)
+    state = _start(fresh, cfg, seed, ckpts)
     resumed_from = state.next_batch
     teacher_mode = teacher.training
     teacher_grad = _set_requires_grad(teacher, False)
