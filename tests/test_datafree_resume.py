@@ -24,6 +24,7 @@ from torch import nn
 
 from edgecompress.distill.datafree import DataFreeConfig, DataFreeResult, datafree_distill
 from edgecompress.distill.datafree.runner import CHECKPOINT
+from test_datafree_core import _bn_teacher
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.timeout(120)
@@ -35,23 +36,7 @@ CLASSES = 4
 
 def _teacher() -> nn.Module:
     """A small BN CNN with non-trivial running statistics (as a trained teacher has), the same in every process."""
-    torch.manual_seed(0)
-    m = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, CLASSES),
-    )
-    m.train()
-    with torch.no_grad():
-        for _ in range(5):
-            m(torch.rand(16, *SHAPE) * 2 + 0.5)
-    return m.eval()
+    return _bn_teacher(0)
 
 
 def _student() -> nn.Module:
