@@ -8,6 +8,7 @@ with its reason, never an exception that stops the other rows, and never an "ECE
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -39,6 +40,19 @@ class LatencyStats(_Record):
     @classmethod
     def _is_finite(cls, value: float | None) -> float | None:
         return _finite(value, "a latency")
+
+
+def plain_json(value: Any) -> Any:
+    """A free-form value as plain JSON: numpy scalars and arrays to lists, Paths and other objects to strings."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        if hasattr(obj, "model_dump"):
+            return obj.model_dump(mode="json")
+        return str(obj)
+
+    return None if value is None else json.loads(json.dumps(value, default=default))
 
 
 def _batch_keys(value: Any) -> Any:
@@ -155,6 +169,11 @@ class BenchRow(_Record):
     @classmethod
     def _int_batches(cls, value: Any) -> Any:
         return _batch_keys(value)
+
+    @field_validator("info", "env", mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return plain_json(value)
 
     @property
     def failure(self) -> str | None:

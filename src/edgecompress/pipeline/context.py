@@ -72,6 +72,7 @@ class Context:
     keys: dict[str, str] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None  # images + labels devices evaluate, when splits are absent
     report: Any = None  # the Report, once the report stage has built it (the bundles stage reads its entries)
 
     def cached(self, stage: Stage[R]) -> R:

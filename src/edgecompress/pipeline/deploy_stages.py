@@ -10,7 +10,7 @@ import numpy as np
 
 from edgecompress.errors import MissingExtraError
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
-from edgecompress.pipeline.results import BenchmarkResult, CalibrateResult, DistillResult, ExportResult
+from edgecompress.pipeline.results import BenchmarkResult, CalibrateResult, DataResult, DistillResult, ExportResult
 from edgecompress.pipeline.rundir import StageDir
 
 if TYPE_CHECKING:
@@ -179,17 +179,19 @@ def _benchmark_compute(ctx: Context, sd: StageDir) -> BenchmarkResult:
     from edgecompress.devices import benchmark_artifacts
 
     bcfg = ctx.cfg.benchmark
-    splits = ctx.splits
-    assert splits is not None
+    data = ctx.result("data", DataResult)
     artifacts = [a for a in ctx.result("export", ExportResult).artifacts if a.ok]  # a failed format is never measured
-    if splits.test is None:
-        ctx.warn("no labelled test data: device benchmarks measure latency only")
-        x: np.ndarray | None = np.zeros((max(bcfg.batch_sizes), *splits.input_shape), np.float32)
-        y = None
+    x: np.ndarray | None
+    y: np.ndarray | None
+    if ctx.splits is not None and ctx.splits.test is not None:
+        x, y = eval_subset(ctx.splits, bcfg.eval_samples)
+    elif ctx.eval_data is not None:  # `edgecompress bench RUN`: the images shipped before, from inside the run
+        x, y = ctx.eval_data[0][: bcfg.eval_samples], ctx.eval_data[1][: bcfg.eval_samples]
     else:
-        x, y = eval_subset(splits, bcfg.eval_samples)
+        ctx.warn("no labelled test data: device benchmarks measure latency only")
+        x, y = np.zeros((max(bcfg.batch_sizes), *data.input_shape), np.float32), None
     rows = benchmark_artifacts(
-        artifacts, bcfg.devices, eval_x=x, eval_y=y, cfg=bcfg, workdir=sd.path, num_classes=splits.num_classes
+        artifacts, bcfg.devices, eval_x=x, eval_y=y, cfg=bcfg, workdir=sd.path, num_classes=data.num_classes
     )
     for row in rows:
         if not row.ok:

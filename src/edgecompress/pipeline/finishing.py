@@ -42,6 +42,8 @@ class FinishResult(StageResult):
 
 def eval_set(ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
     """The images and labels the devices evaluated: the benchmark folder's shipped ``eval.npz`` (inside the run)."""
+    if ctx.eval_data is not None:
+        return ctx.eval_data
     folder = next((r.output_dir for r in reversed(ctx.stages) if r.name == "benchmark" and r.output_dir), None)
     path = Path(folder) / "eval.npz" if folder else None
     if path is None or not path.is_file():

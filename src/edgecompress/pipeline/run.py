@@ -20,7 +20,7 @@ from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context, Stage
-from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult
+from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set
 from edgecompress.pipeline.results import (
     BenchmarkResult,
     CalibrateResult,
@@ -224,9 +224,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
             ctx.results[name] = res
             key = Path(state.stage_dir(name) or "").name.rpartition("-")[2]
             ctx.keys[name] = key
-    from edgecompress.data import load_splits
-
-    ctx.splits = load_splits(ctx.cfg.data, seed=ctx.cfg.seed)
+    ctx.eval_data = eval_set(ctx)  # the data config may name files elsewhere: only what the run holds is read
     bench = ctx.cached(deploy.BENCHMARK)
     atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
     paths: dict[str, Path] = {}

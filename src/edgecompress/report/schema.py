@@ -7,27 +7,18 @@ JSON, ``null`` when not measured. Metrics are fractions (0.91, not 91 %); latenc
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgecompress.measurements import BenchRow, LatencyStats
+from edgecompress.measurements import BenchRow, LatencyStats, plain_json
 
 SCHEMA_VERSION = 1
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return obj.tolist()
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    return str(obj)  # Path and other plain values
 
 
 class _Model(BaseModel):
@@ -122,4 +113,4 @@ class Report(_Model):
     @classmethod
     def _plain_json(cls, value: Any) -> Any:
         """Free-form parts become plain JSON (numpy scalars/arrays to lists, Paths to str, keys to str)."""
-        return None if value is None else json.loads(json.dumps(value, default=_json_default))
+        return plain_json(value)
