@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 _IMPORTANCE = ("l1", "l2", "fpgm", "lamp")
 _TOLERANCE = 0.01  # stop the search once MACs are within 1 % below the target
-_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.975, 0.99)
+_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99)
 _FLATTEN_FIX = (
     "flatten with torch.flatten(x, 1) or nn.Flatten() instead of a hard-coded x.view(-1, C*H*W) (the weights stay "
     "the same), or give the student architecture explicitly (distill.student.model)"
@@ -120,19 +120,54 @@ def find_classifier(model: nn.Module, input_shape: tuple[int, int, int]) -> list
 
 def _pruner_class(tp):  # noqa: ANN001, ANN202 (torch_pruning types)
     class _Pruner(tp.pruner.BasePruner):
-        """BasePruner whose ``round_to`` never empties a layer: it halves the multiple until channels remain."""
+        """BasePruner whose ``round_to`` counts the channels of grouped convs per group and never empties a layer.
 
-        relaxed: list[tuple[int, int]]
+        torch-pruning 1.6 rounds a grouped layer's per-group count against its total channels; here the kept count
+        per group is rounded to ``round_to / gcd(round_to, groups)``. Where rounding down would keep nothing,
+        ``relax=False`` keeps one multiple (``round_to`` met, fewer channels cut) and ``relax=True`` halves the
+        multiple until channels remain (``round_to`` not met: recorded in ``relaxed``).
+        """
+
+        relax: bool = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.relaxed: list[tuple[int, int]] = []
+            self._groups_of: dict[int, int] = {}
+            self._last_module: Any = None
+            super().__init__(*args, **kwargs)
+            dg = self.DG
+            for attr in ("get_out_channels", "get_in_channels"):
+                fn = getattr(dg, attr)
+                setattr(dg, attr, self._remember(fn))
+
+        def _remember(self, fn):  # noqa: ANN001, ANN202
+            def wrapped(module):  # noqa: ANN001, ANN202
+                self._last_module = module
+                return fn(module)
+
+            return wrapped
+
+        def _get_channel_groups(self, group) -> int:  # noqa: ANN001
+            n = super()._get_channel_groups(group)
+            self._groups_of[id(group[0].dep.target.module)] = n
+            return n
 
         def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-            kept = current_channels - n_pruned
-            step = round_to
-            while step > 1 and kept - kept % step <= 0:
-                step //= 2
-            rounded = max(kept - kept % step, 1)
-            if step != round_to:
-                self.relaxed.append((current_channels, rounded))
-            return max(current_channels - rounded, 0)
+            import math
+
+            groups = max(1, self._groups_of.get(id(self._last_module), 1))
+            per_group = current_channels // groups
+            kept = per_group - n_pruned
+            step = max(1, round_to // math.gcd(round_to, groups))
+            rounded = kept - kept % step
+            if rounded <= 0 and not self.relax:
+                rounded = min(step, per_group)
+            elif rounded <= 0:
+                while step > 1 and kept - kept % step <= 0:
+                    step //= 2
+                rounded = max(kept - kept % step, 1)
+                self.relaxed.append((current_channels, rounded * groups))
+            return max(per_group - rounded, 0)
 
     return _Pruner
 
@@ -174,6 +209,21 @@ def _check_forward(original: nn.Module, pruned: nn.Module, input_shape: tuple[in
     )
 
 
+def _bracket(feasible: Any, start: int) -> tuple[float, float] | None:
+    """(infeasible ratio or 0, feasible ratio), neighbours on the grid, searched from ``_GRID[start]``.
+
+    The first feasible point is looked for upward from ``start``, then downward (MACs are not monotone in the ratio:
+    a high ratio can leave small layers whole); from there the walk goes down while the lower point is feasible too.
+    """
+    order = [*range(start, len(_GRID)), *range(start - 1, -1, -1)]
+    i = next((j for j in order if feasible(_GRID[j])), None)
+    if i is None:
+        return None
+    while i > 0 and feasible(_GRID[i - 1]):
+        i -= 1
+    return (_GRID[i - 1] if i > 0 else 0.0), _GRID[i]
+
+
 @dataclass
 class PruneResult:
     """A pruned model and how it was reached."""
@@ -199,6 +249,7 @@ def prune_once(
     round_to: int | None = None,
     importance: str = "l2",
     classifier: list[str] | None = None,
+    relax: bool = False,
 ) -> tuple[nn.Module, list[tuple[int, int]]]:
     """A pruned deep copy with ``ratio`` of every prunable layer's channels removed, and the relaxed roundings.
 
@@ -209,6 +260,7 @@ def prune_once(
         round_to: keep channel counts multiples of this where the layer can.
         importance: "l1", "l2", "fpgm" or "lamp".
         classifier: names of the layers to keep whole (default: :func:`find_classifier`).
+        relax: where ``round_to`` would empty a layer, keep fewer channels than ``round_to`` (else keep one multiple).
 
     Raises:
         ModelError: the model cannot be traced, or the pruned forward fails (named layer and fix).
@@ -234,7 +286,7 @@ def prune_once(
             ignored_layers=[pruned.get_submodule(n) for n in names],
             round_to=round_to,
         )
-        pruner.relaxed = []
+        pruner.relax = relax
         with torch.no_grad():
             pruner.step()
     except ModelError:
@@ -259,8 +311,10 @@ def prune_search(
 ) -> PruneResult:
     """Search the per-layer ratio whose pruned copy has the most MACs at or below ``mac_ratio`` of the original's.
 
-    A grid of ratios (0.05 … 0.99) is tried in order, stopping early at a point within 1 % below the target; the
-    best feasible point is then refined by bisection toward its infeasible lower neighbour.
+    Grid points (0.1 … 0.99) are walked from the ratio a uniform cut would need to a feasible point beside an
+    infeasible one (every point when none above is feasible: MACs are not monotone in the ratio); that bracket is
+    then bisected, keeping the feasible point with the most MACs, until within 1 % of the target or until a finer
+    step would change no layer.
 
     Raises:
         ModelError: bad arguments; a model that cannot be pruned (TorchScript, a hard-coded view, no classifier);
@@ -283,40 +337,45 @@ def prune_search(
     base = count_macs(model, input_shape)
     names = find_classifier(model, input_shape)
     target = mac_ratio * base
-    tried: dict[float, PruneResult] = {}
+    tried: dict[tuple[float, bool], PruneResult] = {}
 
-    def attempt(r: float) -> PruneResult:
-        if r not in tried:
+    def attempt(r: float, relax: bool) -> PruneResult:
+        if (r, relax) not in tried:
             pruned, relaxed = prune_once(
-                model, input_shape, r, round_to=round_to, importance=importance, classifier=names
+                model, input_shape, r, round_to=round_to, importance=importance, classifier=names, relax=relax
             )
-            tried[r] = PruneResult(pruned, r, count_macs(pruned, input_shape), base, round_to, relaxed)
-        return tried[r]
+            tried[r, relax] = PruneResult(pruned, r, count_macs(pruned, input_shape), base, round_to, relaxed)
+        return tried[r, relax]
 
     def close(res: PruneResult) -> bool:
         return (1 - _TOLERANCE) * target <= res.macs <= target
 
     if mac_ratio >= 1:
-        return attempt(0.0)
-    for r in _GRID:
-        if close(attempt(r)):
+        return attempt(0.0, False)
+    # start near the ratio a uniform cut would need (MACs ~ (1 - r)^2), walk the grid to a feasible point
+    # next to an infeasible one, then bisect that bracket; round_to is kept everywhere first, and only when that
+    # cannot reach the target may narrow layers fall below it
+    start = min(range(len(_GRID)), key=lambda i: abs(_GRID[i] - (1 - mac_ratio**0.5)))
+    bracket: tuple[float, float] | None = None
+    for relax in (False, True) if round_to and round_to > 1 else (False,):
+        bracket = _bracket(lambda r, rel=relax: attempt(r, rel).macs <= target, start)
+        if bracket is not None:
             break
-    feasible = [res for res in tried.values() if res.macs <= target]
-    if not feasible:
+    if bracket is None:
         floor = min(tried.values(), key=lambda res: res.macs)
         raise ModelError(
             f"cannot reach {mac_ratio:.3g} of the MACs by channel pruning: the smallest reachable is "
             f"{floor.mac_ratio:.3g} ({floor.macs} of {base} MACs, per-layer ratio {floor.ratio:.3g})",
             f"raise the MAC ratio to at least {floor.mac_ratio:.3g}, or give the student architecture explicitly",
         )
-    best = max(feasible, key=lambda res: res.macs)
-    lower = [r for r in tried if r < best.ratio]
-    lo, hi = (max(lower) if lower else 0.0), best.ratio  # macs(lo) > target (else lo would be the best)
+    lo, hi = bracket
+    best = attempt(hi, relax)
+    widest = max((getattr(m, "out_channels", 0) or getattr(m, "out_features", 0)) for m in model.modules()) or 1
     for _ in range(refine_steps):
-        if close(best):
+        if close(best) or hi - lo < 0.25 / widest:  # finer steps change no layer's channel count
             break
         mid = (lo + hi) / 2
-        res = attempt(mid)
+        res = attempt(mid, relax)
         if res.macs <= target:
             hi = mid
             best = max(best, res, key=lambda x: x.macs)

@@ -219,9 +219,19 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _load_strict(model: nn.Module, path: Path, num_classes: int, input_shape: tuple[int, int, int]) -> None:
-    from edgecompress.models.checkpoint import _fmt, match_keys, read_state
+def _heads(model: nn.Module, raw: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """Names (in ``raw``) of the classifier layers of ``model`` (``raw`` or its :class:`SelectOutput` wrapper)."""
     from edgecompress.models.prune import find_classifier
+
+    try:
+        names = find_classifier(model, input_shape)
+    except ModelError:
+        return []
+    return [n.removeprefix("model.") for n in names] if model is not raw else names
+
+
+def _load_strict(model: nn.Module, path: Path, num_classes: int, heads: list[str]) -> None:
+    from edgecompress.models.checkpoint import _fmt, match_keys, read_state
 
     own = model.state_dict()
     state = match_keys(read_state(path), list(own))
@@ -234,10 +244,6 @@ def _load_strict(model: nn.Module, path: Path, num_classes: int, input_shape: tu
         )
     wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if wrong:
-        try:
-            heads = find_classifier(model, input_shape)
-        except ModelError:
-            heads = []
         for k in wrong:
             layer = k.rpartition(".")[0]
             if layer in heads and state[k].dim() >= 1 and state[k].shape[0] != own[k].shape[0]:
@@ -294,21 +300,21 @@ def load_teacher(
         if output is not None:
             model = SelectOutput(model, output)
     else:
-        spec = teacher_spec(cfg)
-        if spec is None:
+        if cfg.model is None:
             raise ModelError(
                 "teacher.model is not set and teacher.checkpoint is not a TorchScript or torch.export program",
                 "set teacher.model (family or factory) for a state-dict checkpoint",
             )
-        model = build_model(
-            spec,
+        raw = build_model(
+            cfg.model.model_copy(update={"output": None}),
             in_channels=in_channels,
             num_classes=num_classes,
             input_size=input_size,
             trusted_modules=trusted_modules,
         )
+        model = SelectOutput(raw, output) if output is not None else raw  # the checkpoint holds the raw keys
         if path is not None:
             check_output(model, input_shape, None)  # a tuple output is named before any shape mismatch
-            _load_strict(model, path, num_classes, input_shape)
+            _load_strict(raw, path, num_classes, _heads(model, raw, input_shape))
     check_output(model, input_shape, num_classes)
     return model.eval()
