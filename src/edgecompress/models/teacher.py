@@ -82,7 +82,9 @@ class SelectOutput(nn.Module):
 class FrozenProgram(nn.Module):
     """A TorchScript module or ``torch.export`` program used as a teacher: it runs, but it cannot be pruned.
 
-    A program exported with a fixed batch size is run in chunks of that size (the last one zero-padded).
+    The program always runs in inference mode (``train()`` changes only this wrapper's flag: an exported program
+    cannot switch, and a frozen teacher must not update BatchNorm statistics). A program exported with a fixed batch
+    size is run in chunks of that size (the last one zero-padded).
     """
 
     prunable = False
@@ -92,6 +94,11 @@ class FrozenProgram(nn.Module):
         self.program = program
         self.fixed_batch = fixed_batch
         self.source = source
+
+    def train(self, mode: bool = True) -> FrozenProgram:
+        """Set this wrapper's flag only; the program stays in inference mode."""
+        self.training = bool(mode)
+        return self
 
     def forward(self, x: torch.Tensor) -> Any:
         b = self.fixed_batch
@@ -144,15 +151,15 @@ def _load_program(path: Path, kind: str, input_shape: tuple[int, int, int]) -> F
             f"{path} looks like a {what} but cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
             "re-save it with torch.jit.save / torch.export.save from the same PyTorch version",
         ) from None
+    args = (getattr(ep, "example_inputs", None) or ((),))[0]
+    example = int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) else 1
     fixed = None
-    try:
+    try:  # a batch size other than the example's: a program exported without a dynamic batch refuses it
         with torch.no_grad():
-            program(torch.zeros(2, *input_shape))
-    except Exception:  # noqa: BLE001 (guards of a static batch size raise AssertionError / RuntimeError)
-        example = (getattr(ep, "example_inputs", None) or ((),))[0]
-        if example and isinstance(example[0], torch.Tensor):
-            fixed = int(example[0].shape[0])
-            log.warning("%s was exported with a fixed batch size %d: it runs in chunks (slower)", path, fixed)
+            program(torch.zeros(example + 1, *input_shape))
+    except Exception:  # noqa: BLE001 (a failed shape guard raises AssertionError or RuntimeError)
+        fixed = example
+        log.warning("%s was exported with a fixed batch size %d: it runs in chunks (slower)", path, fixed)
     return FrozenProgram(program, fixed_batch=fixed, source="export")
 
 
