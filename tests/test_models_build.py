@@ -164,6 +164,7 @@ def test_factory_is_imported_only_from_trusted_modules(factory_mod):
         _factory("ec_test_pkg.nets:tiny", trusted=("ec_test_pkg.other", "ec_test_pk"))
     assert _factory("ec_test_pkg.nets:tiny", trusted=("ec_test_pkg",))(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
     assert _factory("ec_test_pkg.nets:tiny", trusted=["ec_test_pkg.nets"])(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
+    assert _factory("ec_test_pkg.nets:tiny", trusted=["ec_test_pkg.nets:tiny"]).training  # the full name works too
 
 
 @pytest.mark.parametrize(

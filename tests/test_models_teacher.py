@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecompress.config import TeacherConfig
 from edgecompress.errors import CheckpointError, ModelError
-from edgecompress.models import ModelSpec, build_model, is_prunable, load_state, load_teacher
+from edgecompress.models import ModelSpec, build_model, count_macs, is_prunable, load_state, load_teacher
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo_models  # noqa: E402
@@ -145,10 +145,12 @@ def test_torchscript_and_export_teachers(tmp_path):
     torch.export.save(torch.export.export(raw, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)), dyn)
     fixed = tmp_path / "fixed.pt2"
     torch.export.save(torch.export.export(raw, (torch.zeros(2, 1, 8, 8),)), fixed)
-    for path in (dyn, fixed):
+    macs = count_macs(raw, (1, 8, 8))
+    for path in (ts, dyn, fixed):
         teacher = load_teacher(TeacherConfig(checkpoint=path), in_channels=1, num_classes=10, input_size=(8, 8))
         torch.testing.assert_close(teacher(X), raw(X))  # batch 3 runs on a program fixed to batch 2 (chunks)
         assert not is_prunable(teacher)
+        assert abs(count_macs(teacher, (1, 8, 8)) - macs) < 0.05 * macs  # FLOP counter: conv/matmul only
     with pytest.raises(ModelError, match="10 outputs but the data has 4 labels"):
         load_teacher(TeacherConfig(checkpoint=ts), in_channels=1, num_classes=4, input_size=(8, 8))
     sd = tmp_path / "state.pt"

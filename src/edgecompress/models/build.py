@@ -40,6 +40,7 @@ def _covers(parent: str, module: str) -> bool:
 def check_factory_trust(factory: str, trusted_modules: Collection[str]) -> str:
     """The module of ``factory`` ("pkg.mod:fn") when it may be imported; else :class:`ModelError` with the fix."""
     mod_name = factory.partition(":")[0]
+    trusted = [str(t).partition(":")[0].strip() for t in trusted_modules]  # "pkg.mod:fn" names its module
     denied = next((d for d in sorted(DENIED_MODULES) if _covers(d, mod_name)), None)
     if denied is not None:
         raise ModelError(
@@ -47,7 +48,7 @@ def check_factory_trust(factory: str, trusted_modules: Collection[str]) -> str:
             "other code)",
             "name the module that defines your model's function, e.g. factory: mypkg.nets:build",
         )
-    if not any(_covers(str(t).strip(), mod_name) for t in trusted_modules if str(t).strip()):
+    if not any(_covers(t, mod_name) for t in trusted if t):
         raise ModelError(
             f"model factory {factory!r}: module {mod_name!r} is not trusted (a factory runs its module's code)",
             _TRUST_FIX.format(mod=mod_name),
@@ -147,14 +148,28 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass on a batch of 1 (torch-pruning's op counter, on a zero input)."""
+    """Multiply-accumulates of one forward pass on a batch of 1, on a zero input.
+
+    torch-pruning's op counter (module hooks); for a TorchScript / torch.export teacher, which has no module hooks,
+    PyTorch's FLOP counter (conv and matmul FLOPs / 2).
+    """
     import torch
 
     from edgecompress._lazy import require
+    from edgecompress.models.teacher import FrozenProgram, is_prunable
 
-    tp = require("torch_pruning", "counting MACs")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, *input_shape, device=device)
+    if not is_prunable(model):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+        programs = [m for m in model.modules() if isinstance(m, FrozenProgram)]
+        batch = max(1, programs[0].fixed_batch or 1) if programs else 1  # a fixed-batch program runs a padded chunk
+        return int(counter.get_total_flops() // (2 * batch))
+    tp = require("torch_pruning", "counting MACs")
     with torch.no_grad():
-        macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
+        macs, _ = tp.utils.count_ops_and_params(model, x)
     return int(macs)
