@@ -149,3 +149,25 @@ def test_pruned_wrapped_student_rebuilds_from_the_teacher_spec(tmp_path):
     rebuilt = load_state(rebuilt, tmp_path / "student.pt").eval()
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(rebuilt(x), student(x))
+
+
+def test_pruned_tuple_output_student_exports_to_onnx(tmp_path):
+    """The SelectOutput wrapper survives pruning and ONNX export: the graph has one output, the logits."""
+    import onnxruntime as ort
+
+    student = prune_to_ratio(_build("tuple_output", 1, output=0), (1, 8, 8), 0.4).eval()
+    path = tmp_path / "student.onnx"
+    torch.onnx.export(
+        student,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 8, 8)
+    [out] = session.run(None, {"input": x.numpy()})
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    torch.testing.assert_close(torch.from_numpy(out), student(x).detach(), rtol=1e-4, atol=1e-5)

@@ -3,6 +3,8 @@
 A student cut by :func:`edgecompress.models.prune_to_ratio` has narrower Conv/BN/Linear layers than its family's
 default; it is saved as a plain state dict and rebuilt from the family spec + the file: :func:`load_state` first
 resizes those layers (parameters, buffers and their size attributes) to the file's shapes, then loads strictly.
+That resizing is for students this tool pruned and saved; a user's teacher is loaded by
+:func:`edgecompress.models.load_teacher`, which never resizes (a classifier of another size is refused).
 """
 
 from __future__ import annotations

@@ -175,7 +175,6 @@ def _pruner_class(tp):  # noqa: ANN001, ANN202 (torch_pruning types)
 def _check_forward(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, int, int]) -> None:
     """Run the pruned copy once; a failure is named by the first layer that did not complete (a hard-coded view)."""
     import torch
-    from torch import nn
 
     completed: list[str] = []
     hooks = [
@@ -192,15 +191,20 @@ def _check_forward(original: nn.Module, pruned: nn.Module, input_shape: tuple[in
     finally:
         for h in hooks:
             h.remove()
-    leaves = [n for n, m in original.named_modules() if not list(m.children()) and isinstance(m, nn.Module)]
     order: list[str] = []
-    hooks = [original.get_submodule(n).register_forward_hook(lambda _m, _i, _o, n=n: order.append(n)) for n in leaves]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n))
+        for n, m in original.named_modules()
+        if not list(m.children())
+    ]
+    was_training = original.training
     try:
         with torch.no_grad():
             original.eval()(torch.zeros(2, *input_shape, device=_device(original)))
     finally:
         for h in hooks:
             h.remove()
+        original.train(was_training)
     layer = next((n for n in order if n not in completed), "?")
     raise ModelError(
         f"pruning breaks the model's forward before layer {layer!r} ({detail}): the forward reshapes with a size "
