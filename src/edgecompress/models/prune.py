@@ -244,6 +244,16 @@ class PruneResult:
         """MACs of the pruned model over the original's."""
         return self.macs / max(1, self.base_macs)
 
+    def warning(self) -> str | None:
+        """One line for the run's warnings when ``round_to`` was not met in some layers, else None."""
+        if not self.relaxed:
+            return None
+        shown = ", ".join(f"{c}->{k}" for c, k in self.relaxed[:6]) + (" ..." if len(self.relaxed) > 6 else "")
+        return (
+            f"round_to {self.round_to} was not met in {len(self.relaxed)} layer(s) to reach {self.mac_ratio:.3g} of "
+            f"the MACs (channels -> kept: {shown}); a larger MAC ratio keeps every layer a multiple of {self.round_to}"
+        )
+
 
 def prune_once(
     model: nn.Module,
@@ -386,12 +396,7 @@ def prune_search(
         else:
             lo = mid
     if best.relaxed:
-        log.info(
-            "round_to %s could not be met in %d layer(s) (channels -> kept: %s)",
-            round_to,
-            len(best.relaxed),
-            ", ".join(f"{c}->{k}" for c, k in best.relaxed[:6]),
-        )
+        log.warning("%s", best.warning())
     log.info("pruned to %.4f of MACs (target %.4f) with per-layer ratio %.4f", best.mac_ratio, mac_ratio, best.ratio)
     return best
 
