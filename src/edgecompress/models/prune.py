@@ -9,8 +9,9 @@ feasible model (MACs <= target) with the most MACs found.
 
 The classifier — the Linear/Conv layers nearest to the output in the autograd graph, not the last one registered —
 is left alone so the number of classes stays. Grouped and depthwise convs, SE blocks, residual adds and
-flatten→Linear are coupled by torch-pruning's dependency graph; ``round_to`` is met where a layer can keep a
-multiple of it and relaxed (to the largest power-of-two divisor that keeps channels) where it cannot.
+flatten→Linear are coupled by torch-pruning's dependency graph. ``round_to`` is met in every layer when the target
+allows it; when it does not, layers too narrow for one multiple keep the channels the ratio gives (never 0), and
+the result lists them (:meth:`PruneResult.warning`).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def _pruner_class(tp):  # noqa: ANN001, ANN202 (torch_pruning types)
 
         torch-pruning 1.6 rounds a grouped layer's per-group count against its total channels; here the kept count
         per group is rounded to ``round_to / gcd(round_to, groups)``. Where rounding down would keep nothing,
-        ``relax=False`` keeps one multiple (``round_to`` met, fewer channels cut) and ``relax=True`` halves the
-        multiple until channels remain (``round_to`` not met: recorded in ``relaxed``).
+        ``relax=False`` keeps one multiple (``round_to`` met, fewer channels cut) and ``relax=True`` keeps the count
+        the ratio gives, at least 1 (``round_to`` not met there: recorded in ``relaxed``).
         """
 
         relax: bool = False
@@ -162,10 +163,8 @@ def _pruner_class(tp):  # noqa: ANN001, ANN202 (torch_pruning types)
             rounded = kept - kept % step
             if rounded <= 0 and not self.relax:
                 rounded = min(step, per_group)
-            elif rounded <= 0:
-                while step > 1 and kept - kept % step <= 0:
-                    step //= 2
-                rounded = max(kept - kept % step, 1)
+            elif rounded <= 0:  # fewer than one multiple: keep what the ratio keeps (at least one per group)
+                rounded = max(kept, 1)
                 self.relaxed.append((current_channels, rounded * groups))
             return max(per_group - rounded, 0)
 
