@@ -172,3 +172,17 @@ def test_pruned_tuple_output_student_exports_to_onnx(tmp_path):
     [out] = session.run(None, {"input": x.numpy()})
     assert [o.name for o in session.get_outputs()] == ["logits"]
     torch.testing.assert_close(torch.from_numpy(out), student(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_style_factory_without_in_channels(tmp_path):
+    """`resnet_like_torchvision(num_classes=1000)` takes no in_channels: it is called without it, and its checkpoint
+    loads as a teacher for RGB data."""
+    raw = zoo_models.resnet_like_torchvision(num_classes=10).eval()
+    path = tmp_path / "rgb.pt"
+    torch.save({"state_dict": raw.state_dict()}, path)
+    cfg = TeacherConfig(model={"factory": "zoo_models:resnet_like_torchvision"}, checkpoint=path)
+    teacher = load_teacher(cfg, in_channels=3, num_classes=10, input_size=(8, 8), trusted_modules=TRUST)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(teacher(x), raw(x))
+    with pytest.raises(ModelError, match=r"fails on an input of shape \[2, 1, 8, 8\]"):  # gray data, RGB model
+        load_teacher(cfg, in_channels=1, num_classes=10, input_size=(8, 8), trusted_modules=TRUST)
