@@ -157,6 +157,8 @@ def test_torchscript_and_export_teachers(tmp_path):
     torch.save(raw.state_dict(), sd)
     with pytest.raises(ModelError, match="teacher.model is not set"):
         load_teacher(TeacherConfig(checkpoint=sd), in_channels=1, num_classes=10, input_size=(8, 8))
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_teacher(TeacherConfig(checkpoint=tmp_path / "none.pt2"), in_channels=1, num_classes=10, input_size=(8, 8))
 
 
 def test_mismatched_architecture_names_the_layer(tmp_path):

@@ -65,14 +65,20 @@ _SAVE_FIX = (
 )
 
 
-def load_weights_only(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` for every refusal."""
-    import torch
-
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a regular file; else :class:`CheckpointError` (not found / a directory)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
         raise CheckpointError(f"checkpoint {what}: {path}", "check the path (teacher.checkpoint)")
+    return path
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` for every refusal."""
+    import torch
+
+    path = require_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

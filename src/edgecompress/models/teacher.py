@@ -295,11 +295,12 @@ def load_teacher(
             output size different from ``num_classes``.
     """
     from edgecompress.models.build import build_model
+    from edgecompress.models.checkpoint import require_file
 
     input_shape = (int(in_channels), int(input_size[0]), int(input_size[1]))
     output = effective_output(cfg)
-    path = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
-    kind = checkpoint_kind(path) if path is not None and path.is_file() else "state"
+    path = require_file(cfg.checkpoint) if cfg.checkpoint is not None else None
+    kind = checkpoint_kind(path) if path is not None else "state"
     if path is not None and kind in ("torchscript", "export"):
         if cfg.model is not None:
             log.info("teacher.checkpoint %s is a %s program: teacher.model is not used to build it", path, kind)
