@@ -88,7 +88,10 @@ def _rebuild_calibrated(ctx: Context) -> Any:
     data = ctx.result("data", DataResult)
     c, h, w = data.input_shape
     spec = ModelSpec(**ctx.result("distill", DistillResult).student_spec)
-    model = load_state(build_model(spec, in_channels=c, num_classes=data.num_classes, input_size=(h, w)), state)
+    model = build_model(
+        spec, in_channels=c, num_classes=data.num_classes, input_size=(h, w), trusted_modules=ctx.trusted_modules
+    )
+    model = load_state(model, state)
     return fold_with_shape(model, ctx.result("calibrate", CalibrateResult).temperature, data.input_shape)
 
 

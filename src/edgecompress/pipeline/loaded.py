@@ -56,11 +56,17 @@ class LoadedRun:
 
         c, h, w = self.state.data.input_shape
         model = build_model(
-            ModelSpec(**spec), in_channels=c, num_classes=self.state.data.num_classes, input_size=(h, w)
+            ModelSpec(**spec),
+            in_channels=c,
+            num_classes=self.state.data.num_classes,
+            input_size=(h, w),
+            trusted_modules=self.trusted_modules,
         )
         return load_state(model, state_file).eval()
 
     def teacher(self) -> nn.Module:
+        if self.state.teacher.spec is None:
+            raise ConfigError("the teacher of this run is a TorchScript / .pt2 program", "load it from its own file")
         return self.build(self.state.teacher.spec, self.stage_dir("teacher") / "teacher.pt")
 
     def student(self) -> nn.Module:

@@ -39,7 +39,7 @@ class TeacherResult(StageResult):
 
     name: str = "teacher"
     role: str = "teacher"
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None = Field(description="How to rebuild it; None for a TorchScript / .pt2 program.")
     params: int
     macs: int
     test: dict[str, float] | None = None

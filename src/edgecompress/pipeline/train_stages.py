@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecompress._io import atomic_path, sha256_file
-from edgecompress.errors import ConfigError, DataError
+from edgecompress.errors import ConfigError, DataError, ModelError
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
 from edgecompress.pipeline.results import CalibrateResult, DataResult, DistillResult, SearchResult, TeacherResult
 from edgecompress.pipeline.rundir import StageDir
@@ -32,7 +32,13 @@ def build(ctx: Context, spec: dict[str, Any], splits: Splits) -> nn.Module:
     from edgecompress.models import ModelSpec, build_model
 
     c, h, w = splits.input_shape
-    return build_model(ModelSpec(**spec), in_channels=c, num_classes=splits.num_classes, input_size=(h, w))
+    return build_model(
+        ModelSpec(**spec),
+        in_channels=c,
+        num_classes=splits.num_classes,
+        input_size=(h, w),
+        trusted_modules=ctx.trusted_modules,
+    )
 
 
 def rebuild(ctx: Context, spec: dict[str, Any], state: Path, splits: Splits) -> nn.Module:
@@ -117,20 +123,30 @@ def _teacher_key(ctx: Context) -> dict[str, Any]:
     return key
 
 
-def _teacher_spec(ctx: Context) -> dict[str, Any]:
-    return ctx.cfg.teacher.model.model_dump(mode="json", exclude_none=True)
+def _load_teacher(ctx: Context) -> nn.Module:
+    """The user's teacher as configured (checkpoint, TorchScript or .pt2 program), or its untrained architecture."""
+    from edgecompress.models import load_teacher
+
+    splits = _splits(ctx)
+    c, h, w = splits.input_shape
+    return load_teacher(
+        ctx.cfg.teacher,
+        in_channels=c,
+        num_classes=splits.num_classes,
+        input_size=(h, w),
+        trusted_modules=ctx.trusted_modules,
+    )
 
 
 def _teacher_compute(ctx: Context, sd: StageDir) -> TeacherResult:
-    from edgecompress.models import load_state, save_state
+    from edgecompress.models import is_prunable, save_state, teacher_spec
 
     cfg, splits = ctx.cfg.teacher, _splits(ctx)
-    spec = _teacher_spec(ctx)
-    model = build(ctx, spec, splits)
+    spec_model = teacher_spec(cfg)
+    model = _load_teacher(ctx)
+    program = not is_prunable(model)  # TorchScript / torch.export: reloaded from the user's file, never pruned
     events: list[str] = []
-    if cfg.checkpoint is not None:
-        model = load_state(model, cfg.checkpoint)
-    else:
+    if cfg.checkpoint is None:
         if splits.train is None:
             raise DataError(
                 "the teacher must be trained but there is no training data", "give teacher.checkpoint or a dataset"
@@ -150,15 +166,20 @@ def _teacher_compute(ctx: Context, sd: StageDir) -> TeacherResult:
         )
         model = trained.model
         events = [str(e) for e in getattr(trained, "events", [])]
-    save_state(model, sd.path / "teacher.pt")
+    if not program:
+        save_state(model, sd.path / "teacher.pt")
     ctx.models["teacher"] = model
     test = metrics_of(predict_logits(model, splits.test.x), splits.test.y) if splits.test is not None else None
+    spec = spec_model.model_dump(mode="json", exclude_none=True) if spec_model is not None and not program else None
     return TeacherResult(spec=spec, **_size(model, splits), test=test, val_accuracy=val_accuracy(model, splits),
                          events=events)  # fmt: skip
 
 
 def _teacher_load(ctx: Context, sd: StageDir, res: TeacherResult) -> None:
-    ctx.models["teacher"] = rebuild(ctx, res.spec, sd.path / "teacher.pt", _splits(ctx))
+    if res.spec is None:  # a program teacher: its file is the user's checkpoint (its hash is in the stage key)
+        ctx.models["teacher"] = _load_teacher(ctx)
+    else:
+        ctx.models["teacher"] = rebuild(ctx, res.spec, sd.path / "teacher.pt", _splits(ctx)).eval()
 
 
 TEACHER = Stage("teacher", TeacherResult, key=_teacher_key, compute=_teacher_compute, load=_teacher_load)
@@ -169,14 +190,21 @@ TEACHER = Stage("teacher", TeacherResult, key=_teacher_key, compute=_teacher_com
 
 def _member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A chain member: given by its own spec, or cut from the teacher by structured pruning."""
-    from edgecompress.models import prune_to_ratio
+    from edgecompress.models import prune_search
 
     splits = _splits(ctx)
     if member.model is not None:
         return build(ctx, member.model, splits), dict(member.model)
-    teacher = ctx.models["teacher"]
-    pruned = prune_to_ratio(teacher, splits.input_shape, member.prune_ratio, round_to=member.round_to)
-    return pruned, ctx.result("teacher", TeacherResult).spec
+    spec = ctx.result("teacher", TeacherResult).spec
+    if spec is None:
+        raise ModelError(
+            "the teacher is a TorchScript / torch.export program: a student cannot be cut from it by pruning",
+            "give the student's architecture: distill.student.model (a family or a trusted factory)",
+        )
+    res = prune_search(ctx.models["teacher"], splits.input_shape, member.prune_ratio, round_to=member.round_to)
+    if res.warning():
+        ctx.warn(f"{member.name or 'student'}: {res.warning()}")
+    return res.model, spec
 
 
 def _mac_ratio(ctx: Context, model: nn.Module) -> float:
