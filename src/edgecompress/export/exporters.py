@@ -36,30 +36,20 @@ def export_onnx(s: ExportSession, precision: str, d: Path) -> Exported:
 def export_openvino(s: ExportSession, precision: str, d: Path) -> Exported:
     """OpenVINO IR from the base ONNX; INT8 by NNCF, calibration method (and float head) chosen like ONNX's."""
     from edgecompress.export import openvino_export as ovx
-    from edgecompress.export.artifact import run_artifact
-    from edgecompress.export.int8_choice import choose_int8
 
     xml = d / "model.xml"
     if precision in ("fp32", "fp16"):
         info = ovx.export_ir(s.base_onnx(), xml, precision=precision)
     else:
         calib = s.require_calib("openvino:int8")
-        scorer, x, data = s.scorer()
 
         def build(method: str, head: bool) -> tuple[Path, dict]:
             path = s.work / f"ov-int8-{method}-{int(head)}" / "model.xml"
             return path, ovx.quantize_ir(s.base_onnx(), path, calib, method=method, keep_head_float=head)
 
-        chosen, record = choose_int8(
-            build,
-            lambda cand: run_artifact("openvino", cand[0], x)[0],
-            scorer,
-            method=s.cfg.int8_calibration,
-            keep_head_float=s.cfg.keep_head_float,
-        )
-        for src in (chosen[0], chosen[0].with_suffix(".bin")):
+        chosen, info = s.choose_int8(build, "openvino")
+        for src in (chosen, chosen.with_suffix(".bin")):
             shutil.copyfile(src, d / src.name)
-        info = {**chosen[1], "selection": record, "selection_data": data}
     return [xml, xml.with_suffix(".bin")], xml, info
 
 

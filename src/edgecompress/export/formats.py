@@ -48,11 +48,11 @@ class FormatSpec:
     suffix: str
     precisions: tuple[str, ...]
     runtime: str
-    extra: str
-    needs_gpu_to_build: bool
-    builds_on_target: bool
     description: str
     exporter: str
+    extra: str = "core"
+    needs_gpu_to_build: bool = False
+    builds_on_target: bool = False
     modules: tuple[str, ...] = ()
     parity_target: str | None = None
     rescale: str | None = None
@@ -90,9 +90,6 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".onnx",
             precisions=("fp32", "fp16", "int8"),
             runtime="onnxruntime",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ONNX (opset 18); INT8 as static QDQ from ONNX Runtime quantization",
             exporter=f"{_EXPORTERS}:export_onnx",
             modules=("onnx", "onnxruntime"),
@@ -103,9 +100,6 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".xml",
             precisions=("fp32", "fp16", "int8"),
             runtime="openvino",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="OpenVINO IR (.xml + .bin); FP16 compressed weights; INT8 with NNCF",
             exporter=f"{_EXPORTERS}:export_openvino",
             modules=("openvino", "nncf"),
@@ -131,8 +125,6 @@ FORMATS: dict[str, FormatSpec] = {
             precisions=("fp32", "int8"),
             runtime="executorch",
             extra="mobile",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ExecuTorch program with the XNNPACK delegate; INT8 by PT2E quantization",
             exporter=f"{_EXPORTERS}:export_executorch",
             modules=("executorch",),
@@ -142,9 +134,6 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".ort",
             precisions=("fp32", "int8"),
             runtime="onnxruntime",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ORT format for ONNX Runtime Mobile (converted from the ONNX artifact)",
             exporter=f"{_EXPORTERS}:export_ort",
             modules=("onnxruntime",),

@@ -84,7 +84,7 @@ def judge(
         return str(
             ExportError(
                 f"{name}: top-1 agreement with PyTorch {parity.top1_agreement:.2f} on the parity inputs is below "
-                f"{BROKEN_GRAPH_AGREEMENT} — the exported graph computes something else; {diagnostic}",
+                f"{BROKEN_GRAPH_AGREEMENT}: the exported graph computes something else; {diagnostic}",
                 "inspect the exported graph, or drop this format",
             )
         )

@@ -91,32 +91,33 @@ class ExportSession:
 
         return self.once("scorer", make)
 
+    def choose_int8(self, build: Callable[[str, bool], tuple[Path, dict]], runtime: str) -> tuple[Path, dict]:
+        """Quantize with each configured calibration setting (``build(method, keep_head_float)``), run every
+        candidate in ``runtime`` on the scoring data, keep the best; returns the chosen file and its info + record."""
+        scorer, x, data = self.scorer()
+        chosen, record = choose_int8(
+            build,
+            lambda cand: run_artifact(runtime, cand[0], x)[0],
+            scorer,
+            method=self.cfg.int8_calibration,
+            keep_head_float=self.cfg.keep_head_float,
+        )
+        return chosen[0], {**chosen[1], "selection": record, "selection_data": data}
+
     def int8_onnx(self) -> tuple[Path, dict]:
         """The INT8 QDQ ONNX chosen among calibration methods (ONNX, ORT and TensorRT's explicit-quantization file)."""
 
         def make() -> tuple[Path, dict]:
             base = self.base_onnx()
             calib = self.require_calib("onnx int8")
-            scorer, x, data = self.scorer()
 
             def build(method: str, head: bool) -> tuple[Path, dict]:
                 path = self.work / f"int8-{method}-{'headfloat' if head else 'full'}.onnx"
+                keep_stem = self.cfg.keep_stem_float
                 return path, ox.quantize_int8(
-                    base,
-                    path,
-                    calib,
-                    method=method,
-                    keep_head_float=head,
-                    keep_stem_float=self.cfg.keep_stem_float,
+                    base, path, calib, method=method, keep_head_float=head, keep_stem_float=keep_stem
                 )
 
-            chosen, record = choose_int8(
-                build,
-                lambda cand: run_artifact("onnxruntime", cand[0], x)[0],
-                scorer,
-                method=self.cfg.int8_calibration,
-                keep_head_float=self.cfg.keep_head_float,
-            )
-            return chosen[0], {**chosen[1], "selection": record, "selection_data": data}
+            return self.choose_int8(build, "onnxruntime")
 
         return self.once("int8_onnx", make)
