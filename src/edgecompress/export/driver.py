@@ -20,6 +20,7 @@ import numpy as np
 
 from edgecompress._io import sha256_json
 from edgecompress.errors import EdgeCompressError, ExportError
+from edgecompress.export import onnx_export as ox
 from edgecompress.export.artifact import Artifact, run_artifact, swap_into_place
 from edgecompress.export.config import ExportConfig
 from edgecompress.export.contract import ExportContract, effective_precision, stringify_metadata, tool_versions
@@ -107,11 +108,8 @@ def _pairs(formats: list[str] | list[tuple[str, str]] | str | None, cfg: ExportC
 
 
 def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, EdgeCompressError):
-        return str(exc)
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line[:300]}" if line else type(exc).__name__
+    """An EdgeCompressError's whole "problem — fix" line; any other exception's type and first line."""
+    return str(exc) if isinstance(exc, EdgeCompressError) else ox._first_line(exc)
 
 
 def _export_one(

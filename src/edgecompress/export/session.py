@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import ExportError
+from edgecompress.export import int8_choice
 from edgecompress.export import onnx_export as ox
 from edgecompress.export.artifact import run_artifact
 from edgecompress.export.config import ExportConfig
 from edgecompress.export.contract import ExportContract
-from edgecompress.export.int8_choice import choose_int8, fidelity_scorer, label_scorer
 
 
 class ExportSession:
@@ -85,9 +85,10 @@ class ExportSession:
 
         def make() -> tuple[Callable, np.ndarray, str]:
             if self.val_x is not None and self.val_y is not None:
-                return label_scorer(self.val_y, probabilities=self.contract.output_probabilities), self.val_x, "val"
+                scorer = int8_choice.label_scorer(self.val_y, probabilities=self.contract.output_probabilities)
+                return scorer, self.val_x, "val"
             x = self.require_calib("int8")[:256]
-            return fidelity_scorer(self.torch_logits(x)), x, "fp32-fidelity-on-calib"
+            return int8_choice.fidelity_scorer(self.torch_logits(x)), x, "fp32-fidelity-on-calib"
 
         return self.once("scorer", make)
 
@@ -95,7 +96,7 @@ class ExportSession:
         """Quantize with each configured calibration setting (``build(method, keep_head_float)``), run every
         candidate in ``runtime`` on the scoring data, keep the best; returns the chosen file and its info + record."""
         scorer, x, data = self.scorer()
-        chosen, record = choose_int8(
+        chosen, record = int8_choice.choose_int8(
             build,
             lambda cand: run_artifact(runtime, cand[0], x)[0],
             scorer,
