@@ -76,6 +76,8 @@ def export_all(
         parity_x = calib[:32] if calib is not None and len(calib) else contract.example_input(16, seed=7)
     parity_x = np.ascontiguousarray(parity_x, dtype=np.float32)
     has_val = val_x is not None and val_y is not None
+    if has_val:
+        val_x, val_y = np.ascontiguousarray(val_x, dtype=np.float32), np.asarray(val_y)
     meta = {**contract.metadata, **(metadata or {})}
     meta.setdefault("edgecompress.export_config_hash", sha256_json(cfg.model_dump(mode="json")))
     meta.setdefault("edgecompress.tool_versions", tool_versions())

@@ -40,13 +40,14 @@ class ExportSession:
         self._cache: dict[str, Any] = {}
         self._failed: dict[str, BaseException] = {}
 
-    def torch_logits(self, x: np.ndarray) -> np.ndarray:
-        """PyTorch outputs (with the contract's softmax head, if any) on ``x``, float32."""
+    def torch_logits(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        """PyTorch outputs (with the contract's softmax head, if any) on ``x``, float32, ``batch`` samples at a time."""
         import torch
 
         model = ox._with_output_head(self.model, self.contract)
         with ox.eval_mode(model), torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy().astype(np.float32)
+            out = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))) for i in range(0, len(x), batch)]
+        return torch.cat(out).numpy().astype(np.float32)
 
     def once(self, key: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` the first time ``key`` is asked for; its result (or its exception) every later time."""
