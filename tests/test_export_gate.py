@@ -111,6 +111,7 @@ def test_int8_that_loses_accuracy_is_recorded_failed_and_the_rest_ship(tmp_path:
     assert bad.failure.startswith(f"onnx-int8: val accuracy {100 * acc:.1f} % vs FP32 100.0 % {drop}"), bad.failure
     assert "keep_head_float" in bad.failure  # what to try
     assert bad.parity_top1_agreement == 1.0  # parity on easy inputs saw nothing: accuracy is what caught it
+    assert bad.info["val_runtime"] == "onnxruntime" and "reason" in bad.info["parity"]  # what was measured stays
     for name in ("onnx-fp32", "openvino-fp32"):
         assert by[name].ok and by[name].model_file.is_file(), by[name].failure
         assert by[name].val_metrics["accuracy"] == 1.0

@@ -133,7 +133,8 @@ def _export_one(
     step, start = "export", time.perf_counter()
     try:
         files, model_file, info = spec.export_fn()(s, precision, tmp)
-        record["export_seconds"] = round(time.perf_counter() - start, 3)
+        info = dict(info)  # exporters may hand out a shared (cached) record
+        record.update(export_seconds=round(time.perf_counter() - start, 3), info=info)
         step = "non-empty check"
         empty = [f.name for f in files if not f.is_file() or f.stat().st_size == 0]
         if empty:
@@ -148,7 +149,7 @@ def _export_one(
             parity_rel_diff=parity.rel_diff,
             parity_top1_agreement=parity.top1_agreement,
         )
-        info = {**info, "parity_runtime": runtime, "parity_precision": judged, "runtime_info": rt_info}
+        info.update(parity_runtime=runtime, parity_precision=judged, runtime_info=rt_info)
         info["parity"] = {"within_diagnostic": parity.within, "reason": parity.reason}
         val_acc = None
         if fp32_acc is not None:
@@ -160,7 +161,6 @@ def _export_one(
             val_acc = record["val_metrics"]["accuracy"]
             info["val_runtime"] = runtime
         info.setdefault("tool_versions", tool_versions())
-        record["info"] = info
         failure = judge(name, precision, parity, val_acc, fp32_acc, s.cfg.max_accuracy_drop)
         if failure is not None:
             return _failed(record, failure, tmp, final)
