@@ -1,4 +1,4 @@
-"""ExecuTorch (.pte, XNNPACK) FP32/INT8 through the wrapper and the ExecuTorch runtime."""
+"""ExecuTorch (.pte, XNNPACK) FP32/INT8 through the export driver and the ExecuTorch runtime."""
 
 from __future__ import annotations
 
@@ -32,15 +32,16 @@ def _model_and_data() -> tuple[nn.Module, np.ndarray]:
 
 @pytest.mark.skipif(not HAS_ET, reason="executorch is not installed (pip install 'edgecompress[mobile]')")
 def test_executorch_fp32_and_int8(tmp_path: Path) -> None:
+    from edgecompress.export import export_all, run_artifact
     from edgecompress.export.config import ExportConfig
     from edgecompress.export.contract import ExportContract
-    from edgecompress.export.wrapper import export_all, run_artifact
 
     model, calib = _model_and_data()
     contract = ExportContract(input_shape=(1, 8, 8), num_classes=3, max_batch=8)
     cfg = ExportConfig(formats=["executorch:fp32", "executorch:int8"], max_batch=8)
     arts = export_all(model, contract=contract, calib_x=calib, out_dir=tmp_path, cfg=cfg, parity_x=calib[:8])
     fp32, int8 = arts
+    assert fp32.ok and int8.ok, [a.failure for a in arts]
     assert fp32.model_file.suffix == ".pte" and fp32.parity_max_abs_diff <= 1e-4
     assert int8.info["quantizer"] == "XNNPACKQuantizer" and int8.parity_top1_agreement >= 0.98
     assert fp32.info["export_batch"] == 8

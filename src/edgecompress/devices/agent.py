@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -247,13 +248,99 @@ def _gpu_name() -> str | None:
     return None
 
 
+def check_engine_compat(meta: dict, *, trt_version: str, gpu_name: str | None, engine: str = "the engine") -> None:
+    """Refuse an engine built with another TensorRT version or on another GPU (engines are not portable).
+
+    ``meta`` is the engine's sidecar (``tensorrt_version``, ``gpu_name``); a GPU name missing on either side is not
+    held against the engine. The one compatibility rule: the package's export calls this too.
+
+    Raises:
+        AgentError: the versions or the GPUs differ; the message says what was built where.
+    """
+    built_v, built_gpu = meta.get("tensorrt_version"), meta.get("gpu_name")
+    problems = []
+    if built_v != trt_version:
+        problems.append(f"TensorRT {built_v} (here {trt_version})")
+    if built_gpu and gpu_name and built_gpu != gpu_name:
+        problems.append(f"GPU '{built_gpu}' (here '{gpu_name}')")
+    if problems:
+        raise AgentError(
+            f"{engine} was built for {' and '.join(problems)}; engines are not portable",
+            "rebuild it on this device from the ONNX file and its recipe JSON (trtexec command in the recipe)",
+        )
+
+
+def build_engine(
+    onnx_path: Path, recipe: dict | None = None, *, base_dir: Path | None = None, engine_path: Path | None = None
+) -> Path:
+    """Build a TensorRT engine (TensorRT >= 10 Python API) from ``onnx_path`` following a build recipe.
+
+    The one engine builder: the runtime below calls it on the device, the package's export calls it where a GPU is.
+    Recipe keys (all optional): ``precision`` (``fp32``/``fp16``/``int8``), ``calibration_cache`` (a file in
+    ``base_dir``, replayed for INT8), ``input_name``, ``min_shape``/``opt_shape``/``max_shape`` (``[N,C,H,W]``, used
+    when the batch is dynamic), ``workspace_mb``, ``engine`` (file name). Writes the engine atomically and the
+    sidecar ``<engine>.json`` (TensorRT version, GPU name, precision, ONNX sha256) that :func:`check_engine_compat`
+    reads.
+
+    Raises:
+        RuntimeMissingError: tensorrt is not installed.
+        AgentError: parse or build failed.
+    """
+    trt = _import("tensorrt", "tensorrt", "tensorrt")
+    recipe = dict(recipe or {"precision": "fp32"})
+    base_dir = Path(base_dir) if base_dir is not None else onnx_path.parent
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    data = onnx_path.read_bytes()
+    if not parser.parse(data):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise AgentError(f"TensorRT could not parse {onnx_path.name}: {errs}", "check the ONNX export and opset")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(recipe.get("workspace_mb", 1024)) << 20)
+    precision = str(recipe.get("precision", "fp32")).lower()
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # layers TensorRT keeps out of INT8 run in FP16 rather than FP32
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        cache = recipe.get("calibration_cache")
+        if cache:
+            config.int8_calibrator = _cache_calibrator(trt, (base_dir / cache).read_bytes())
+    inp = network.get_input(0)
+    shape = list(inp.shape)
+    if any(d < 0 for d in shape):
+        chw = list(shape[1:])
+        profile = builder.create_optimization_profile()
+        profile.set_shape(
+            recipe.get("input_name", inp.name),
+            recipe.get("min_shape", [1, *chw]),
+            recipe.get("opt_shape", [1, *chw]),
+            recipe.get("max_shape", [64, *chw]),
+        )
+        config.add_optimization_profile(profile)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise AgentError(f"TensorRT failed to build an engine from {onnx_path.name}", "see the TensorRT log above")
+    engine_path = engine_path or onnx_path.with_name(recipe.get("engine") or f"{onnx_path.stem}.{precision}.engine")
+    _atomic_write(engine_path, bytes(blob))
+    meta = {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": _gpu_name(),
+        "precision": precision,
+        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    _atomic_write(engine_path.with_name(engine_path.name + ".json"), json.dumps(meta).encode())
+    return engine_path
+
+
 class TensorRTRuntime:
     """TensorRT (Python API, TensorRT >= 10). Engines are bound to the GPU and TensorRT version that built them.
 
     ``load("model.engine")`` reads the sidecar ``model.engine.json`` (``tensorrt_version``, ``gpu_name``) and refuses
-    an engine built elsewhere. ``load("model.onnx")`` with a recipe JSON (``model.recipe.json`` or ``recipe=``) builds
-    the engine here first: ``{"precision": "fp16"|"int8"|"fp32", "calibration_cache": file?, "input_name": str?,
-    "min_shape"/"opt_shape"/"max_shape": [N,C,H,W]?, "workspace_mb": int?}``. Timings include host<->device copies.
+    an engine built elsewhere (:func:`check_engine_compat`). ``load("model.onnx")`` with a recipe JSON
+    (``model.recipe.json`` or ``recipe=``) builds the engine here first with :func:`build_engine`. Timings include
+    host<->device copies.
     """
 
     name = "tensorrt"
@@ -268,7 +355,10 @@ class TensorRTRuntime:
     def load(self, path: Path, *, threads: int | None = None) -> None:
         path = _check_file(path, (".engine", ".plan", ".onnx"), self.name)
         if path.suffix.lower() == ".onnx":
-            path = self._build(path)
+            recipe_path = self._recipe or path.with_suffix(".recipe.json")
+            recipe = json.loads(recipe_path.read_text()) if recipe_path.is_file() else None
+            path = build_engine(path, recipe, base_dir=recipe_path.parent)
+            self._built_here = True
         self._check_sidecar(path)
         trt = self._trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -292,56 +382,7 @@ class TensorRTRuntime:
                 "build the engine on this device from the ONNX file and its recipe",
             )
         meta = json.loads(sidecar.read_text())
-        want_v, want_gpu = meta.get("tensorrt_version"), meta.get("gpu_name")
-        if want_v != self._trt.__version__ or (want_gpu and self._gpu and want_gpu != self._gpu):
-            raise AgentError(
-                f"engine {engine.name} was built with TensorRT {want_v} on '{want_gpu}', this device has TensorRT "
-                f"{self._trt.__version__} on '{self._gpu}'; engines are not portable",
-                "rebuild it here: give the ONNX file and the recipe JSON instead of the engine",
-            )
-
-    def _build(self, onnx_path: Path) -> Path:
-        trt = self._trt
-        recipe_path = self._recipe or onnx_path.with_suffix(".recipe.json")
-        recipe = json.loads(recipe_path.read_text()) if recipe_path.is_file() else {"precision": "fp32"}
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(onnx_path.read_bytes()):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise AgentError(f"TensorRT could not parse {onnx_path.name}: {errs}", "check the ONNX export")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(recipe.get("workspace_mb", 1024)) << 20)
-        precision = str(recipe.get("precision", "fp32")).lower()
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            cache = recipe.get("calibration_cache")
-            if cache:
-                config.int8_calibrator = _cache_calibrator(trt, (recipe_path.parent / cache).read_bytes())
-        inp = network.get_input(0)
-        shape = list(inp.shape)
-        if any(d < 0 for d in shape):
-            chw = [d for d in shape[1:]]
-            profile = builder.create_optimization_profile()
-            profile.set_shape(
-                recipe.get("input_name", inp.name),
-                recipe.get("min_shape", [1, *chw]),
-                recipe.get("opt_shape", [1, *chw]),
-                recipe.get("max_shape", [64, *chw]),
-            )
-            config.add_optimization_profile(profile)
-        blob = builder.build_serialized_network(network, config)
-        if blob is None:
-            raise AgentError(f"TensorRT failed to build an engine from {onnx_path.name}", "see the TensorRT log above")
-        engine_path = onnx_path.with_name(f"{onnx_path.stem}.{precision}.engine")
-        _atomic_write(engine_path, bytes(blob))
-        meta = {"tensorrt_version": self._trt.__version__, "gpu_name": self._gpu, "precision": precision}
-        _atomic_write(engine_path.with_name(engine_path.name + ".json"), json.dumps(meta).encode())
-        self._built_here = True
-        return engine_path
+        check_engine_compat(meta, trt_version=self._trt.__version__, gpu_name=self._gpu, engine=f"engine {engine.name}")
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=self._in_dtype)
@@ -718,7 +759,9 @@ def environment(runtime_info: dict | None = None, threads: int | None = None) ->
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> dict:
     """Accuracy, ECE, NLL and Brier score from logits (Guo et al., ICML 2017).
 
-    ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over ``n_bins`` equal-width confidence bins (right-closed);
+    ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over ``n_bins`` equal-width confidence bins; bin ``b`` holds
+    ``[b/n_bins, (b+1)/n_bins)`` and the last also holds 1.0 — the binning of ``edgecompress.calibration.metrics``,
+    which this copy must match bit for bit (tests/test_agent_metrics_parity.py);
     NLL = −mean log p_y; Brier = mean over samples of Σ_k (p_k − 1[k=y])². All are fractions, not percent.
     """
     z = np.asarray(logits, dtype=np.float64)
@@ -730,12 +773,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, n_bins: in
     p = np.exp(logp)
     conf, pred = p.max(axis=1), p.argmax(axis=1)
     correct = (pred == y).astype(np.float64)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    # The same operations, in the same order, as calibration.metrics._equal_width_stats/_ece (a test pins them).
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    sum_acc = np.bincount(idx, weights=correct, minlength=n_bins)
+    sum_conf = np.bincount(idx, weights=conf, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc_b = np.where(counts > 0, sum_acc / counts, 0.0)
+        conf_b = np.where(counts > 0, sum_conf / counts, 0.0)
+    ece = np.sum(np.abs(acc_b - conf_b) * counts) / conf.shape[0]
     onehot = np.zeros_like(p)
     onehot[np.arange(y.size), y] = 1.0
     return {

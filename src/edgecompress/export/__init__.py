@@ -1,4 +1,4 @@
-"""edgecompress.export: format table, export contract, ONNX / OpenVINO / TensorRT / mobile exporters, one wrapper.
+"""edgecompress.export: format table, export contract, ONNX / OpenVINO / TensorRT / mobile exporters, one driver.
 
 Light on import: the format table, config and contract are plain Python; exporters load torch, ONNX Runtime,
 OpenVINO, NNCF, TensorRT and ExecuTorch only when called.
@@ -13,12 +13,13 @@ from edgecompress.export.formats import FORMATS, FormatSpec, available_here, par
 _LAZY = {
     "ExportContract": "edgecompress.export.contract",
     "Tolerance": "edgecompress.export.contract",
-    "Artifact": "edgecompress.export.wrapper",
-    "export_all": "edgecompress.export.wrapper",
-    "rescale_output": "edgecompress.export.wrapper",
-    "run_artifact": "edgecompress.export.wrapper",
-    "choose_int8": "edgecompress.export.quantize",
-    "check_accuracy_drop": "edgecompress.export.quantize",
+    "Artifact": "edgecompress.export.artifact",
+    "run_artifact": "edgecompress.export.artifact",
+    "export_all": "edgecompress.export.driver",
+    "rescale_output": "edgecompress.export.rescale",
+    "choose_int8": "edgecompress.export.int8_choice",
+    "metrics_of": "edgecompress.export.int8_choice",
+    "judge": "edgecompress.export.gate",
 }
 
 __all__ = ["FORMATS", "ExportConfig", "FormatSpec", "available_here", "parse_formats", *_LAZY]

@@ -1,15 +1,20 @@
-"""The export format table: what each target format is, which precisions it has, and what it needs.
+"""The export format table: what each target format is, which precisions it has, what it needs and what does it.
 
-Capabilities are data (ultralytics ``export_formats`` without positional lookups): validation, the wrapper and the
-report all read :data:`FORMATS` by name.
+Capabilities are data (ultralytics ``export_formats`` without positional lookups): validation, the export driver and
+the report all read :data:`FORMATS` by name. A row carries its behaviour as lazy ``"module:function"`` references
+(its exporter, its parity target, its rescale hook), so this module stays light and no parallel dict keyed by the
+same names exists elsewhere.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from edgecompress.errors import ConfigError
 
@@ -29,18 +34,52 @@ class FormatSpec:
         needs_gpu_to_build: the final artifact can only be built on an NVIDIA GPU.
         builds_on_target: the deployable file is built on the target device from what export writes.
         description: one line for humans.
+        exporter: ``"module:function"`` of ``exporter(session, precision, folder) -> (files, model_file, info)``.
         modules: Python modules the exporter imports.
+        parity_target: ``"module:function"`` of ``hook(precision, model_file) -> (runtime, file, precision)`` naming
+            what the parity check and the val evaluation run when the artifact itself cannot run here (TensorRT
+            without a GPU: the ONNX the engine is built from); ``None`` runs the artifact in :attr:`runtime`.
+        rescale: ``"module:function"`` of ``hook(artifact, factor, folder) -> (files, model_file)`` that multiplies
+            the logits inside the graph (re-folding a re-fitted temperature); ``None`` when the format cannot be
+            edited and must be exported again.
     """
 
     name: str
     suffix: str
     precisions: tuple[str, ...]
     runtime: str
-    extra: str
-    needs_gpu_to_build: bool
-    builds_on_target: bool
     description: str
+    exporter: str
+    extra: str = "core"
+    needs_gpu_to_build: bool = False
+    builds_on_target: bool = False
     modules: tuple[str, ...] = ()
+    parity_target: str | None = None
+    rescale: str | None = None
+
+    def export_fn(self) -> Callable[..., tuple[list[Path], Path, dict[str, Any]]]:
+        """The exporter function (imports its module on first use)."""
+        return resolve(self.exporter)
+
+    def parity_of(self, precision: str, model_file: Path) -> tuple[str, Path, str]:
+        """``(runtime, file, precision judged)`` that the parity check and the val evaluation run."""
+        if self.parity_target is None:
+            return self.runtime, Path(model_file), precision
+        return resolve(self.parity_target)(precision, Path(model_file))
+
+    def rescale_fn(self) -> Callable[..., tuple[list[Path], Path]] | None:
+        """The rescale hook, or ``None`` when this format cannot be edited in place."""
+        return resolve(self.rescale) if self.rescale else None
+
+
+def resolve(ref: str) -> Any:
+    """Import ``"package.module:attribute"`` and return the attribute."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_EXPORTERS = "edgecompress.export.exporters"
+_RESCALE = "edgecompress.export.rescale"
 
 
 FORMATS: dict[str, FormatSpec] = {
@@ -51,22 +90,20 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".onnx",
             precisions=("fp32", "fp16", "int8"),
             runtime="onnxruntime",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ONNX (opset 18); INT8 as static QDQ from ONNX Runtime quantization",
+            exporter=f"{_EXPORTERS}:export_onnx",
             modules=("onnx", "onnxruntime"),
+            rescale=f"{_RESCALE}:rescale_onnx_files",
         ),
         FormatSpec(
             name="openvino",
             suffix=".xml",
             precisions=("fp32", "fp16", "int8"),
             runtime="openvino",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="OpenVINO IR (.xml + .bin); FP16 compressed weights; INT8 with NNCF",
+            exporter=f"{_EXPORTERS}:export_openvino",
             modules=("openvino", "nncf"),
+            rescale=f"{_RESCALE}:rescale_openvino_files",
         ),
         FormatSpec(
             name="tensorrt",
@@ -77,7 +114,10 @@ FORMATS: dict[str, FormatSpec] = {
             needs_gpu_to_build=True,
             builds_on_target=True,
             description="TensorRT: ONNX + calibration cache + build recipe; the engine is built on the target GPU",
+            exporter=f"{_EXPORTERS}:export_tensorrt",
             modules=("onnx", "onnxruntime"),
+            parity_target=f"{_EXPORTERS}:tensorrt_parity_target",
+            rescale=f"{_RESCALE}:rescale_tensorrt_files",
         ),
         FormatSpec(
             name="executorch",
@@ -85,9 +125,8 @@ FORMATS: dict[str, FormatSpec] = {
             precisions=("fp32", "int8"),
             runtime="executorch",
             extra="mobile",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ExecuTorch program with the XNNPACK delegate; INT8 by PT2E quantization",
+            exporter=f"{_EXPORTERS}:export_executorch",
             modules=("executorch",),
         ),
         FormatSpec(
@@ -95,10 +134,8 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".ort",
             precisions=("fp32", "int8"),
             runtime="onnxruntime",
-            extra="core",
-            needs_gpu_to_build=False,
-            builds_on_target=False,
             description="ORT format for ONNX Runtime Mobile (converted from the ONNX artifact)",
+            exporter=f"{_EXPORTERS}:export_ort",
             modules=("onnxruntime",),
         ),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,6 +378,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The exception's type and first line, without terminal colour codes (torch.onnx colours its messages)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     line = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {line[:300]}" if line else type(exc).__name__

@@ -1,15 +1,23 @@
-"""Multiply an exported model's output by a scalar inside the graph (re-folding a re-fitted temperature)."""
+"""Multiply an exported model's output by a scalar inside the graph (re-folding a re-fitted temperature).
+
+Each format's hook is named in its :class:`~edgecompress.export.formats.FormatSpec` (``rescale``);
+:func:`rescale_output` writes the edited copy of an artifact atomically.
+"""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecompress import _lazy
 from edgecompress.errors import ExportError
+
+if TYPE_CHECKING:
+    from edgecompress.export.artifact import Artifact
 
 SCALE_INIT = "edgecompress_output_scale"
 
@@ -45,25 +53,79 @@ def rescale_onnx(src: Path, dst: Path, factor: float) -> Path:
     return save_onnx(proto, dst)
 
 
-def rescale_files(artifact: Any, factor: float, folder: Path) -> tuple[list[Path], Path]:
-    """Write the rescaled copy of ``artifact``'s files into ``folder``; returns (files, model_file)."""
+def rescale_onnx_files(artifact: Any, factor: float, folder: Path) -> tuple[list[Path], Path]:
+    """Rescale hook of ONNX-file artifacts: every ``.onnx`` gets the ``Mul``; other files are copied unchanged."""
+    src_dir = Path(artifact.model_file).parent
+    files = []
+    for f in artifact.files:
+        target = folder / f.relative_to(src_dir)
+        if f.suffix == ".onnx":  # model.onnx and, for TensorRT INT8, model_qdq.onnx
+            rescale_onnx(f, target, factor)
+        else:
+            shutil.copyfile(f, target)
+        files.append(target)
+    return files, folder / Path(artifact.model_file).name
+
+
+def rescale_tensorrt_files(artifact: Any, factor: float, folder: Path) -> tuple[list[Path], Path]:
+    """Rescale hook of TensorRT: its ONNX build kit can be edited; a built engine cannot."""
+    if Path(artifact.model_file).suffix != ".onnx":
+        raise ExportError(
+            f"cannot rescale the built TensorRT engine of {artifact.name}",
+            "fold the new temperature into the model and export tensorrt again",
+        )
+    return rescale_onnx_files(artifact, factor, folder)
+
+
+def rescale_openvino_files(artifact: Any, factor: float, folder: Path) -> tuple[list[Path], Path]:
+    """Rescale hook of OpenVINO IR: a ``Multiply`` before the Result."""
     from edgecompress.export.openvino_export import rescale_ir
 
-    src_dir = Path(artifact.model_file).parent
     model_file = folder / Path(artifact.model_file).name
-    if artifact.format == "onnx" or (artifact.format == "tensorrt" and artifact.model_file.suffix == ".onnx"):
-        files = []
-        for f in artifact.files:
-            target = folder / f.relative_to(src_dir)
-            if f.suffix == ".onnx":  # model.onnx and, for TensorRT INT8, model_qdq.onnx
-                rescale_onnx(f, target, factor)
-            else:
-                shutil.copyfile(f, target)
-            files.append(target)
-        return files, model_file
-    if artifact.format == "openvino":
-        return rescale_ir(Path(artifact.model_file), model_file, factor), model_file
-    raise ExportError(
-        f"cannot rescale a {artifact.format} artifact in place",
-        "fold the new temperature into the model and export that format again",
+    return rescale_ir(Path(artifact.model_file), model_file, factor), model_file
+
+
+def rescale_output(artifact: Artifact, factor: float, out_dir: Path) -> Artifact:
+    """Copy ``artifact`` with its logits multiplied by ``factor`` inside the graph (re-folding a re-fitted 1/T).
+
+    The format's rescale hook (:attr:`FormatSpec.rescale`) edits the graph. Written atomically to
+    ``out_dir/<name>``; parity fields are cleared (the outputs changed on purpose).
+
+    Raises:
+        ExportError: the artifact failed, its format cannot be edited (export again instead), or its output is
+            probabilities.
+    """
+    from edgecompress.export.artifact import swap_into_place
+    from edgecompress.export.formats import FORMATS
+
+    if not artifact.ok or artifact.model_file is None:
+        raise ExportError(f"cannot rescale failed artifact {artifact.name}", "export it successfully first")
+    hook = FORMATS[artifact.format].rescale_fn()
+    if hook is None:
+        raise ExportError(
+            f"cannot rescale a {artifact.format} artifact in place",
+            "fold the new temperature into the model and export that format again",
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / artifact.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}-", dir=out_dir))
+    try:
+        files, model_file = hook(artifact, float(factor), tmp)
+        swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    moved = [final / f.relative_to(tmp) for f in files]
+    prev = float(artifact.info.get("output_scale", 1.0))
+    return artifact.model_copy(
+        update={
+            "files": moved,
+            "model_file": final / model_file.relative_to(tmp),
+            "size_bytes": sum(f.stat().st_size for f in moved),
+            "parity_max_abs_diff": None,
+            "parity_rel_diff": None,
+            "parity_top1_agreement": None,
+            "info": {**artifact.info, "output_scale": prev * float(factor)},
+        }
     )

@@ -1,7 +1,9 @@
-"""TensorRT: build recipe, entropy calibration cache, engine build on the target, engine/device compatibility.
+"""TensorRT at export time: build recipe, entropy calibration cache, and the engine where TensorRT and a GPU are here.
 
 TensorRT engines are bound to the GPU, the TensorRT version and the platform that built them, so export writes what
-the target needs to build one (ONNX + calibration cache + recipe) and, where TensorRT and a GPU are present, the engine.
+the target needs to build one (ONNX + calibration cache + recipe). The engine builder and the engine/device
+compatibility check live once, in the shipped agent (``edgecompress.devices.agent.build_engine`` /
+``check_engine_compat``), which builds on the device; :func:`build_engine_here` calls the same builder here.
 
 Calibration cache format (what :func:`write_calibration_cache` writes and TensorRT's ``IInt8EntropyCalibrator2``
 reads back through ``read_calibration_cache``)::
@@ -18,7 +20,6 @@ TensorRT whose version differs from the header ignores the cache and recalibrate
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import struct
@@ -29,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from edgecompress import _lazy
-from edgecompress._io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from edgecompress.errors import DeviceError, ExportError, MissingExtraError
+from edgecompress._io import atomic_write_text
+from edgecompress.errors import ExportError, MissingExtraError
 from edgecompress.export.contract import ExportContract
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,12 @@ def compute_activation_ranges(onnx_path: Path, calib_x: np.ndarray, *, method: s
     return ranges
 
 
-def write_calibration_cache(amax: dict[str, float], path: Path, *, trt_version: str = DEFAULT_TRT_VERSION) -> Path:
-    """Write a TensorRT ``EntropyCalibration2`` text cache (format in the module docstring); scale = amax / 127."""
-    lines = [f"TRT-{trt_version_number(trt_version)}-{CACHE_ALGORITHM}"]
+def write_calibration_cache(amax: dict[str, float], path: Path, *, trt_version: str | None = None) -> Path:
+    """Write a TensorRT ``EntropyCalibration2`` text cache (format in the module docstring); scale = amax / 127.
+
+    ``trt_version`` goes into the header (default :data:`DEFAULT_TRT_VERSION`; the engine is built on the target).
+    """
+    lines = [f"TRT-{trt_version_number(trt_version or DEFAULT_TRT_VERSION)}-{CACHE_ALGORITHM}"]
     for name, value in amax.items():
         scale = max(float(value), 1e-12) / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
@@ -152,140 +156,25 @@ def parse_calibration_cache(path_or_text: Path | str) -> tuple[str, dict[str, fl
     return lines[0], scales
 
 
-def _cuda_runtime() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError as exc:
-            raise MissingExtraError("cuda-python", "tensorrt", "TensorRT INT8 calibration") from exc
-    return cudart
+def local_trt_version() -> str:
+    """The installed TensorRT's version (for a calibration cache the engine built here will accept)."""
+    return str(_lazy.require("tensorrt", "building TensorRT engines").__version__)
 
 
-def _entropy_calibrator(trt: Any, *, cache_path: Path | None, calib_x: np.ndarray | None, batch: int = 8) -> Any:
-    """An ``IInt8EntropyCalibrator2`` that serves ``calib_x`` batches from GPU memory, or replays a cache file."""
+def build_engine_here(onnx_path: Path, recipe: dict[str, Any]) -> Path:
+    """Build the engine on this machine with the agent's builder (the one builder; it ships to devices alone).
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self._batches = [] if calib_x is None else [calib_x[i : i + batch] for i in range(0, len(calib_x), batch)]
-            self._batches = [b for b in self._batches if len(b) == batch] or self._batches[:1]
-            self._i, self._dev, self._rt = 0, None, None
-
-        def get_batch_size(self) -> int:
-            return len(self._batches[0]) if self._batches else 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self._i >= len(self._batches):
-                return None
-            host = np.ascontiguousarray(self._batches[self._i], dtype=np.float32)
-            if self._rt is None:
-                self._rt = _cuda_runtime()
-                err, self._dev = self._rt.cudaMalloc(host.nbytes)
-                if int(err) != 0:
-                    raise RuntimeError(f"cudaMalloc failed: {err}")
-            kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-            self._rt.cudaMemcpy(self._dev, host.ctypes.data, host.nbytes, kind)
-            self._i += 1
-            return [int(self._dev)]
-
-        def read_calibration_cache(self) -> bytes | None:
-            if cache_path is not None and cache_path.is_file():
-                return cache_path.read_bytes()
-            return None
-
-        def write_calibration_cache(self, cache: bytes) -> None:
-            if cache_path is not None:
-                atomic_write_bytes(cache_path, bytes(cache))
-
-    return EntropyCalibrator()
-
-
-def _gpu_name() -> str | None:
-    try:
-        cudart = _cuda_runtime()
-        err, prop = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = prop.name
-            return (name.decode() if isinstance(name, bytes) else str(name)).strip("\x00 ")
-    except Exception:  # no GPU or no cuda-python: the sidecar records None
-        return None
-    return None
-
-
-def build_engine(
-    onnx_path: Path, recipe: dict[str, Any], out_path: Path, *, calib_x: np.ndarray | None = None
-) -> tuple[Path, Path]:
-    """Build a TensorRT engine (TensorRT >= 10 Python API) from ``onnx_path`` following ``recipe``.
-
-    Writes ``out_path`` and the sidecar ``out_path + ".json"`` (TensorRT version, GPU name, precision, ONNX hash).
+    Writes the engine named in the recipe and its sidecar ``<engine>.json`` next to ``onnx_path``.
 
     Raises:
-        MissingExtraError: tensorrt (or cuda-python for INT8 from arrays) is not installed.
-        ExportError: parse or build failed, naming the step.
+        MissingExtraError: tensorrt is not installed.
+        ExportError: TensorRT could not parse or build the ONNX (its one-line reason).
     """
-    trt = _lazy.require("tensorrt", "building TensorRT engines")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"tensorrt failed at step 'parse ONNX': {errs}", "check the ONNX export and opset")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(recipe.get("workspace_mb", 1024)) << 20)
-    profile = builder.create_optimization_profile()
-    name = recipe.get("input_name", network.get_input(0).name)
-    profile.set_shape(name, recipe["min_shape"], recipe["opt_shape"], recipe["max_shape"])
-    config.add_optimization_profile(profile)
-    precision = recipe["precision"]
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        cache = recipe.get("calibration_cache")
-        cache_path = onnx_path.parent / cache if cache else None
-        config.int8_calibrator = _entropy_calibrator(trt, cache_path=cache_path, calib_x=calib_x)
-        config.set_calibration_profile(profile)
-    blob = builder.build_serialized_network(network, config)
-    if blob is None:
-        raise ExportError("tensorrt failed at step 'build_serialized_network'", "read the TensorRT log above")
-    atomic_write_bytes(out_path, bytes(blob))
-    sidecar = out_path.with_name(out_path.name + ".json")
-    atomic_write_json(
-        sidecar,
-        {
-            "tensorrt_version": trt.__version__,
-            "gpu_name": _gpu_name(),
-            "precision": precision,
-            "onnx_sha256": sha256_file(onnx_path),
-        },
-    )
-    return out_path, sidecar
+    from edgecompress.devices import agent
 
-
-def check_engine_compat(sidecar: Path | dict, *, trt_version: str | None = None, gpu_name: str | None = None) -> None:
-    """Refuse an engine built with another TensorRT version or on another GPU.
-
-    ``trt_version``/``gpu_name`` default to this machine's (TensorRT must then be installed).
-
-    Raises:
-        DeviceError: versions or GPUs differ (the message says what was built where, and how to rebuild).
-    """
-    meta = sidecar if isinstance(sidecar, dict) else json.loads(Path(sidecar).read_text())
-    if trt_version is None:
-        trt_version = _lazy.require("tensorrt", "checking TensorRT engines").__version__
-    if gpu_name is None:
-        gpu_name = _gpu_name()
-    built_v, built_gpu = meta.get("tensorrt_version"), meta.get("gpu_name")
-    problems = []
-    if built_v != trt_version:
-        problems.append(f"TensorRT {built_v} (here {trt_version})")
-    if built_gpu and gpu_name and built_gpu != gpu_name:
-        problems.append(f"GPU '{built_gpu}' (here '{gpu_name}')")
-    if problems:
-        raise DeviceError(
-            f"TensorRT engine was built for {' and '.join(problems)}; engines are not portable",
-            "rebuild it on this device from the ONNX file and its recipe (trtexec command in the recipe)",
-        )
+    try:
+        return agent.build_engine(Path(onnx_path), recipe, base_dir=Path(onnx_path).parent)
+    except agent.RuntimeMissingError as exc:
+        raise MissingExtraError("tensorrt", "tensorrt", "building TensorRT engines") from exc
+    except agent.AgentError as exc:
+        raise ExportError(f"tensorrt engine build: {exc.problem}", exc.fix) from exc

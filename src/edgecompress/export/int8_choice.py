@@ -1,8 +1,8 @@
-"""Choosing how to quantize: try calibration methods (and a float head), score each, keep the best.
+"""Choosing INT8 settings: quantize with each calibration method (and a float head), score each, keep the best.
 
-Rule (issue): accuracy first, ECE second, on the validation split the pipeline passes. Without labels the score is
-fidelity to FP32: top-1 agreement first, then mean |p_int8 - p_fp32| of the top-1 probability.
-ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over 15 equal-width confidence bins (Guo et al., ICML 2017).
+Rule (issue): accuracy first, ECE second, on the validation split the pipeline passes, scored with
+:func:`edgecompress.calibration.compute_metrics` (the house's one ECE). Without labels the score is fidelity to FP32:
+top-1 agreement first, then mean |p_int8 - p_fp32| of the FP32 top-1 class's probability.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from edgecompress.calibration.metrics import compute_metrics, softmax
 from edgecompress.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -22,38 +23,33 @@ T = TypeVar("T")
 Scorer = Callable[[np.ndarray], dict[str, float]]
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def metrics_of(outputs: np.ndarray, labels: np.ndarray, *, probabilities: bool = False) -> dict[str, float]:
+    """Accuracy, ECE, NLL (fractions) of a model's outputs: logits, or probabilities when the graph ends in softmax.
+
+    Probabilities from a quantized graph may not sum to 1 exactly: they are clipped and renormalized first.
+    """
+    out = np.asarray(outputs, dtype=np.float64)
+    if probabilities:
+        p = np.clip(out, 0.0, None)
+        p = p / np.maximum(p.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        m = compute_metrics(None, labels, probs=p)
+    else:
+        m = compute_metrics(out, labels)
+    return {key: m[key] for key in ("accuracy", "ece", "nll")}
 
 
-def accuracy_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
-    """Top-1 accuracy and 15-bin ECE (fractions) of ``logits`` against integer ``labels``."""
-    p = _softmax(np.asarray(logits, dtype=np.float64))
-    conf, pred = p.max(axis=1), p.argmax(axis=1)
-    correct = (pred == labels).astype(np.float64)
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return {"accuracy": float(correct.mean()), "ece": float(ece)}
-
-
-def label_scorer(labels: np.ndarray) -> Scorer:
-    """Score candidate logits on labelled validation data (accuracy, ece)."""
-    return lambda logits: accuracy_ece(logits, labels)
+def label_scorer(labels: np.ndarray, *, probabilities: bool = False) -> Scorer:
+    """Score candidate outputs on labelled validation data (accuracy, ece, nll)."""
+    return lambda outputs: metrics_of(outputs, labels, probabilities=probabilities)
 
 
 def fidelity_scorer(reference_logits: np.ndarray) -> Scorer:
     """Score candidate logits by agreement with FP32 logits; 'ece' holds the mean top-1 probability gap."""
-    ref_p = _softmax(np.asarray(reference_logits, dtype=np.float64))
+    ref_p = softmax(reference_logits, axis=1)
     ref_top = ref_p.argmax(axis=1)
 
     def score(logits: np.ndarray) -> dict[str, float]:
-        p = _softmax(np.asarray(logits, dtype=np.float64))
+        p = softmax(logits, axis=1)
         gap = np.abs(p[np.arange(len(p)), ref_top] - ref_p[np.arange(len(p)), ref_top])
         return {"accuracy": float(np.mean(p.argmax(axis=1) == ref_top)), "ece": float(gap.mean())}
 
@@ -120,19 +116,3 @@ def choose_int8(
     if best is None:
         raise QuantizationError(f"every INT8 calibration candidate failed: {'; '.join(errors)}", "see the log")
     return best[0], {**best[1], "trials": trials}
-
-
-def check_accuracy_drop(fp32_accuracy: float, int8_accuracy: float, max_drop: float, name: str) -> float:
-    """Fail loudly when an INT8 artifact loses more than ``max_drop`` (fraction) top-1 vs FP32; returns the drop.
-
-    Raises:
-        QuantizationError: naming the artifact, both accuracies and the bound.
-    """
-    drop = float(fp32_accuracy - int8_accuracy)
-    if drop > max_drop + 1e-12:
-        raise QuantizationError(
-            f"{name}: INT8 accuracy {int8_accuracy:.4f} is {drop:.4f} below FP32 {fp32_accuracy:.4f} "
-            f"(max_accuracy_drop {max_drop})",
-            "try keep_head_float: true, another int8_calibration method, more calib_samples, or drop this format",
-        )
-    return drop
