@@ -53,6 +53,7 @@ class Artifact(BaseModel):
     val_metrics: dict[str, float] | None = None
     fp32_val_accuracy: float | None = None
     test_metrics: dict[str, float] | None = None
+    val_ece_shift: float | None = None
     note: str | None = None
     refit_of: str | None = None
     refit_temperature: float | None = None

@@ -85,7 +85,7 @@ def artifact_entries(
         if a.refit_of and a.refit_temperature:
             notes.append(f"T re-fitted through the runtime: extra factor 1/{a.refit_temperature:.3f}")
         if not a.ok:
-            notes.append(f"export failed, not shipped: {a.error}")
+            notes.append(f"export failed, not shipped: {a.failure}")
         out.append(
             {
                 "name": a.name,

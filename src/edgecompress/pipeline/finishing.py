@@ -209,7 +209,7 @@ def vet_artifacts(ctx: Context) -> None:
         if art.ok and (export_dir is None or art.model_file is None or not _own_files(art, export_dir)):
             problem = "its recorded files are not in its own export folder (an edited run record?)"
             ctx.warn(f"{art.name}: {problem}; not benchmarked or bundled")
-            art = art.model_copy(update={"error": problem})
+            art = art.model_copy(update={"ok": False, "failure": problem})
         vetted.append(art)
     ctx.results["export"] = ExportResult(artifacts=vetted)
 
