@@ -125,7 +125,6 @@ def per_round_fraction(
 def run_roofline(args: argparse.Namespace) -> dict[str, Any]:
     from edgecompress.devices.runtimes import get_runtime
     from edgecompress.models import count_macs
-
     from edgecompress.pipeline.loaded import load_run
 
     set_torch_threads(args.threads)
