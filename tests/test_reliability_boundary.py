@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cli, one_error_line, one_line_message, record, tiny_config, write_yaml
 from edgecompress.errors import (
     CheckpointError,
     DataError,
@@ -18,7 +19,6 @@ from edgecompress.errors import (
     QuantizationError,
     TransportError,
 )
-from test_reliability_common import cli, one_error_line, one_line_message, record, tiny_config, write_yaml
 
 PWNED = Path(f"/tmp/edgecompress-pwned-{uuid.uuid4().hex[:8]}")
 
