@@ -39,19 +39,19 @@ def test_local_rows_have_device_measured_metrics(setup, tmp_path: Path) -> None:
     arts, x, y = setup
     cfg = CFG.model_copy(update={"eval_samples": 12})
     rows = benchmark_artifacts(arts, ["local"], eval_x=x, eval_y=y, cfg=cfg, workdir=tmp_path)
-    assert [r["artifact"] for r in rows] == ["tiny-onnx", "tiny-ov"]
+    assert [r.artifact for r in rows] == ["tiny-onnx", "tiny-ov"]
     for row in rows:
-        assert row["ok"], row["error"]
-        assert set(row["latency_ms"]) == {1, 3} and set(row["throughput"]) == {1, 3}
-        assert {"p50", "p90", "p99", "mean", "std"} <= set(row["latency_ms"][1])
-        assert row["eval_samples"] == 12 and row["calibration_measured_on"] == "device"
-        rt = agent.get_runtime(row["runtime"], **({"precision": "f32"} if row["runtime"] == "openvino" else {}))
-        rt.load(next(a["model_file"] for a in arts if a["name"] == row["artifact"]))
+        assert row.ok, row.error
+        assert set(row.latency_ms) == {1, 3} and set(row.throughput) == {1, 3}
+        assert all(v is not None for v in row.latency_ms[1].model_dump().values())
+        assert row.eval_samples == 12 and row.calibration_measured_on == "device"
+        rt = agent.get_runtime(row.runtime, **({"precision": "f32"} if row.runtime == "openvino" else {}))
+        rt.load(next(a["model_file"] for a in arts if a["name"] == row.artifact))
         expected = agent.evaluate(rt, x[:12], y[:12])[0]
-        assert row["accuracy"] == pytest.approx(expected["accuracy"])
-        assert row["nll"] == pytest.approx(expected["nll"], rel=1e-4)
-        assert row["env"]["cpu"] and row["attempts"] == 1
-    assert rows[1]["inference_precision"] == "f32"  # an fp32 IR is measured at f32, and that is recorded
+        assert row.accuracy == pytest.approx(expected["accuracy"])
+        assert row.nll == pytest.approx(expected["nll"], rel=1e-4)
+        assert row.env["cpu"] and row.attempts == 1
+    assert rows[1].inference_precision == "f32"  # an fp32 IR is measured at f32, and that is recorded
     with np.load(tmp_path / "eval.npz") as shipped:
         assert shipped["x"].shape[0] == 12
 
@@ -60,7 +60,7 @@ def test_devices_take_only_what_they_accept(setup, tmp_path: Path) -> None:
     arts, x, y = setup
     ov_only = DeviceProfile(name="ov-only", runtimes=["openvino"], formats=["openvino:*"])
     rows = benchmark_artifacts(arts, [ov_only], eval_x=None, eval_y=None, cfg=CFG, workdir=tmp_path)
-    assert [r["artifact"] for r in rows] == ["tiny-ov"] and rows[0]["accuracy"] is None and rows[0]["ok"]
+    assert [r.artifact for r in rows] == ["tiny-ov"] and rows[0].accuracy is None and rows[0].ok
 
 
 def test_duplicate_and_unknown_devices_are_refused(setup, tmp_path: Path) -> None:
@@ -101,12 +101,12 @@ def test_devices_run_concurrently_one_run_at_a_time_each(setup, tmp_path: Path) 
             )
         )
     rows = benchmark_artifacts(arts, profiles, eval_x=None, eval_y=None, cfg=CFG, workdir=tmp_path / "w")
-    assert [(r["device"], r["artifact"]) for r in rows] == [
+    assert [(r.device, r.artifact) for r in rows] == [
         ("dev-a", "tiny-onnx"),
         ("dev-a", "tiny-ov"),
         ("dev-b", "tiny-onnx"),
         ("dev-b", "tiny-ov"),
     ]
-    assert all(r["ok"] for r in rows), [r["error"] for r in rows]
+    assert all(r.ok for r in rows), [r.error for r in rows]
     # each device saw the other start (concurrent), and never had two runs at once
     assert not list(tmp_path.glob("violations-*")), [p.read_text() for p in tmp_path.glob("violations-*")]

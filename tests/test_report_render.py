@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from edgecompress.measurements import BenchRow, LatencyStats
 from edgecompress.report import ModelEntry, Report, recommend, write_report
 from edgecompress.report.plots import chain_size_plot, latency_accuracy_plot
 from edgecompress.report.render import fmt_bytes, fmt_count, fmt_ms, fmt_pct
@@ -22,24 +23,25 @@ def _entry(name: str, role: str, **kw) -> ModelEntry:
     return ModelEntry(name=name, role=role, **(base | kw))
 
 
-def _rows() -> list[dict]:
+def _rows() -> list[BenchRow]:
     def lat(*p50s: float) -> dict:
         return {b: {"p50": p, "p90": 1.2 * p, "p99": 1.5 * p} for b, p in zip((1, 8), p50s, strict=False)}
 
-    return [
+    rows = [
         {"device": "x86", "artifact": "onnx_fp32", "format": "onnx", "precision": "fp32", "latency_ms": lat(2.0, 9.0),
          "throughput": {1: 500.0, 8: 890.0}, "accuracy": 0.912, "ece": 0.021},
         {"device": "x86", "artifact": "openvino_int8", "format": "openvino", "precision": "int8",
          "latency_ms": lat(0.9, 4.0), "throughput": {1: 1100.0, 8: 2000.0}, "accuracy": 0.905, "ece": 0.030},
         {"device": "x86", "artifact": "onnx_int8", "format": "onnx", "precision": "int8", "latency_ms": lat(0.5, 2.0),
-         "throughput": 4000.0, "accuracy": 0.85, "ece": 0.05},
+         "throughput": {8: 4000.0}, "accuracy": 0.85, "ece": 0.05},
         {"device": "phone", "artifact": "onnx_int8", "format": "onnx", "precision": "int8", "latency_ms": lat(5.0),
          "accuracy": 0.85, "ece": 0.05},
         {"device": "phone", "artifact": "onnx_fp32", "format": "onnx", "precision": "fp32", "latency_ms": lat(11.0),
-         "accuracy": None, "ece": None, "energy_mj_per_inference": 3.2},
-        {"device": "phone", "artifact": "pte_fp32", "format": "executorch", "precision": "fp32", "latency_ms": None,
-         "throughput": None, "accuracy": None, "ece": None, "ok": False, "error": "adb: device offline"},
+         "accuracy": None, "ece": None, "energy_mj": {1: 3.2}},
+        {"device": "phone", "artifact": "pte_fp32", "format": "executorch", "precision": "fp32",
+         "accuracy": None, "ece": None, "ok": False, "error": "adb: device offline"},
     ]  # fmt: skip
+    return [BenchRow.model_validate(r) for r in rows]
 
 
 def _report() -> Report:
@@ -113,11 +115,11 @@ def test_write_report_three_files_and_round_trip(tmp_path: Path) -> None:
 def test_benchmark_rows_with_numpy_values_serialize(tmp_path: Path) -> None:
     import numpy as np
 
-    rows = [{"device": "x", "artifact": "a", "latency_ms": {1: {"p50": np.float32(1.5)}}, "accuracy": np.float32(0.9),
-             "path": tmp_path, "arr": np.arange(3)}]  # fmt: skip
+    rows = [BenchRow(device="x", artifact="a", latency_ms={1: {"p50": np.float32(1.5)}}, accuracy=np.float32(0.9),
+                     info={"path": tmp_path, "arr": np.arange(3)})]  # fmt: skip
     out = write_report(Report(name="np", benchmarks=rows), tmp_path, plots=False)
     data = json.loads(out["json"].read_text())
-    assert data["benchmarks"][0]["latency_ms"]["1"]["p50"] == 1.5 and data["benchmarks"][0]["arr"] == [0, 1, 2]
+    assert data["benchmarks"][0]["latency_ms"]["1"]["p50"] == 1.5 and data["benchmarks"][0]["info"]["arr"] == [0, 1, 2]
     assert "| x | a | — | — | 1 | 1.50 |" in out["md"].read_text()
 
 
@@ -156,7 +158,7 @@ def test_recommend_ece_bound_and_throughput_fallback() -> None:
     rows = _rows()[:2]
     recs = recommend(rows, reference_accuracy=0.912, max_ece=0.025)
     assert recs[0]["artifact"] == "onnx_fp32" and "ECE ≤ 2.50%" in recs[0]["reason"]
-    rows[1] = {**rows[1], "latency_ms": {4: {"p50": 1.0}}}  # no batch in common with onnx_fp32
+    rows[1] = rows[1].model_copy(update={"latency_ms": {4: LatencyStats(p50=1.0)}})  # no batch in common
     recs = recommend(rows, reference_accuracy=0.912)
     assert recs[0]["metric"] == "throughput" and recs[0]["artifact"] == "openvino_int8"
     assert "highest throughput" in recs[0]["reason"]
@@ -166,7 +168,7 @@ def test_recommend_ece_bound_and_throughput_fallback() -> None:
 def test_plots_written(tmp_path: Path) -> None:
     p1 = latency_accuracy_plot(_rows(), tmp_path / "lat.png")
     p2 = chain_size_plot(_report().models, tmp_path / "chain.png")
-    p3 = latency_accuracy_plot([{"device": "x", "artifact": "a"}], tmp_path / "empty.png")
+    p3 = latency_accuracy_plot([BenchRow(device="x", artifact="a")], tmp_path / "empty.png")
     for p in (p1, p2, p3):
         assert p.read_bytes().startswith(PNG) and p.stat().st_size > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -18,6 +18,7 @@ from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
 from edgecompress.devices.profiles import load_profile
 from edgecompress.devices.transports import AgentJob, make_transport, with_retries
 from edgecompress.errors import DeviceError, EdgeCompressError
+from edgecompress.measurements import UNSTABLE_CV, AgentMetrics, AgentResult, BenchRow
 
 log = logging.getLogger(__name__)
 
@@ -78,52 +79,83 @@ def _host_metrics(artifact: Any, eval_x: np.ndarray, eval_y: np.ndarray) -> dict
         return None
 
 
-def _full_metrics(logits_file: str | None, eval_y: np.ndarray) -> dict[str, float] | None:
-    """All calibration metrics recomputed on the host from the device's logits (when calibration is available)."""
-    if not logits_file or not Path(logits_file).is_file():
-        return None
+def _full_metrics(logits_file: str | None, eval_y: np.ndarray, num_classes: int | None) -> dict[str, float]:
+    """All calibration metrics recomputed on the host from the device's logits.
+
+    The file came from a device: it is checked (a readable float array ``[N, K]`` with ``N`` at most the number of
+    labels shipped and ``K`` the model's classes) before use; a bad one raises ``DeviceError`` with the reason.
+    """
+    from edgecompress.calibration import compute_metrics
+
     try:
-        from edgecompress.calibration import compute_metrics
-    except ImportError:
-        return None
-    logits = np.load(logits_file, allow_pickle=False)
-    return compute_metrics(logits, eval_y[: len(logits)])
+        logits = np.load(logits_file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"the device's logits file is unreadable ({exc})", "rerun the benchmark") from None
+    if logits.ndim != 2 or not 0 < len(logits) <= len(eval_y) or (num_classes and logits.shape[1] != num_classes):
+        raise DeviceError(
+            f"the device's logits have shape {tuple(logits.shape)}, expected [<= {len(eval_y)}, {num_classes or 'K'}]",
+            "check the artifact and the agent version on the device",
+        )
+    if not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all():
+        raise DeviceError("the device's logits are not finite floats", "check the artifact on the device")
+    return {k: float(v) for k, v in compute_metrics(logits, eval_y[: len(logits)]).items()}
 
 
-def _row(artifact: Any, profile: DeviceProfile, outcome: Any, eval_y: np.ndarray | None) -> dict[str, Any]:
-    res = outcome.result
-    metrics = res.get("metrics") or {}
-    info = res.get("info") or {}
-    row: dict[str, Any] = {
-        "device": profile.name,
-        "transport": profile.transport,
-        "artifact": _get(artifact, "name"),
-        "format": _get(artifact, "format"),
-        "precision": _get(artifact, "precision"),
-        "runtime": _get(artifact, "runtime"),
-        "inference_precision": info.get("precision"),
-        "latency_ms": {int(b): v for b, v in (res.get("latency_ms") or {}).items()},
-        "throughput": {int(b): v for b, v in (res.get("throughput") or {}).items()},
-        "accuracy": metrics.get("accuracy"),
-        "ece": metrics.get("ece"),
-        "nll": metrics.get("nll"),
-        "brier": metrics.get("brier"),
-        "eval_samples": metrics.get("n"),
-        "calibration_measured_on": res.get("calibration_measured_on", "device" if metrics else None),
-        "energy_mj_per_inference": res.get("energy_mj_per_inference"),
-        "peak_rss_mb": res.get("peak_rss_mb"),
-        "env": res.get("env"),
-        "info": info,
-        "ok": bool(res.get("ok")),
-        "error": res.get("error"),
-        "errors": res.get("errors") or [],
-        "stderr_tail": res.get("stderr_tail"),
-        "attempts": outcome.attempts,
-        "failures": outcome.failures,
-    }
-    if eval_y is not None:
-        row["metrics_full"] = _full_metrics(res.get("logits_file"), eval_y)
-    return row
+def _latency_cv(bench: dict[int, dict[str, Any]]) -> dict[int, float]:
+    """Run-to-run spread of p50 per batch size: std / mean of the repeats' p50 (needs at least two repeats)."""
+    out = {}
+    for batch, m in bench.items():
+        p50s = [float(v) for v in (m.get("repeats_p50") or []) if isinstance(v, int | float)]
+        if len(p50s) >= 2 and np.mean(p50s) > 0:
+            out[batch] = float(np.std(p50s) / np.mean(p50s))
+    return out
+
+
+def _row(
+    artifact: Any, profile: DeviceProfile, outcome: Any, eval_y: np.ndarray | None, num_classes: int | None = None
+) -> BenchRow:
+    """The benchmark row of one run; a result that fails validation makes a failed row that says why."""
+    res, problem = AgentResult.parse(outcome.result)
+    if res is None:
+        return _error_row(artifact, profile, str(problem), attempts=outcome.attempts, failures=outcome.failures)
+    metrics = res.metrics or AgentMetrics()
+    full = None
+    if eval_y is not None and res.logits_file and Path(res.logits_file).is_file():
+        try:
+            full = _full_metrics(res.logits_file, eval_y, num_classes)
+        except DeviceError as exc:
+            return _error_row(artifact, profile, str(exc), attempts=outcome.attempts, failures=outcome.failures)
+    cv = _latency_cv(res.bench)
+    return BenchRow(
+        device=profile.name,
+        transport=profile.transport,
+        artifact=str(_get(artifact, "name")),
+        format=_get(artifact, "format"),
+        precision=_get(artifact, "precision"),
+        runtime=_get(artifact, "runtime"),
+        inference_precision=res.info.get("precision"),
+        latency_ms=res.latency_ms,
+        throughput={b: v for b, v in res.throughput.items() if v is not None},
+        energy_mj=res.energy_mj_per_inference or {},
+        latency_cv=cv,
+        unstable=any(v > UNSTABLE_CV for v in cv.values()),
+        accuracy=metrics.accuracy,
+        ece=metrics.ece,
+        nll=metrics.nll,
+        brier=metrics.brier,
+        eval_samples=metrics.n,
+        calibration_measured_on=res.calibration_measured_on or ("device" if res.metrics else None),
+        metrics_full=full,
+        peak_rss_mb=res.peak_rss_mb,
+        env=res.env,
+        info=res.info,
+        ok=res.ok,
+        error=res.error,
+        errors=res.errors,
+        stderr_tail=res.stderr_tail,
+        attempts=outcome.attempts,
+        failures=[str(f) for f in outcome.failures],
+    )
 
 
 def _run_device(
@@ -135,7 +167,8 @@ def _run_device(
     eval_y: np.ndarray | None,
     cfg: BenchmarkConfig,
     workdir: Path,
-) -> list[dict[str, Any]]:
+    num_classes: int | None = None,
+) -> list[BenchRow]:
     """All accepted artifacts on one device, sequentially (one run at a time per device)."""
     options = {"iterations": max(cfg.min_iters * cfg.repeats, 20)} if profile.transport == "adb" else {}
     rows = []
@@ -166,18 +199,28 @@ def _run_device(
             backoff_s=cfg.backoff_s,
             what=what,
         )
-        if outcome.result.get("calibration_measured_on") == "host runtime" and eval_x is not None:
-            outcome.result["metrics"] = _host_metrics(artifact, eval_x, eval_y)
-        rows.append(_row(artifact, profile, outcome, eval_y))
+        result = outcome.result
+        if isinstance(result, dict) and result.get("calibration_measured_on") == "host runtime" and eval_x is not None:
+            result["metrics"] = _host_metrics(artifact, eval_x, eval_y)
+        rows.append(_row(artifact, profile, outcome, eval_y, num_classes))
     return rows
 
 
-def _error_row(artifact: Any, profile: DeviceProfile, error: str) -> dict[str, Any]:
-    keys = ("latency_ms", "throughput", "accuracy", "ece", "nll", "brier", "energy_mj_per_inference", "env")
-    row = {"device": profile.name, "transport": profile.transport, "artifact": _get(artifact, "name")}
-    row |= {"format": _get(artifact, "format"), "precision": _get(artifact, "precision")}
-    row |= {"runtime": _get(artifact, "runtime"), **dict.fromkeys(keys)}
-    return row | {"ok": False, "error": error, "attempts": 0, "failures": []}
+def _error_row(
+    artifact: Any, profile: DeviceProfile, error: str, *, attempts: int = 0, failures: Sequence[Any] = ()
+) -> BenchRow:
+    return BenchRow(
+        device=profile.name,
+        transport=profile.transport,
+        artifact=str(_get(artifact, "name")),
+        format=_get(artifact, "format"),
+        precision=_get(artifact, "precision"),
+        runtime=_get(artifact, "runtime"),
+        ok=False,
+        error=error,
+        attempts=attempts,
+        failures=[str(f) for f in failures],
+    )
 
 
 def benchmark_artifacts(
@@ -188,7 +231,8 @@ def benchmark_artifacts(
     eval_y: np.ndarray | None,
     cfg: BenchmarkConfig,
     workdir: Path,
-) -> list[dict[str, Any]]:
+    num_classes: int | None = None,
+) -> list[BenchRow]:
     """Benchmark each artifact on each device that accepts it (see :meth:`DeviceProfile.accepts`).
 
     Devices run concurrently (a thread each); on a device, artifacts run one after another so runs never compete
@@ -202,9 +246,10 @@ def benchmark_artifacts(
         eval_y: their labels (int64).
         cfg: the benchmark section.
         workdir: where results, logits and the shipped evaluation file are kept.
+        num_classes: the model's classes, to check the logits devices send back (None: not checked).
 
     Returns:
-        One row per (device, accepted artifact), in device order then artifact order.
+        One :class:`BenchRow` per (device, accepted artifact), in device order then artifact order.
     """
     workdir = Path(workdir)
     profiles = _resolve_devices(devices, cfg)
@@ -235,6 +280,7 @@ def benchmark_artifacts(
                 eval_y=eval_y,
                 cfg=cfg,
                 workdir=workdir,
+                num_classes=num_classes,
             )
             for p in profiles
         ]

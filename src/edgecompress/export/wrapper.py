@@ -52,6 +52,13 @@ class Artifact(BaseModel):
     export_seconds: float = 0.0
     info: dict[str, Any] = {}
     error: str | None = None
+    # filled by the pipeline after export: metrics through the artifact's own runtime, re-fit twins, notes
+    test_metrics: dict[str, float] | None = None
+    val_ece_shift: float | None = None
+    note: str | None = None
+    refit_of: str | None = None
+    refit_temperature: float | None = None
+    reliability_png: Path | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,28 +1,55 @@
-"""Orchestration: run the stages in order, each cached by content, then write the report and bundles."""
+"""Orchestration: walk the ordered list of stages, each cached by content, then write the report and bundles.
+
+``--until NAME`` stops after the stage of that name and writes nothing past it; ``--from NAME`` recomputes that
+stage and every later one even where a finished folder exists. Both are positions in :data:`STAGES`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Collection, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from pydantic import ValidationError
 
 from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.pipeline import deploy_stages as deploy
-from edgecompress.pipeline import finish
 from edgecompress.pipeline import train_stages as train
-from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.context import Context, Stage
+from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set
+from edgecompress.pipeline.results import (
+    BenchmarkResult,
+    CalibrateResult,
+    DataResult,
+    DistillResult,
+    ExportResult,
+    RunState,
+    SearchResult,
+    TeacherResult,
+)
 from edgecompress.pipeline.rundir import RunDir, reroot
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("digits", "fashion_mnist")
 STATE = "run.json"
-ECE_SLACK = 0.01  # how much worse than the FP32 student's ECE a recommended artifact may be
+
+STAGES: tuple[Stage, ...] = (
+    train.DATA,
+    train.TEACHER,
+    train.SEARCH,
+    train.DISTILL,
+    train.CALIBRATE,
+    deploy.EXPORT,
+    deploy.BENCHMARK,
+    REPORT,
+    BUNDLES,
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def preset_path(name: str) -> Path:
@@ -32,14 +59,39 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("edgecompress.pipeline").joinpath("presets", f"{name}.yaml")))
 
 
+def stage_index(name: str | None, option: str) -> int | None:
+    """Position of stage ``name`` in :data:`STAGES`; a name that is not a stage is a one-line error."""
+    if name is None:
+        return None
+    if name not in STAGE_NAMES:
+        raise ConfigError(f"{option} {name!r} is not a stage", f"use one of: {', '.join(STAGE_NAMES)}")
+    return STAGE_NAMES.index(name)
+
+
 def run_pipeline(
-    cfg: PipelineConfig, out: str | Path, *, until: str | None = None, progress: bool = True
+    cfg: PipelineConfig,
+    out: str | Path,
+    *,
+    until: str | None = None,
+    from_: str | None = None,
+    progress: bool = True,
+    trust_factories: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Run every stage of ``cfg`` into the run directory ``out``; returns the paths of the report files.
+    """Run the stages of ``cfg`` into the run directory ``out``; returns the paths of the report and bundle files.
 
     Finished stages are reused (their folders are addressed by a hash of their config and inputs); a stage that was
     interrupted resumes from its own checkpoints.
+
+    Args:
+        cfg: the validated config.
+        out: the run directory.
+        until: stop after this stage (a name in :data:`STAGE_NAMES`); nothing past it is written.
+        from_: recompute this stage and every later one, even where a finished folder exists.
+        progress: show progress bars and per-epoch lines.
+        trust_factories: modules whose model factories may be imported, besides the config's ``trust_factories``.
     """
+    last = stage_index(until, "--until")
+    first = stage_index(from_, "--from")
     check_devices(cfg.benchmark.devices, cfg.benchmark.profiles_dir)  # fail before any work, not after training
     run = RunDir(out)
     run.prepare()
@@ -47,39 +99,44 @@ def run_pipeline(
 
     torch.manual_seed(cfg.seed)
     atomic_write_text(run.root / "config.resolved.yaml", dump_config(cfg))
-    ctx = Context(cfg=cfg, run=run, progress=progress)
+    ctx = Context(
+        cfg=cfg,
+        run=run,
+        progress=progress,
+        trusted_modules=(*getattr(cfg, "trust_factories", ()), *trust_factories),
+        recompute=STAGE_NAMES[first:] if first is not None else (),
+    )
+    paths: dict[str, Path] = {}
+    for i, stage in enumerate(STAGES):
+        if last is not None and i > last:
+            break
+        if not stage.applies(ctx):
+            continue
+        if stage.cached:
+            ctx.cached(stage)
+        else:
+            res = ctx.uncached(stage)
+            if isinstance(res, FinishResult):
+                paths.update({k: Path(v) for k, v in res.paths.items()})
+        if stage.name == "benchmark":
+            atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
+    return paths
 
-    splits = train.stage_data(ctx)
-    teacher = train.stage_teacher(ctx, splits)
-    if until == "teacher" or until == "data":
-        return {}
-    student = train.stage_distill(ctx, splits, teacher)
-    if until == "distill":
-        return {}
-    calibrated = train.stage_calibrate(ctx, splits, student)
-    if until == "calibrate":
-        return {}
-    # INT8 calibration data: the calib split, or in data-free runs the synthesized transfer set
-    calib_x = splits.calib.x if splits.calib is not None else np.load(student.record["bank"])
-    artifacts = deploy.stage_export(ctx, splits, calibrated, calib_x)
-    export_key = ctx.stages[-1]["output_dir"]
-    if until == "export":
-        return {}
-    bench = deploy.stage_benchmark(ctx, splits, artifacts, export_key)
-    state = {
-        "config_hash": sha256_json(cfg.model_dump(mode="json")),
-        "teacher": teacher.record,
-        "distill": student.record,
-        "distill_spec": student.spec,
-        "calibrate": calibrated.record,
-        "artifacts": artifacts,
-        "benchmark": bench,
-        "export_key": export_key,
-        "stages": ctx.stages,
-        "warnings": ctx.warnings,
-    }
-    atomic_write_json(run.root / STATE, state)
-    return _finish(ctx, teacher, student, calibrated, artifacts, bench)
+
+def run_state(ctx: Context) -> RunState:
+    """Everything the report is built from, typed (``run.json``)."""
+    return RunState(
+        config_hash=sha256_json(ctx.cfg.model_dump(mode="json")),
+        stages=ctx.stages,
+        warnings=ctx.warnings,
+        data=ctx.result("data", DataResult),
+        teacher=ctx.result("teacher", TeacherResult),
+        search=ctx.results.get("search") if isinstance(ctx.results.get("search"), SearchResult) else None,
+        distill=ctx.result("distill", DistillResult),
+        calibrate=ctx.result("calibrate", CalibrateResult),
+        export=ctx.result("export", ExportResult),
+        benchmark=ctx.result("benchmark", BenchmarkResult),
+    )
 
 
 def check_devices(devices: list[str], profiles_dir: Path | None) -> None:
@@ -91,172 +148,94 @@ def check_devices(devices: list[str], profiles_dir: Path | None) -> None:
         make_transport(load_profile(name, [profiles_dir]))
 
 
-def _finish(
-    ctx: Context,
-    teacher: Any,
-    student: Any,
-    calibrated: Any,
-    artifacts: list[dict[str, Any]],
-    bench: list[dict[str, Any]],
-) -> dict[str, Path]:
-    from edgecompress.report import Report, recommend, write_report
+def read_state(root: Path) -> RunState:
+    """``run.json`` of the run directory ``root``, validated; a run that was moved or copied is re-rooted.
 
-    cfg = ctx.cfg
-    device = cfg.benchmark.devices[0]
-    temperature = calibrated.record["temperature"]
-    models = finish.chain_entries(teacher, student, calibrated) + finish.artifact_entries(
-        artifacts, bench, temperature, device
-    )
-    for m in models:
-        m["reliability_png"] = finish._rel(ctx, m.get("reliability_png"))
-    # An artifact qualifies when it loses at most export.max_accuracy_drop of accuracy and at most one ECE point
-    # against the calibrated FP32 student on the same images the devices evaluated; the fastest qualifying one is
-    # recommended per device.
-    ref, label = _bench_reference(ctx, calibrated, bench)
-    recs = (
-        recommend(
-            bench,
-            reference_accuracy=ref["accuracy"],
-            max_accuracy_drop=cfg.export.max_accuracy_drop,
-            max_ece=ref["ece"] + ECE_SLACK if ref.get("ece") is not None else None,
-            reference_label=label,
-        )
-        if ref.get("accuracy") is not None
-        else []
-    )
-    figures = {}  # the student's reliability diagram travels with its model entry (reliability_png)
-    if student.record.get("sample_grid"):
-        figures["datafree_samples"] = finish._rel(ctx, student.record["sample_grid"])
-    report = Report(
-        name=cfg.name,
-        config_hash=sha256_json(cfg.model_dump(mode="json"))[:16],
-        environment=finish.environment(),
-        models=models,
-        benchmarks=bench,
-        stages=ctx.stages,
-        recommendations=recs,
-        figures={k: v for k, v in figures.items() if v},
-        warnings=ctx.warnings,
-        datafree=student.record.get("datafree"),
-    )
-    paths = write_report(report, ctx.run.root)
-    if cfg.bundle.enabled:
-        paths.update(write_bundles(ctx, report, artifacts))
-    return paths
-
-
-def _bench_reference(ctx: Context, calibrated: Any, bench: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """Accuracy / ECE of the calibrated FP32 student on the images the devices evaluated, and how to name it.
-
-    Devices evaluate the first ``benchmark.eval_samples`` test images; comparing their accuracy with the student's on
-    the whole test split would mix two samples (a subset can be easier or harder). The student (T folded) is run on
-    the same subset here; a rerun by ``edgecompress bench`` rebuilds it from the calibrate stage.
+    A run directory received from elsewhere is data: a file that does not parse, or that records a path outside
+    the run directory, is refused in one line.
     """
-    after = calibrated.record.get("after", {})
-    counts = {row.get("eval_samples") for row in bench if row.get("ok") and row.get("eval_samples")}
-    splits = ctx.splits
-    if len(counts) != 1 or splits is None or splits.test is None or counts == {len(splits.test.y)}:
-        return after, "calibrated FP32 student"
-    n = int(counts.pop())
-    model = calibrated.model
-    if model is None:  # `edgecompress bench RUN`: rebuild it from the calibrate stage
-        stage = next((st for st in reversed(ctx.stages) if st["name"] == "calibrate"), None)
-        state = Path(stage["output_dir"]) / "student.pt" if stage else None
-        if state is None or not state.is_file():
-            return after, "calibrated FP32 student"
-        model = train._fold(
-            train.rebuild(calibrated.spec, state, splits),
-            float(calibrated.record.get("temperature") or 1.0),
-            splits,
-        )
-    from edgecompress.pipeline.context import metrics_of, predict_logits
-
-    x, y = deploy.eval_subset(splits, n)
-    return metrics_of(predict_logits(model, x), y), f"calibrated FP32 student on the same {n} test images"
-
-
-def write_bundles(ctx: Context, report: Any, artifacts: list[dict[str, Any]]) -> dict[str, Path]:
-    from edgecompress.bundle import write_bundle, zip_bundle
-
-    splits = ctx.splits
-    cfg = ctx.cfg
-    entries = {m.name: m for m in report.models}
-    out: dict[str, Path] = {}
-    for art in artifacts:
-        if not cfg.bundle.selects(art["name"], art["format"], art["precision"]):
-            continue
-        entry = entries.get(art["name"])
-        fields = {
-            "labels": splits.labels,
-            "preprocessing": splits.preprocess.model_dump(mode="json"),
-            "temperature": {"value": entry.temperature if entry else None, "folded": True},
-            "metrics": {k: getattr(entry, k) for k in ("accuracy", "ece", "nll", "brier")}
-            | {"latency_ms": {b: s.p50 for b, s in entry.latency_ms.items()}, "device": entry.device}
-            if entry
-            else {},
-            "config_hash": report.config_hash,
-            "input_shape": list(splits.input_shape),
-        }
-        bdir = write_bundle(
-            name=art["name"],
-            files=[Path(f) for f in art["files"]],
-            model_file=Path(art["model_file"]),
-            manifest_fields=fields,
-            out_dir=ctx.run.bundles_dir,
-            include_runner=cfg.bundle.include_runner,
-            artifact=art,
-        )
-        out[f"bundle {art['name']}"] = bdir
-        if cfg.bundle.zip:
-            out[f"zip {art['name']}"] = zip_bundle(bdir)
-    return out
-
-
-def _moved(state: dict[str, Any], root: Path) -> dict[str, Any]:
-    """``run.json`` of a run directory that was moved or copied (e.g. to another machine): its absolute paths re-rooted.
-
-    The old root is where the recorded stage folders lived.
-    """
-    stages = state.get("stages") or []
-    if not stages or not stages[0].get("output_dir"):
-        return state
-    old = Path(stages[0]["output_dir"]).parent.parent
-    if old != root:
-        log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
-    return reroot(state, old, root)
-
-
-def bench_run(run_dir: str | Path, *, devices: list[str]) -> dict[str, Path]:
-    """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report."""
-    import json
-
-    run = RunDir(run_dir)
-    state_file = run.root / STATE
+    state_file = root / STATE
     if not state_file.is_file():
         raise ConfigError(
-            f"{run.root} is not a finished run directory (no {STATE})", "run `edgecompress run CONFIG --out DIR` first"
+            f"{root} is not a finished run directory (no {STATE})", "run `edgecompress run CONFIG --out DIR` first"
         )
+    try:
+        data = json.loads(state_file.read_text())
+        stages = data.get("stages") if isinstance(data, dict) else None
+        old = Path(stages[0]["output_dir"]).parent.parent if stages and stages[0].get("output_dir") else root
+        if old != root:
+            log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
+        state = RunState.model_validate(reroot(data, old, root))
+    except (ValueError, TypeError, KeyError, IndexError, ValidationError) as exc:
+        what = exc.errors()[0] if isinstance(exc, ValidationError) else exc
+        raise ConfigError(
+            f"{state_file} is not a valid run state ({str(what)[:160]})",
+            "rerun `edgecompress run CONFIG --out DIR` to rewrite it",
+        ) from None
+    check_contained(state.model_dump(mode="json"), root, str(state_file))
+    return state
+
+
+def check_contained(value: object, root: Path, what: str) -> None:
+    """Refuse any absolute path in ``value`` (JSON-like) that resolves outside ``root`` (symlinks followed)."""
+    base = root.resolve()
+
+    def walk(v: object) -> None:
+        if isinstance(v, str) and v.startswith("/") and "\n" not in v:
+            target = Path(v).resolve()
+            if target != base and base not in target.parents:
+                raise ConfigError(
+                    f"{what} records the path {v}, which is outside the run directory {root}",
+                    "a run directory is data: rerun the pipeline to rewrite it; never edit its records by hand",
+                )
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    walk(value)
+
+
+def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Collection[str] = ()) -> dict[str, Path]:
+    """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report and bundles.
+
+    The run directory is data: only its recorded results are read (no stage is recomputed), and a model factory
+    it names is imported only from a module given in ``trust_factories`` (the CLI's ``--trust-factory``).
+    """
+    run = RunDir(run_dir)
+    state = read_state(run.root)
     run.prepare()  # lock the folder: a second process must not write the same report
     cfg = load_config(run.root / "config.resolved.yaml")
     check_devices(devices, cfg.benchmark.profiles_dir)
-    state = _moved(json.loads(state_file.read_text()), run.root)
     ctx = Context(
         cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
         run=run,
         progress=False,
+        trusted_modules=tuple(trust_factories),
+        recompute=("benchmark",),
     )
-    splits = train.stage_data(ctx)
-    bench = deploy.stage_benchmark(ctx, splits, state["artifacts"], state["export_key"], force=True)
-    teacher = train.Trained(None, {}, "", state["teacher"])
-    student = train.Trained(None, state["distill_spec"], "", state["distill"])
-    calibrated = train.Trained(None, state["distill_spec"], "", state["calibrate"])
-    ctx.stages = state["stages"] + ctx.stages
-    paths = _finish(ctx, teacher, student, calibrated, state["artifacts"], bench)
-    if bench and not any(row.get("ok") for row in bench):  # the report keeps the failed rows and their reasons
-        first = next(row for row in bench if not row.get("ok"))
+    ctx.stages = list(state.stages)
+    ctx.warnings = list(state.warnings)
+    for name in ("data", "teacher", "search", "distill", "calibrate", "export"):
+        res = getattr(state, name)
+        if res is not None:
+            ctx.results[name] = res
+            key = Path(state.stage_dir(name) or "").name.rpartition("-")[2]
+            ctx.keys[name] = key
+    ctx.eval_data = eval_set(ctx)  # the data config may name files elsewhere: only what the run holds is read
+    bench = ctx.cached(deploy.BENCHMARK)
+    atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
+    paths: dict[str, Path] = {}
+    for stage in (REPORT, BUNDLES):
+        res = ctx.uncached(stage)
+        paths.update({k: Path(v) for k, v in res.paths.items()})
+    if bench.rows and not any(row.ok for row in bench.rows):  # the report keeps the failed rows and their reasons
+        first = next(row for row in bench.rows if not row.ok)
         raise DeviceError(
-            f"no benchmark succeeded on {', '.join(devices)}; first failure: {first.get('artifact')} on "
-            f"{first.get('device')}: {first.get('error')}",
+            f"no benchmark succeeded on {', '.join(devices)}; first failure: {first.artifact} on "
+            f"{first.device}: {first.error}",
             f"see the device table in {paths.get('md', run.root / 'report.md')}; check the device profile",
         )
     return paths

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress._io import atomic_path
-from edgecompress.report.rows import artifact_name, device_name, largest_batch_p50, latency_table, num
+from edgecompress.measurements import BenchRow
 from edgecompress.report.schema import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _save(fig: Any, path: Path) -> Path:
     return Path(path)
 
 
-def latency_accuracy_plot(rows: list[dict[str, Any]], path: Path, *, batch: int | None = None) -> Path:
+def latency_accuracy_plot(rows: list[BenchRow], path: Path, *, batch: int | None = None) -> Path:
     """Scatter of p50 latency (log x) against accuracy, coloured and sized by ECE, one marker style per device.
 
     Args:
@@ -72,18 +72,15 @@ def latency_accuracy_plot(rows: list[dict[str, Any]], path: Path, *, batch: int 
     points = []
     samples: set[Any] = set()
     for row in rows:
-        lat = latency_table(row)
         if batch is not None:
-            p50 = lat.get(batch, {}).get("p50")
-            b = batch
+            b, p50 = batch, row.p50_at(batch)
         else:
-            got = largest_batch_p50(row)
+            got = row.largest_batch_p50()
             b, p50 = got if got else (None, None)
-        acc = num(row.get("accuracy"))
-        if p50 is None or acc is None or p50 <= 0:
+        if not row.ok or p50 is None or row.accuracy is None or p50 <= 0:
             continue
-        points.append((device_name(row), artifact_name(row), b, p50, 100 * acc, num(row.get("ece"))))
-        samples.add(row.get("eval_samples"))
+        points.append((row.device, row.artifact, b, p50, 100 * row.accuracy, row.ece))
+        samples.add(row.eval_samples)
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     if not points:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from edgecompress.report.rows import artifact_name, device_name, failure, latency_table, num, throughput_at
+from edgecompress.measurements import UNSTABLE_CV, BenchRow
 
 
 def _fmt_ms(ms: float) -> str:
@@ -12,7 +12,7 @@ def _fmt_ms(ms: float) -> str:
 
 
 def recommend(
-    rows: list[dict[str, Any]],
+    rows: list[BenchRow],
     *,
     reference_accuracy: float,
     max_accuracy_drop: float = 0.01,
@@ -27,10 +27,11 @@ def recommend(
     disqualifies. "Fastest" is the lowest p50 latency at the largest batch size that every qualifying artifact on the
     device was measured at (``by="auto"``); when they share no batch size, or with ``by="throughput"``, the highest
     throughput (at each artifact's largest batch). Failed runs (``ok: false``) never qualify. The reason says which
-    measure decided.
+    measure decided, and says so when the latencies it compared were unstable (run-to-run spread above
+    ``measurements.UNSTABLE_CV``): such a ranking is flagged, not reported as fact.
 
     Args:
-        rows: device x artifact benchmark rows (see :mod:`edgecompress.report.rows`).
+        rows: device x artifact benchmark rows.
         reference_accuracy: accuracy to compare against (usually the calibrated student or the FP32 artifact).
         max_accuracy_drop: largest allowed accuracy drop, as a fraction.
         max_ece: largest allowed expected calibration error, as a fraction; None for no bound.
@@ -48,15 +49,15 @@ def recommend(
     )
     if max_ece is not None:
         bounds += f", ECE ≤ {100 * max_ece:.2f}%"
-    devices = list(dict.fromkeys(device_name(r) for r in rows))
+    devices = list(dict.fromkeys(r.device for r in rows))
     out = []
     for device in devices:
-        drows = [r for r in rows if device_name(r) == device]
+        drows = [r for r in rows if r.device == device]
         ok, rejected = [], []
         for row in drows:
             why = _disqualify(row, floor, max_ece)
             if why:
-                rejected.append(f"{artifact_name(row)}: {why}")
+                rejected.append(f"{row.artifact}: {why}")
             else:
                 ok.append(row)
         if not ok:
@@ -75,10 +76,10 @@ def recommend(
     return out
 
 
-def _disqualify(row: dict[str, Any], floor: float, max_ece: float | None) -> str | None:
-    acc, ece = num(row.get("accuracy")), num(row.get("ece"))
-    if failure(row):
-        return f"run failed ({failure(row)[:80]})"
+def _disqualify(row: BenchRow, floor: float, max_ece: float | None) -> str | None:
+    acc, ece = row.accuracy, row.ece
+    if row.failure:
+        return f"run failed ({row.failure[:80]})"
     if acc is None:
         return "accuracy not measured"
     if acc < floor:
@@ -87,22 +88,22 @@ def _disqualify(row: dict[str, Any], floor: float, max_ece: float | None) -> str
         return "ECE not measured"
     if max_ece is not None and ece > max_ece:
         return f"ECE {100 * ece:.2f}% too high"
-    if not latency_table(row) and throughput_at(row) is None:
+    if not row.latency_ms and row.throughput_at() is None:
         return "speed not measured"
     return None
 
 
-def _pick(device: str, ok: list[dict[str, Any]], bounds: str, by: str) -> dict[str, Any]:
-    common = set.intersection(*(set(latency_table(r)) for r in ok)) if by == "auto" else set()
+def _pick(device: str, ok: list[BenchRow], bounds: str, by: str) -> dict[str, Any]:
+    common = set.intersection(*(set(r.latency_ms) for r in ok)) if by == "auto" else set()
     if common:
         batch = max(common)
-        ranked = sorted(ok, key=lambda r: latency_table(r)[batch]["p50"])
-        metric, value = "p50_ms", latency_table(ranked[0])[batch]["p50"]
+        ranked = sorted(ok, key=lambda r: r.latency_ms[batch].p50)
+        metric, value = "p50_ms", ranked[0].latency_ms[batch].p50
         speed = f"lowest p50 latency at batch {batch}: {_fmt_ms(value)}"
         if len(ranked) > 1:
-            speed += f" (next: {artifact_name(ranked[1])} {_fmt_ms(latency_table(ranked[1])[batch]['p50'])})"
+            speed += f" (next: {ranked[1].artifact} {_fmt_ms(ranked[1].latency_ms[batch].p50)})"
     else:
-        with_tp = [r for r in ok if throughput_at(r) is not None]
+        with_tp = [r for r in ok if r.throughput_at() is not None]
         if not with_tp:
             return {
                 "device": device,
@@ -113,18 +114,24 @@ def _pick(device: str, ok: list[dict[str, Any]], bounds: str, by: str) -> dict[s
                 "value": None,
                 "batch": None,
             }
-        ranked = sorted(with_tp, key=lambda r: -throughput_at(r))
-        batch, metric, value = None, "throughput", throughput_at(ranked[0])
+        ranked = sorted(with_tp, key=lambda r: -(r.throughput_at() or 0.0))
+        batch, metric, value = None, "throughput", ranked[0].throughput_at()
         speed = f"highest throughput: {value:.4g} samples/s"
         if len(ranked) > 1:
-            speed += f" (next: {artifact_name(ranked[1])} {throughput_at(ranked[1]):.4g}/s)"
+            speed += f" (next: {ranked[1].artifact} {ranked[1].throughput_at():.4g}/s)"
     best = ranked[0]
-    acc, ece = num(best.get("accuracy")), num(best.get("ece"))
+    acc, ece = best.accuracy or 0.0, best.ece
     quality = f"accuracy {100 * acc:.2f}%" + (f", ECE {100 * ece:.2f}%" if ece is not None else ", ECE not measured")
     reason = f"{speed} among {len(ok)} artifact(s) meeting {bounds}; {quality}"
+    shaky = [r.artifact for r in ranked[:2] if r.unstable]
+    if shaky:
+        reason += (
+            f"; latency unstable (run-to-run p50 spread above {100 * UNSTABLE_CV:.0f} %) for "
+            f"{', '.join(shaky)}: the ranking may not hold, rerun on a quiet device"
+        )
     return {
         "device": device,
-        "artifact": artifact_name(best),
+        "artifact": best.artifact,
         "reason": reason,
         "metric": metric,
         "value": value,

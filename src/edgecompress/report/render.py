@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from edgecompress._io import atomic_write_text
 from edgecompress.errors import MissingExtraError
-from edgecompress.report.rows import artifact_name, device_name, energy_mj, failure, latency_table, num, throughput_at
+from edgecompress.measurements import UNSTABLE_CV, BenchRow
 from edgecompress.report.schema import ModelEntry, Report
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,17 @@ _CHAIN_ROLES = ("teacher", "assistant", "student")
 
 
 # --------------------------------------------------------------------------------------------------- formatting
+
+
+def num(value: Any) -> float | None:
+    """``value`` as a finite float for display, or None (missing, NaN, not a number)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 def fmt_pct(value: Any, digits: int = 2) -> str:
@@ -83,8 +95,8 @@ def fmt_text(value: Any) -> str:
 
 
 def _p50_cell(m: ModelEntry) -> str:
-    table = latency_table({"latency_ms": m.latency_ms})
-    return ", ".join(f"b{b}: {fmt_ms(s['p50'])}" for b, s in table.items()) or DASH
+    table = sorted((int(b), s) for b, s in m.latency_ms.items())
+    return ", ".join(f"b{b}: {fmt_ms(s.p50)}" for b, s in table) or DASH
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -299,7 +311,7 @@ def _kv_section(title: str, data: dict[str, Any]) -> Section:
     return Section(title, headers=["Key", "Value"], rows=rows)
 
 
-def _bench_section(rows: list[dict[str, Any]]) -> Section:
+def _bench_section(rows: list[BenchRow]) -> Section:
     sec = Section(
         "Devices × artifacts",
         headers=[
@@ -322,15 +334,17 @@ def _bench_section(rows: list[dict[str, Any]]) -> Section:
         sec.paragraphs.append("No device benchmarks in this run.")
         sec.headers = []
     for row in rows:
-        common = [device_name(row), artifact_name(row), fmt_text(row.get("format")), fmt_text(row.get("precision"))]
-        quality = [fmt_pct(row.get("accuracy")), fmt_pct(row.get("ece")), fmt_ms(energy_mj(row))]
-        note = f"failed: {failure(row)}" if failure(row) else ""
-        if row.get("calibration_measured_on") == "host runtime":
+        common = [row.device, row.artifact, fmt_text(row.format), fmt_text(row.precision)]
+        note = f"failed: {row.failure}" if row.failure else ""
+        if row.calibration_measured_on == "host runtime":
             note = "accuracy/ECE from the host runtime"
-        for batch, stats in latency_table(row).items() or [(None, {})]:
-            lat = [fmt_ms(stats.get(q)) for q in ("p50", "p90", "p99")]
-            tp = fmt_rate(throughput_at(row, batch) if batch is not None else throughput_at(row))
-            sec.rows.append([*common, fmt_text(batch), *lat, tp, *quality, note])
+        for batch, stats in sorted(row.latency_ms.items()) or [(None, None)]:
+            lat = [fmt_ms(getattr(stats, q) if stats else None) for q in ("p50", "p90", "p99")]
+            tp = fmt_rate(row.throughput_at(batch))
+            quality = [fmt_pct(row.accuracy), fmt_pct(row.ece), fmt_ms(row.energy_at(batch))]
+            cv = row.latency_cv.get(batch) if batch is not None else None
+            flag = f"unstable: p50 spread {100 * cv:.0f} %" if cv is not None and cv > UNSTABLE_CV else ""
+            sec.rows.append([*common, fmt_text(batch), *lat, tp, *quality, "; ".join(x for x in (note, flag) if x)])
     return sec
 
 

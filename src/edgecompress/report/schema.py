@@ -7,11 +7,12 @@ JSON, ``null`` when not measured. Metrics are fractions (0.91, not 91 %); latenc
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgecompress.measurements import BenchRow, LatencyStats, plain_json
 
 SCHEMA_VERSION = 1
 
@@ -20,26 +21,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return obj.tolist()
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    return str(obj)  # Path and other plain values
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class LatencyStats(_Model):
-    """Latency percentiles in milliseconds for one batch size."""
-
-    p50: float
-    p90: float | None = None
-    p99: float | None = None
-    mean: float | None = None
-    std: float | None = None
 
 
 class ModelEntry(_Model):
@@ -68,7 +51,9 @@ class ModelEntry(_Model):
     fidelity_kl: float | None = Field(None, description="Mean KL(teacher || model) on held-out data.")
     parity_max_abs_diff: float | None = None
     throughput: float | None = Field(None, description="Samples per second at the largest batch measured.")
-    energy_mj: float | None = Field(None, description="Energy per sample in millijoules, where measured.")
+    energy_mj: float | None = Field(
+        None, description="Energy per inference in millijoules at the largest batch measured, where measured."
+    )
     runtime: str | None = None
     precision_used: str | None = Field(None, description="Precision the runtime actually ran (may differ).")
     notes: list[str] = Field(default_factory=list)
@@ -115,10 +100,8 @@ class Report(_Model):
     config_hash: str | None = None
     environment: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(default_factory=list)
-    benchmarks: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Device x artifact rows: device, artifact, format, precision, latency_ms {batch: stats}, "
-        "throughput, accuracy, ece, energy_mj.",
+    benchmarks: list[BenchRow] = Field(
+        default_factory=list, description="Device x artifact rows (edgecompress.measurements.BenchRow)."
     )
     stages: list[StageEntry] = Field(default_factory=list)
     recommendations: list[Recommendation] = Field(default_factory=list)
@@ -126,8 +109,8 @@ class Report(_Model):
     warnings: list[str] = Field(default_factory=list)
     datafree: dict[str, Any] | None = None
 
-    @field_validator("benchmarks", "environment", "datafree", mode="before")
+    @field_validator("environment", "datafree", mode="before")
     @classmethod
     def _plain_json(cls, value: Any) -> Any:
         """Free-form parts become plain JSON (numpy scalars/arrays to lists, Paths to str, keys to str)."""
-        return None if value is None else json.loads(json.dumps(value, default=_json_default))
+        return plain_json(value)

@@ -1,4 +1,4 @@
-"""The last step of a run: the report (JSON, Markdown, HTML, plots) and one app bundle per artifact."""
+"""The report's model entries: one row per chain member (teacher, assistants, student) and per exported artifact."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgecompress.export import Artifact
+from edgecompress.measurements import BenchRow
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.train_stages import Trained
+from edgecompress.pipeline.results import CalibrateResult, DistillResult, TeacherResult
 
 log = logging.getLogger(__name__)
 
 _METRIC_KEYS = ("accuracy", "ece", "nll", "brier", "adaptive_ece", "classwise_ece", "mce")
 
 
-def _rel(ctx: Context, path: str | Path | None) -> str | None:
+def rel(ctx: Context, path: str | Path | None) -> str | None:
     if not path:
         return None
     return os.path.relpath(Path(path), ctx.run.root)
@@ -28,20 +30,13 @@ def _metrics(m: dict[str, Any] | None) -> dict[str, Any]:
     return {k: m.get(k) for k in _METRIC_KEYS}
 
 
-def _latency(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        str(b): {k: v for k, v in s.items() if k in ("p50", "p90", "p99", "mean", "std")}
-        for b, s in (row.get("latency_ms") or {}).items()
-        if s and s.get("p50") is not None
-    }
-
-
-def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> list[dict[str, Any]]:
+def chain_entries(teacher: TeacherResult, distill: DistillResult, cal: CalibrateResult) -> list[dict[str, Any]]:
     """Report rows of the teacher, every assistant and the student (before and after its calibration)."""
-    members = distill.record.get("chain", {}).get("members", [])
+    members = distill.chain.get("members", [])
     by_name = {m.get("name"): m for m in members}
     if "teacher" not in by_name:  # data-free runs have no teacher hop record
-        members = [{"name": "teacher", "role": "teacher", **teacher.record}, *members]
+        record = {"name": "teacher", "role": "teacher", "params": teacher.params, "macs": teacher.macs}
+        members = [record | (teacher.test or {}), *members]
     entries = []
     for m in members:
         entries.append(
@@ -65,63 +60,57 @@ def chain_entries(teacher: Trained, distill: Trained, calibrated: Trained) -> li
                 "parent": m.get("teacher"),
             }
         )
-    cal = calibrated.record
     student = next((e for e in entries if e["role"] == "student"), None)
-    if student is not None and cal.get("after"):
-        student.update(_metrics(cal["after"]))
-        student["temperature"] = cal["temperature"]
-        student["ece_before_ts"] = cal["before"]["ece"]
-        student["nll_before_ts"] = cal["before"]["nll"]
+    if student is not None and cal.after and cal.before:
+        student.update(_metrics(cal.after))
+        student["temperature"] = cal.temperature
+        student["ece_before_ts"] = cal.before["ece"]
+        student["nll_before_ts"] = cal.before["nll"]
         student["notes"] = ["metrics after temperature scaling (T folded into the exported graph)"]
-        student["reliability_png"] = cal.get("reliability_png")
-    if not cal.get("ece_measured", True) and student is not None:
+        student["reliability_png"] = cal.reliability_png
+    if not cal.ece_measured and student is not None:
         student["notes"] = ["ECE not measured (no labelled val set)"]
     return entries
 
 
 def artifact_entries(
-    artifacts: list[dict[str, Any]], bench: list[dict[str, Any]], temperature: float, device: str
+    artifacts: list[Artifact], bench: list[BenchRow], temperature: float, device: str
 ) -> list[dict[str, Any]]:
-    rows = {(r.get("device"), r.get("artifact")): r for r in bench}
+    """Report rows of the exported artifacts, with their latency on ``device``; failed exports say why."""
+    rows = {(r.device, r.artifact): r for r in bench}
     out = []
     for a in artifacts:
-        r = rows.get((device, a["name"]), {})
-        notes = []
-        if a.get("note"):
-            notes.append(a["note"])
-        if a.get("refit_of"):
-            notes.append(f"T re-fitted through the runtime: extra factor 1/{a['refit_temperature']:.3f}")
-        info = a.get("info") or {}
+        r = rows.get((device, a.name))
+        notes = [a.note] if a.note else []
+        if a.refit_of and a.refit_temperature:
+            notes.append(f"T re-fitted through the runtime: extra factor 1/{a.refit_temperature:.3f}")
+        if not a.ok:
+            notes.append(f"export failed, not shipped: {a.error}")
         out.append(
             {
-                "name": a["name"],
+                "name": a.name,
                 "role": "artifact",
-                "format": a["format"],
-                "precision": a["precision"],
+                "format": a.format,
+                "precision": a.precision,
                 "params": None,
                 "macs": None,
-                "size_bytes": a.get("size_bytes"),
-                **_metrics(a.get("metrics")),
-                "temperature": temperature * a.get("refit_temperature", 1.0),
-                "latency_ms": _latency(r),
+                "size_bytes": a.size_bytes if a.ok else None,
+                **_metrics(a.test_metrics),
+                "temperature": temperature * (a.refit_temperature or 1.0),
+                "latency_ms": {str(b): s.model_dump() for b, s in r.latency_ms.items()} if r and r.ok else {},
                 "device": device if r else None,
-                "parity_max_abs_diff": a.get("parity_max_abs_diff"),
-                "throughput": _largest(r.get("throughput")),
-                "energy_mj": r.get("energy_mj_per_inference"),
-                "runtime": a.get("runtime"),
+                "parity_max_abs_diff": a.parity_max_abs_diff,
+                "throughput": r.throughput_at() if r else None,
+                "energy_mj": r.energy_at() if r else None,
+                "runtime": a.runtime,
                 "notes": notes,
-                "precision_used": r.get("inference_precision") or info.get("runtime_info", {}).get("precision"),
-                "parent": a.get("refit_of") or "student",
-                "reliability_png": a.get("reliability_png"),
+                "precision_used": (r.inference_precision if r else None)
+                or (a.info.get("runtime_info") or {}).get("precision"),
+                "parent": a.refit_of or "student",
+                "reliability_png": str(a.reliability_png) if a.reliability_png else None,
             }
         )
     return out
-
-
-def _largest(throughput: dict[str, Any] | None) -> float | None:
-    if not throughput:
-        return None
-    return throughput[max(throughput, key=lambda b: int(b))]
 
 
 def environment() -> dict[str, Any]:

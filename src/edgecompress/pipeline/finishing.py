@@ -1,0 +1,193 @@
+"""The last two stages: the report (JSON, Markdown, HTML, plots) and one app bundle per shipped artifact.
+
+Neither is cached: both are rewritten each time the pipeline reaches them (a rerun of ``edgecompress bench`` too).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecompress._io import sha256_json
+from edgecompress.errors import EdgeCompressError
+from edgecompress.pipeline import entries
+from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
+from edgecompress.pipeline.results import (
+    BenchmarkResult,
+    CalibrateResult,
+    DataResult,
+    DistillResult,
+    ExportResult,
+    StageResult,
+    TeacherResult,
+)
+
+if TYPE_CHECKING:
+    from edgecompress.measurements import BenchRow
+    from edgecompress.report import Report
+
+log = logging.getLogger(__name__)
+
+ECE_SLACK = 0.01  # how much worse than the FP32 student's ECE a recommended artifact may be
+
+
+class FinishResult(StageResult):
+    """Paths written by the report or bundles stage, by what they are."""
+
+    paths: dict[str, str]
+
+
+def eval_set(ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images and labels the devices evaluated: the benchmark folder's shipped ``eval.npz`` (inside the run)."""
+    if ctx.eval_data is not None:
+        return ctx.eval_data
+    folder = next((r.output_dir for r in reversed(ctx.stages) if r.name == "benchmark" and r.output_dir), None)
+    path = Path(folder) / "eval.npz" if folder else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return data["x"], data["y"]
+
+
+def _bench_reference(ctx: Context, rows: list[BenchRow]) -> tuple[dict[str, Any], str]:
+    """Accuracy / ECE of the calibrated FP32 student on the images the devices evaluated, and how to name it.
+
+    Devices evaluate the first ``benchmark.eval_samples`` test images; comparing their accuracy with the student's on
+    the whole test split would mix two samples (a subset can be easier or harder). The student (T folded) is run on
+    the same subset here; a rerun by ``edgecompress bench`` rebuilds it from the calibrate stage's folder.
+    """
+    after = ctx.result("calibrate", CalibrateResult).after or {}
+    counts = {row.eval_samples for row in rows if row.ok and row.eval_samples}
+    data = ctx.result("data", DataResult)
+    evaluated = eval_set(ctx)
+    if len(counts) != 1 or evaluated is None or counts == {data.sizes.get("test")}:
+        return after, "calibrated FP32 student"
+    n = int(counts.pop())
+    model = ctx.models.get("calibrated")
+    if model is None:  # `edgecompress bench RUN`: rebuild it from the calibrate stage
+        try:
+            model = _rebuild_calibrated(ctx)
+        except EdgeCompressError as exc:
+            log.info("the calibrated student is not rebuilt (%s); comparing with its whole-test metrics", exc)
+            return after, "calibrated FP32 student"
+    x, y = evaluated[0][:n], evaluated[1][:n]
+    return metrics_of(predict_logits(model, x), y), f"calibrated FP32 student on the same {n} test images"
+
+
+def _rebuild_calibrated(ctx: Context) -> Any:
+    from edgecompress.models import ModelSpec, build_model, load_state
+    from edgecompress.pipeline.train_stages import fold_with_shape
+
+    folder = next((r.output_dir for r in reversed(ctx.stages) if r.name == "calibrate" and r.output_dir), None)
+    state = Path(folder) / "student.pt" if folder else None
+    if state is None or not state.is_file():
+        raise EdgeCompressError("the calibrate stage's student.pt is missing", "rerun the pipeline")
+    data = ctx.result("data", DataResult)
+    c, h, w = data.input_shape
+    spec = ModelSpec(**ctx.result("distill", DistillResult).student_spec)
+    model = load_state(build_model(spec, in_channels=c, num_classes=data.num_classes, input_size=(h, w)), state)
+    return fold_with_shape(model, ctx.result("calibrate", CalibrateResult).temperature, data.input_shape)
+
+
+def build_report(ctx: Context) -> Report:
+    """The report of everything this run measured."""
+    from edgecompress.report import Report, recommend
+
+    cfg = ctx.cfg
+    teacher = ctx.result("teacher", TeacherResult)
+    distill = ctx.result("distill", DistillResult)
+    cal = ctx.result("calibrate", CalibrateResult)
+    artifacts = ctx.result("export", ExportResult).artifacts
+    bench = ctx.result("benchmark", BenchmarkResult).rows if "benchmark" in ctx.results else []
+    device = cfg.benchmark.devices[0]
+    models = entries.chain_entries(teacher, distill, cal) + entries.artifact_entries(
+        artifacts, bench, cal.temperature, device
+    )
+    for m in models:
+        m["reliability_png"] = entries.rel(ctx, m.get("reliability_png"))
+    # An artifact qualifies when it loses at most export.max_accuracy_drop of accuracy and at most one ECE point
+    # against the calibrated FP32 student on the same images the devices evaluated; the fastest qualifying one is
+    # recommended per device. A failed export is never benchmarked, so never recommended.
+    ref, label = _bench_reference(ctx, bench)
+    recs = (
+        recommend(
+            bench,
+            reference_accuracy=ref["accuracy"],
+            max_accuracy_drop=cfg.export.max_accuracy_drop,
+            max_ece=ref["ece"] + ECE_SLACK if ref.get("ece") is not None else None,
+            reference_label=label,
+        )
+        if ref.get("accuracy") is not None
+        else []
+    )
+    figures = {"datafree_samples": entries.rel(ctx, distill.sample_grid)} if distill.sample_grid else {}
+    return Report(
+        name=cfg.name,
+        config_hash=sha256_json(cfg.model_dump(mode="json"))[:16],
+        environment=entries.environment(),
+        models=models,
+        benchmarks=bench,
+        stages=[s.model_dump(exclude={"key"}) for s in ctx.stages],
+        recommendations=recs,
+        figures={k: v for k, v in figures.items() if v},
+        warnings=ctx.warnings,
+        datafree=distill.datafree,
+    )
+
+
+def _report_compute(ctx: Context, sd: Any) -> FinishResult:
+    from edgecompress.report import write_report
+
+    report = build_report(ctx)
+    ctx.report = report
+    return FinishResult(paths={k: str(v) for k, v in write_report(report, ctx.run.root).items()})
+
+
+REPORT = Stage("report", FinishResult, key=lambda ctx: {}, compute=_report_compute, cached=False)
+
+
+def _bundles_compute(ctx: Context, sd: Any) -> FinishResult:
+    """One bundle per successfully exported artifact that the bundle section selects (failed exports never ship)."""
+    from edgecompress.bundle import write_bundle, zip_bundle
+
+    cfg = ctx.cfg
+    if not cfg.bundle.enabled:
+        return FinishResult(paths={})
+    report = ctx.report if ctx.report is not None else build_report(ctx)
+    data = ctx.result("data", DataResult)
+    by_name = {m.name: m for m in report.models}
+    out: dict[str, str] = {}
+    for art in ctx.result("export", ExportResult).artifacts:
+        if not art.ok or art.model_file is None or not cfg.bundle.selects(art.name, art.format, art.precision):
+            continue
+        entry = by_name.get(art.name)
+        fields = {
+            "labels": data.labels,
+            "preprocessing": data.preprocess,
+            "temperature": {"value": entry.temperature if entry else None, "folded": True},
+            "metrics": {k: getattr(entry, k) for k in ("accuracy", "ece", "nll", "brier")}
+            | {"latency_ms": {b: s.p50 for b, s in entry.latency_ms.items()}, "device": entry.device}
+            if entry
+            else {},
+            "config_hash": report.config_hash,
+            "input_shape": list(data.input_shape),
+        }
+        bdir = write_bundle(
+            name=art.name,
+            files=list(art.files),
+            model_file=art.model_file,
+            manifest_fields=fields,
+            out_dir=ctx.run.bundles_dir,
+            include_runner=cfg.bundle.include_runner,
+            artifact=art.model_dump(mode="json"),
+        )
+        out[f"bundle {art.name}"] = str(bdir)
+        if cfg.bundle.zip:
+            out[f"zip {art.name}"] = str(zip_bundle(bdir))
+    return FinishResult(paths=out)
+
+
+BUNDLES = Stage("bundles", FinishResult, key=lambda ctx: {}, compute=_bundles_compute, cached=False)

@@ -1,0 +1,128 @@
+"""Typed results of the pipeline's stages: what each stage's ``_done.json`` holds and what ``run.json`` gathers.
+
+Every stage result is a pydantic model; it is written by :meth:`Context.cached` and read back the same way, so no
+caller reads a stage's result "tolerantly" with ``.get`` fallbacks. Paths inside results are absolute when written
+and are re-rooted when a run directory is moved or copied (:func:`edgecompress.pipeline.rundir.reroot`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgecompress.export import Artifact
+from edgecompress.measurements import BenchRow
+
+RUN_STATE_VERSION = 2
+
+
+class StageResult(BaseModel):
+    """Base of every stage result (extra keys refused: a result from another version is recomputed, not guessed)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataResult(StageResult):
+    """The splits' identity: the data stage reloads the arrays (cheap, deterministic) and checks this fingerprint."""
+
+    fingerprint: str
+    labels: list[str]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    preprocess: dict[str, Any]
+    sizes: dict[str, int] = Field(description="Samples per split (train, val, calib, test); absent splits are 0.")
+
+
+class TeacherResult(StageResult):
+    """The teacher as loaded or trained here: size, test metrics and val accuracy (checked against chance)."""
+
+    name: str = "teacher"
+    role: str = "teacher"
+    spec: dict[str, Any]
+    params: int
+    macs: int
+    test: dict[str, float] | None = None
+    val_accuracy: float | None = None
+    events: list[str] = Field(default_factory=list, description="Training events (recoveries, chosen learning rate).")
+
+
+class SearchResult(StageResult):
+    """The teacher-assistant search (``distill.assistants: search``): every candidate tried and the one chosen."""
+
+    chosen_ratio: float | None = None
+    table: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillResult(StageResult):
+    """The chain's records (teacher first, student last) and how to rebuild the student."""
+
+    student_spec: dict[str, Any]
+    chain: dict[str, Any]
+    member_specs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    datafree: dict[str, Any] | None = None
+    sample_grid: str | None = None
+    bank: str | None = None
+    student_val_accuracy: float | None = None
+    teacher_val_accuracy: float | None = None
+
+
+class CalibrateResult(StageResult):
+    """Temperature scaling (and the optional MbLS fine-tune) of the student; metrics on test before and after."""
+
+    temperature: float = 1.0
+    before: dict[str, float] | None = None
+    after: dict[str, float] | None = None
+    val_after: dict[str, float] | None = None
+    mbls_history: list[dict[str, Any]] | None = None
+    reliability_png: str | None = None
+    ece_measured: bool = False
+
+
+class ExportResult(StageResult):
+    """Every requested artifact, failed ones included (``ok`` False, ``error`` says why)."""
+
+    artifacts: list[Artifact]
+
+
+class BenchmarkResult(StageResult):
+    """One row per (device, accepted artifact)."""
+
+    rows: list[BenchRow]
+
+
+class StageRecord(BaseModel):
+    """A stage's wall time, whether it was reused, and its folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seconds: float
+    cached: bool
+    output_dir: str | None = None
+    key: str | None = None
+
+
+class RunState(BaseModel):
+    """``run.json``: what the report is built from, and what ``edgecompress bench RUN`` starts from."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    version: int = RUN_STATE_VERSION
+    config_hash: str
+    stages: list[StageRecord]
+    warnings: list[str] = Field(default_factory=list)
+    data: DataResult
+    teacher: TeacherResult
+    search: SearchResult | None = None
+    distill: DistillResult
+    calibrate: CalibrateResult
+    export: ExportResult
+    benchmark: BenchmarkResult | None = None
+
+    def stage_dir(self, name: str) -> str | None:
+        """The folder recorded for stage ``name`` (the last record of that name), or None."""
+        for rec in reversed(self.stages):
+            if rec.name == name:
+                return rec.output_dir
+        return None

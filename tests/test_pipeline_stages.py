@@ -1,0 +1,98 @@
+"""The pipeline as an ordered list of typed stages: --until / --from are positions, every stage is content-addressed.
+
+Regression tests of issue 13's three bugs: `--until data` trained the teacher and `--until benchmark` wrote the
+report and bundles (a chain of ifs); the TA search folder was not content-addressed (a changed config met a stale
+folder and raised CheckpointError); energy per batch from the agent broke the report (a dict into a float field).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecompress.config import PipelineConfig
+from edgecompress.pipeline import STAGE_NAMES, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "digits", "val_fraction": 0.2, "calib_size": 64, "test_fraction": 0.2, "max_train": 600},
+    "teacher": {
+        "model": {"family": "cnn", "params": {"channels": [16, 32]}},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0},
+    },
+    "distill": {
+        "student": {"prune_ratio": 0.3},
+        "assistants": "none",
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0},
+    },
+    "export": {"formats": ["onnx:fp32"], "calib_samples": 64, "max_accuracy_drop": 0.5},
+    "benchmark": {"devices": ["local"], "batch_sizes": [1], "min_time_s": 0.01, "repeats": 2, "eval_samples": 64},
+}
+
+
+def _cfg(**distill: object) -> PipelineConfig:
+    data = json.loads(json.dumps(TINY))
+    data["distill"].update(distill)
+    return PipelineConfig.model_validate(data)
+
+
+def _written(out: Path) -> set[str]:
+    """Stage names with a folder, plus the report and bundles when written."""
+    names = {p.name.rsplit("-", 1)[0] for p in (out / "stages").iterdir()} if (out / "stages").is_dir() else set()
+    if (out / "report.json").exists():
+        names.add("report")
+    if (out / "bundles").is_dir() and any((out / "bundles").iterdir()):
+        names.add("bundles")
+    return names
+
+
+def test_until_stops_at_every_stage_and_writes_nothing_past_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg()
+    expected: set[str] = set()
+    for name in STAGE_NAMES:
+        if name == "search":  # only with `assistants: search` (its own test below)
+            continue
+        run_pipeline(cfg, out, until=name, progress=False)
+        expected.add(name)
+        assert _written(out) == expected, f"--until {name}"
+        assert (out / "run.json").exists() == (STAGE_NAMES.index(name) >= STAGE_NAMES.index("benchmark"))
+
+
+def test_from_recomputes_that_stage_and_later_ones(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg()
+    run_pipeline(cfg, out, until="export", progress=False)
+    stamps = {p.name: (p / "_done.json").stat().st_mtime_ns for p in (out / "stages").iterdir()}
+    run_pipeline(cfg, out, until="export", from_="calibrate", progress=False)
+    again = {p.name: (p / "_done.json").stat().st_mtime_ns for p in (out / "stages").iterdir()}
+    assert set(again) == set(stamps)  # same keys, same folders
+    changed = {n.rsplit("-", 1)[0] for n in stamps if stamps[n] != again[n]}
+    assert changed == {"calibrate", "export"}
+
+
+def test_unknown_stage_is_a_one_line_error(tmp_path: Path) -> None:
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a stage"):
+        run_pipeline(_cfg(), tmp_path / "run", until="train", progress=False)
+
+
+def test_search_stage_is_content_addressed(tmp_path: Path) -> None:
+    """A changed config gets a fresh search folder instead of meeting the old one (was: CheckpointError)."""
+    out = tmp_path / "run"
+    run_pipeline(_cfg(assistants="search", search_candidates=[0.6], search_epochs=1), out, until="search",
+                 progress=False)  # fmt: skip
+    first = {p.name for p in (out / "stages").glob("search-*")}
+    changed = _cfg(assistants="search", search_candidates=[0.6], search_epochs=1,
+                   train={"epochs": 2, "batch_size": 32, "lr": 0.03, "warmup_epochs": 0})  # fmt: skip
+    run_pipeline(changed, out, until="search", progress=False)
+    second = {p.name for p in (out / "stages").glob("search-*")}
+    assert len(first) == 1 and len(second) == 2
+    done = [json.loads((out / "stages" / n / "_done.json").read_text()) for n in second]
+    assert all(d["chosen_ratio"] == 0.6 for d in done)
