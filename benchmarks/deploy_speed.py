@@ -107,7 +107,7 @@ def build_entries(run: LoadedRun, *, threads: int | None, workdir: Path, teacher
                 rt,
                 precision,
                 s_macs,
-                {"runtime": art.runtime, "role": "artifact", "run_json_metrics": art.metrics},
+                {"runtime": art.runtime, "role": "artifact", "run_json_metrics": art.test_metrics},
             )
         )
     return entries

@@ -263,13 +263,14 @@ def test_both_scripts_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     import torch
 
     from edgecompress.config import load_config
-    from edgecompress.pipeline import run_pipeline
+    from edgecompress.pipeline import load_run, run_pipeline
 
     torch.set_num_threads(1)
     (tmp_path / "tiny.yaml").write_text(TINY)
     run_dir = tmp_path / "run"
     run_pipeline(load_config(tmp_path / "tiny.yaml"), run_dir, progress=False)
-    names = [a["name"] for a in json.loads((run_dir / "run.json").read_text())["artifacts"] if not a.get("error")]
+    names = [a.name for a in load_run(run_dir).artifacts if a.ok]  # the run as the scripts read it
+    assert "onnx-fp32" in names and "onnx-int8" in names
     common = ["--threads", "1", "--rounds", "1", "--min-time", "0.001"]
     assert (
         deploy_speed.main(
