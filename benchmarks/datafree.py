@@ -17,6 +17,7 @@ The issue's goal: FastDFKD within 2 points of DeepInversion's best student accur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import shutil
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from edgecompress._io import atomic_write_text
-from edgecompress.data import Splits, load_splits
+from edgecompress.data import ArraySplit, Splits, load_splits
 from edgecompress.data.config import DataConfig
 from edgecompress.distill import train_model
 from edgecompress.distill.config import LossConfig, TrainConfig
@@ -86,9 +87,13 @@ def train_steps(
     """``steps`` AdamW steps with the package's trainer; returns the training seconds.
 
     The loss is cross-entropy on the labels, or, with a ``teacher``, the package's Hinton KD loss alone
-    (``alpha = 1``, the T²-scaled KL at ``temperature``), as the data-free students are trained. One epoch capped at
-    ``steps`` batches, 30 % linear warm-up then cosine decay (the one-cycle shape), no augmentation.
+    (``alpha = 1``, the T²-scaled KL at ``temperature``), as the data-free students are trained. One epoch over a
+    seeded random ``steps × batch`` subset of train (so the trainer's one-off teacher pass covers only the samples the
+    steps use), 30 % linear warm-up then cosine decay (the one-cycle shape), no augmentation.
     """
+    n = min(len(splits.train.y), steps * batch)
+    keep = np.sort(np.random.default_rng([seed, steps]).permutation(len(splits.train.y))[:n])
+    splits = dataclasses.replace(splits, train=ArraySplit(x=splits.train.x[keep], y=splits.train.y[keep]))
     cfg = TrainConfig(
         epochs=1, batch_size=batch, optimizer="adamw", lr=LR, weight_decay=0.0, warmup_epochs=0.3, augment=False,
         max_steps_per_epoch=steps,
