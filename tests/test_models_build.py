@@ -86,42 +86,120 @@ def test_unknown_family_and_bad_params():
         build_model(ModelSpec(family="cnn", params={"channels": []}), in_channels=1, num_classes=10, input_size=(8, 8))
 
 
-def test_factory_spec(tmp_path, monkeypatch):
-    (tmp_path / "ec_test_factory_mod.py").write_text(
-        textwrap.dedent("""
-        from torch import nn
+FACTORY_MODULE = textwrap.dedent("""
+    from torch import nn
 
-        def tiny(num_classes, in_channels, hidden=4):
-            return nn.Sequential(nn.Conv2d(in_channels, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, num_classes))
+    def tiny(num_classes, in_channels, hidden=4):
+        return nn.Sequential(nn.Conv2d(in_channels, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, num_classes))
 
-        def not_a_model(num_classes, in_channels):
-            return 42
-    """)
-    )
+    def rgb_only(num_classes=1000, pretrained=False):  # torchvision-style: no in_channels
+        return tiny(num_classes=num_classes, in_channels=3)
+
+    def anything(**kwargs):
+        seen.append(sorted(kwargs))
+        return tiny(num_classes=kwargs["num_classes"], in_channels=kwargs["in_channels"])
+
+    def not_a_model(num_classes, in_channels):
+        return 42
+
+    seen = []
+""")
+
+
+@pytest.fixture
+def factory_mod(tmp_path, monkeypatch):
+    pkg = tmp_path / "ec_test_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(FACTORY_MODULE)
+    (tmp_path / "ec_test_factory_mod.py").write_text(FACTORY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = build_model(
-        ModelSpec(factory="ec_test_factory_mod:tiny", params={"hidden": 6}),
-        in_channels=3,
-        num_classes=5,
+    return "ec_test_factory_mod"
+
+
+def _factory(name, trusted=("ec_test_factory_mod",), in_channels=1, num_classes=2, **params):
+    return build_model(
+        ModelSpec(factory=name, params=params),
+        in_channels=in_channels,
+        num_classes=num_classes,
         input_size=(8, 8),
+        trusted_modules=trusted,
     )
+
+
+def test_factory_spec(factory_mod):
+    model = _factory("ec_test_factory_mod:tiny", in_channels=3, num_classes=5, hidden=6)
     assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 5) and model[0].out_channels == 6
     with pytest.raises(ModelError, match="cannot import"):
-        build_model(ModelSpec(factory="ec_no_such_module:fn"), in_channels=1, num_classes=2, input_size=(8, 8))
+        _factory("ec_no_such_module:fn", trusted=("ec_no_such_module",))
     with pytest.raises(ModelError, match="no function"):
-        build_model(ModelSpec(factory="ec_test_factory_mod:nope"), in_channels=1, num_classes=2, input_size=(8, 8))
+        _factory("ec_test_factory_mod:nope")
     with pytest.raises(ModelError, match="rejected its arguments"):
+        _factory("ec_test_factory_mod:tiny", bad=1)
+    with pytest.raises(ModelError, match="not an nn.Module"):
+        _factory("ec_test_factory_mod:not_a_model")
+
+
+def test_factory_gets_only_the_arguments_its_signature_accepts(factory_mod):
+    import ec_test_factory_mod
+
+    model = _factory("ec_test_factory_mod:rgb_only", in_channels=3, num_classes=7)  # no in_channels parameter
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 7)
+    _factory("ec_test_factory_mod:anything", in_channels=1, num_classes=4, extra=1)  # **kwargs: offered everything
+    assert ec_test_factory_mod.seen[-1] == ["extra", "in_channels", "input_size", "num_classes"]
+
+
+def test_factory_is_imported_only_from_trusted_modules(factory_mod):
+    import sys
+
+    sys.modules.pop("ec_test_pkg.nets", None)
+    with pytest.raises(ModelError) as err:
+        _factory("ec_test_pkg.nets:tiny", trusted=())
+    text = str(err.value)
+    assert "'ec_test_pkg.nets' is not trusted" in text and "--trust-factory ec_test_pkg.nets" in text
+    assert "trust_factories" in text and "\n" not in text
+    assert "ec_test_pkg.nets" not in sys.modules  # refused before any import: its code never ran
+    with pytest.raises(ModelError, match="not trusted"):  # a sibling or a prefix that is not a package parent
+        _factory("ec_test_pkg.nets:tiny", trusted=("ec_test_pkg.other", "ec_test_pk"))
+    assert _factory("ec_test_pkg.nets:tiny", trusted=("ec_test_pkg",))(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
+    assert _factory("ec_test_pkg.nets:tiny", trusted=["ec_test_pkg.nets"])(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
+    assert _factory("ec_test_pkg.nets:tiny", trusted=["ec_test_pkg.nets:tiny"]).training  # the full name works too
+
+
+@pytest.mark.parametrize(
+    "factory",
+    ["torch.hub:load", "os:system", "builtins:exec", "subprocess:run", "importlib:import_module", "sys:exit",
+     "shutil:rmtree", "runpy:run_path", "pickle:loads", "code:interact", "ctypes:CDLL", "torch.hub.sub:x"],
+)  # fmt: skip
+def test_code_running_modules_are_refused_even_when_trusted(factory):
+    mod = factory.partition(":")[0]
+    with pytest.raises(ModelError, match="never imported as a factory") as err:
         build_model(
-            ModelSpec(factory="ec_test_factory_mod:tiny", params={"bad": 1}),
+            ModelSpec(factory=factory, params={"repo_or_dir": ".", "model": "x", "source": "local"}),
             in_channels=1,
             num_classes=2,
             input_size=(8, 8),
+            trusted_modules=(mod, "torch", "os", "builtins"),
         )
-    with pytest.raises(ModelError, match="not an nn.Module"):
-        build_model(
-            ModelSpec(factory="ec_test_factory_mod:not_a_model"), in_channels=1, num_classes=2, input_size=(8, 8)
-        )
+    assert "\n" not in str(err.value)
+
+
+def test_output_selection_wraps_a_tuple_model(factory_mod, tmp_path):
+    (tmp_path / "ec_test_tuple_mod.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes):\n"
+        "        super().__init__(); self.fc = nn.Linear(64, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        f = x.flatten(1); return {'logits': self.fc(f), 'features': f}\n"
+        "def net(num_classes): return Net(num_classes)\n"
+    )
+    spec = ModelSpec(factory="ec_test_tuple_mod:net", output="logits")
+    model = build_model(spec, in_channels=1, num_classes=3, input_size=(8, 8), trusted_modules=["ec_test_tuple_mod"])
+    out = model(torch.zeros(2, 1, 8, 8))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    assert set(model.state_dict()) == {"model.fc.weight", "model.fc.bias"}  # a pruned copy rebuilds from the spec
 
 
 def test_subpackages_import_light():

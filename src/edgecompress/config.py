@@ -26,10 +26,31 @@ CONFIG_VERSION = 1
 
 
 class TeacherConfig(StrictModel):
-    """Where the teacher comes from: a checkpoint for a model spec, or trained here from the data."""
+    """Where the teacher comes from: a checkpoint (state dict for a model spec, or a TorchScript / torch.export
+    program), or a model spec trained here from the data."""
 
-    model: ModelSpec = Field(description="Architecture: a built-in family with params, or a 'pkg.mod:fn' factory.")
-    checkpoint: Path | None = Field(None, description="State-dict file (loaded with weights_only=True).")
+    model: ModelSpec | None = Field(
+        None,
+        description="Architecture: a built-in family with params, or a 'pkg.mod:fn' factory (its module must be in "
+        "trust_factories). Not needed for a TorchScript or torch.export checkpoint.",
+    )
+    checkpoint: Path | None = Field(
+        None,
+        description="State dict (plain, or under state_dict / model_state_dict / model; module. or model. key "
+        "prefixes are removed), loaded with weights_only=True; or a TorchScript file (.pt/.ts) or a torch.export "
+        "program (.pt2), which cannot be pruned: the student then needs distill.student.model.",
+    )
+    output: int | str | None = Field(
+        None,
+        description="For a teacher returning a tuple/list/dict: the index or key of the logits (e.g. 0 or 'logits').",
+    )
+    accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The teacher's accuracy as the user measured it (a fraction, e.g. 0.991); the run warns when its "
+        "accuracy on val is far below.",
+    )
     train: TrainConfig | None = Field(None, description="Train the teacher here when no checkpoint is given.")
     label_smoothing: bool = Field(
         False, description="The teacher was trained with label smoothing (then it is distilled at T = 1)."
@@ -39,6 +60,12 @@ class TeacherConfig(StrictModel):
     def _source(self) -> TeacherConfig:
         if self.checkpoint is None and self.train is None:
             raise ValueError("give teacher.checkpoint (a state-dict file) or teacher.train (to train it here)")
+        if self.model is None and self.checkpoint is None:
+            raise ValueError("teacher.train needs teacher.model (the architecture to train)")
+        if self.model is not None and None not in (self.output, self.model.output) and self.output != self.model.output:
+            raise ValueError(
+                f"teacher.output ({self.output!r}) and teacher.model.output ({self.model.output!r}) differ: give one"
+            )
         return self
 
 

@@ -3,6 +3,8 @@
 A student cut by :func:`edgecompress.models.prune_to_ratio` has narrower Conv/BN/Linear layers than its family's
 default; it is saved as a plain state dict and rebuilt from the family spec + the file: :func:`load_state` first
 resizes those layers (parameters, buffers and their size attributes) to the file's shapes, then loads strictly.
+That resizing is for students this tool pruned and saved; a user's teacher is loaded by
+:func:`edgecompress.models.load_teacher`, which never resizes (a classifier of another size is refused).
 """
 
 from __future__ import annotations
@@ -56,44 +58,97 @@ def save_state(model: nn.Module, path: str | Path) -> None:
         torch.save(model.state_dict(), tmp)
 
 
-def read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict (raw, or under ``"state_dict"`` / ``"model"``) with ``weights_only=True``."""
-    import torch
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # Lightning / the PyTorch tutorial / timm-style
+_SAVE_FIX = (
+    "in the code that defines the model, save torch.save(model.state_dict(), 'teacher.pt') (or a TorchScript / "
+    "torch.export file) and point teacher.checkpoint at it"
+)
 
+
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a regular file; else :class:`CheckpointError` (not found / a directory)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
         raise CheckpointError(f"checkpoint {what}: {path}", "check the path (teacher.checkpoint)")
+    return path
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` for every refusal."""
+    import torch
+
+    path = require_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc).strip()
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
         detail = f"it references {found.group(1)}" if found else (text.splitlines()[0][:160] if text else "")
         raise CheckpointError(
-            f"{path} was refused by torch.load(weights_only=True): it contains pickled code or objects, not only "
-            f"tensors ({detail})",
-            "re-save it from trusted code with torch.save(model.state_dict(), path)",
+            f"{path} was refused by torch.load(weights_only=True): it holds pickled Python objects, not only tensors "
+            f"({detail}), e.g. a whole model saved with torch.save(model), which could run code when loaded",
+            _SAVE_FIX,
         ) from None
     except Exception as exc:  # truncated zip, not a torch file, bad magic number
         raise CheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:160]})",
             "re-save it with torch.save(model.state_dict(), path)",
         ) from None
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict (raw, or under ``"state_dict"`` / ``"model_state_dict"`` / ``"model"``), weights only.
+
+    Non-tensor entries beside the weights (optimizer state, epoch, hyper-parameters) are ignored when the weights sit
+    under one of those keys; a raw state dict must hold tensors only.
+    """
+    import torch
+
+    path = Path(path)
+    obj = load_weights_only(path)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict", "save model.state_dict()")
     state = dict(obj)
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor", "save model.state_dict() only")
-    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise CheckpointError(
+            f"{path}: entry {bad[0]!r} is not a tensor (keys: {_fmt(sorted(map(str, state)))})",
+            "save model.state_dict() alone, or under one of the keys " + ", ".join(_WRAPPER_KEYS),
+        )
     return state
+
+
+def match_keys(state: dict[str, Any], own_keys: list[str]) -> dict[str, Any]:
+    """``state`` with the prefix that wraps the model's own keys removed (``module.`` DDP, ``model.`` Lightning, …).
+
+    The prefix is found from the model's first key: every prefix ``p`` with ``p + key`` in ``state`` is a candidate,
+    the shortest one covering all keys wins (else the one covering most). Keys outside the prefix (a Lightning
+    module's loss weights, an EMA copy) are dropped with a log line. Without an own key or a candidate, ``state``
+    comes back unchanged.
+    """
+    own = set(own_keys)
+    if not own_keys or own <= set(state):
+        return state
+    ref = own_keys[0]
+    cands = sorted(
+        {k[: len(k) - len(ref)] for k in state if k.endswith(ref) and (len(k) == len(ref) or k[-len(ref) - 1] == ".")},
+        key=len,
+    )
+    if not cands:
+        return state
+    best = max(cands, key=lambda p: (sum(p + k in state for k in own), -len(p)))
+    sub = {k[len(best) :]: v for k, v in state.items() if k.startswith(best)}
+    dropped = len(state) - len(sub)
+    if best:
+        log.info("checkpoint keys: removed the prefix %r%s", best, f" and dropped {dropped} other keys" * bool(dropped))
+    return sub
 
 
 def _fmt(keys: list[str]) -> str:
@@ -153,7 +208,7 @@ def load_state(model: nn.Module, path: str | Path) -> nn.Module:
             not match the architecture (names the first few missing and unexpected ones).
     """
     path = Path(path)
-    state = read_state(path)
+    state = match_keys(read_state(path), list(model.state_dict()))
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:

@@ -9,19 +9,29 @@ from pydantic import Field, model_validator
 
 from edgecompress._schema import StrictModel
 
+# The shape of a factory reference. A format check only: what may be imported is decided by the trust list given to
+# build_model (config trust_factories / --trust-factory), never by this pattern.
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+OutputSelector = int | str | None
+"""Which element of a tuple/list/dict/namedtuple model output holds the logits: an index or a key/field name."""
 
 
 class ModelSpec(StrictModel):
     """An architecture: exactly one of ``family`` (built-in, see ``edgecompress.models.FAMILIES``) or ``factory``.
 
-    A factory is called as ``factory(num_classes=..., in_channels=..., **params)`` and must return an ``nn.Module``
-    returning logits ``[N, num_classes]``.
+    A factory is called with those of ``num_classes=``, ``in_channels=``, ``input_size=`` and ``params`` that its
+    signature accepts, and must return an ``nn.Module``; it is imported only from a module the user trusts.
     """
 
     family: str | None = Field(None, description="Built-in family: cnn, resnet, mlp.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the family or factory.")
-    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
+    factory: str | None = Field(
+        None, description="'package.module:function' returning an nn.Module; the module must be in trust_factories."
+    )
+    output: OutputSelector = Field(
+        None, description="For a model returning a tuple/list/dict: the index or key of the logits (e.g. 0, 'logits')."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -1,7 +1,8 @@
 """Built-in model families for small images; each ends in one ``nn.Linear`` classifier and uses BatchNorm.
 
 BatchNorm is required by data-free distillation (its running statistics are the inversion target), and the single
-final ``nn.Linear`` is what temperature folding scales and what pruning leaves alone.
+final ``nn.Linear`` is what temperature folding scales and what pruning leaves alone (pruning finds it by the graph,
+:func:`edgecompress.models.find_classifier`, as it does in any user model).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -97,7 +98,12 @@ class Context:
     def _reuse(self, stage: Stage[R], sd: StageDir) -> R | None:
         """The finished folder's result, or None when it does not parse as this stage's type (then it is redone)."""
         try:
-            return stage.result.model_validate(sd.result())
+            data = sd.result()
+            check_contained(data, self.run.root, str(sd.path / "_done.json"))
+            return stage.result.model_validate(data)
+        except ConfigError as exc:  # a record pointing outside the run: never followed
+            self.warn(f"stage {stage.name}: {exc.problem}; recomputing it")
+            return None
         except (ValidationError, ValueError) as exc:
             self.warn(f"stage {stage.name}: its recorded result in {sd.path} is unreadable ({exc.__class__.__name__}); "
                       "recomputing it")  # fmt: skip
@@ -135,6 +141,28 @@ class Context:
     def warn(self, message: str) -> None:
         log.warning(message)
         self.warnings.append(message)
+
+
+def check_contained(value: object, root: Path, what: str) -> None:
+    """Refuse any absolute path in ``value`` (JSON-like) that resolves outside ``root`` (symlinks followed)."""
+    base = root.resolve()
+
+    def walk(v: object) -> None:
+        if isinstance(v, str) and v.startswith("/") and "\n" not in v:
+            target = Path(v).resolve()
+            if target != base and base not in target.parents:
+                raise ConfigError(
+                    f"{what} records the path {v}, which is outside the run directory {root}",
+                    "a run directory is data: rerun the pipeline to rewrite it; never edit its records by hand",
+                )
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    walk(value)
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:

@@ -160,8 +160,11 @@ def _bundles_compute(ctx: Context, sd: Any) -> FinishResult:
     data = ctx.result("data", DataResult)
     by_name = {m.name: m for m in report.models}
     out: dict[str, str] = {}
+    export_dir = next((Path(r.output_dir) for r in reversed(ctx.stages) if r.name == "export" and r.output_dir), None)
     for art in ctx.result("export", ExportResult).artifacts:
         if not art.ok or art.model_file is None or not cfg.bundle.selects(art.name, art.format, art.precision):
+            continue
+        if export_dir is None or not _own_files(art, export_dir):  # vet_artifacts marked it already; kept as a guard
             continue
         entry = by_name.get(art.name)
         fields = {
@@ -188,6 +191,32 @@ def _bundles_compute(ctx: Context, sd: Any) -> FinishResult:
         if cfg.bundle.zip:
             out[f"zip {art.name}"] = str(zip_bundle(bdir))
     return FinishResult(paths=out)
+
+
+def vet_artifacts(ctx: Context) -> None:
+    """Mark failed every artifact whose recorded files are not in the folder its export wrote.
+
+    For a run directory received from elsewhere: a record edited to ship another artifact's model under this name
+    (say the FP32 model as the INT8 bundle) is caught here, named in the report, and never benchmarked or bundled.
+    """
+    export = ctx.result("export", ExportResult)
+    export_dir = next((Path(r.output_dir) for r in reversed(ctx.stages) if r.name == "export" and r.output_dir), None)
+    vetted = []
+    for art in export.artifacts:
+        if art.ok and (export_dir is None or art.model_file is None or not _own_files(art, export_dir)):
+            problem = "its recorded files are not in its own export folder (an edited run record?)"
+            ctx.warn(f"{art.name}: {problem}; not benchmarked or bundled")
+            art = art.model_copy(update={"error": problem})
+        vetted.append(art)
+    ctx.results["export"] = ExportResult(artifacts=vetted)
+
+
+def _own_files(art: Any, export_dir: Path) -> bool:
+    """Whether every file of ``art`` lies in the folder its export wrote (a record edited to ship another
+    artifact's model under this name is refused)."""
+    folder = (export_dir / "refit" / art.refit_of) if art.refit_of else (export_dir / "artifacts" / art.name)
+    base = folder.resolve()
+    return all(base in Path(f).resolve().parents for f in [art.model_file, *art.files])
 
 
 BUNDLES = Stage("bundles", FinishResult, key=lambda ctx: {}, compute=_bundles_compute, cached=False)

@@ -19,8 +19,8 @@ from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import train_stages as train
-from edgecompress.pipeline.context import Context, Stage
-from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set
+from edgecompress.pipeline.context import Context, Stage, check_contained
+from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set, vet_artifacts
 from edgecompress.pipeline.results import (
     BenchmarkResult,
     CalibrateResult,
@@ -176,28 +176,6 @@ def read_state(root: Path) -> RunState:
     return state
 
 
-def check_contained(value: object, root: Path, what: str) -> None:
-    """Refuse any absolute path in ``value`` (JSON-like) that resolves outside ``root`` (symlinks followed)."""
-    base = root.resolve()
-
-    def walk(v: object) -> None:
-        if isinstance(v, str) and v.startswith("/") and "\n" not in v:
-            target = Path(v).resolve()
-            if target != base and base not in target.parents:
-                raise ConfigError(
-                    f"{what} records the path {v}, which is outside the run directory {root}",
-                    "a run directory is data: rerun the pipeline to rewrite it; never edit its records by hand",
-                )
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list | tuple):
-            for x in v:
-                walk(x)
-
-    walk(value)
-
-
 def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Collection[str] = ()) -> dict[str, Path]:
     """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report and bundles.
 
@@ -224,6 +202,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
             ctx.results[name] = res
             key = Path(state.stage_dir(name) or "").name.rpartition("-")[2]
             ctx.keys[name] = key
+    vet_artifacts(ctx)
     ctx.eval_data = eval_set(ctx)  # the data config may name files elsewhere: only what the run holds is read
     bench = ctx.cached(deploy.BENCHMARK)
     atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
