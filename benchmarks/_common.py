@@ -1,16 +1,15 @@
-"""Shared helpers for ``benchmarks/deploy_speed.py`` and ``benchmarks/roofline.py`` (not part of the library).
+"""Shared helpers of ``benchmarks.deploy_speed``, ``benchmarks.roofline`` and ``benchmarks.int8_settings``.
 
-What lives here: reading a finished run directory (run.json, the resolved config, the teacher and student state
-dicts, the artifacts), a PyTorch adapter with the :class:`~edgecompress.devices.agent.Runtime` protocol so eager
-models go through the same timing harness as the exported artifacts, round-robin measurement with that harness,
-the arithmetic of the tables (paired speedups, MAC/s, fraction of peak), builders of the peak-GEMM ONNX models,
-and a description of the machine.
+What lives here: which of a run's artifacts run on this CPU (the run itself is read by the pipeline's own loader,
+``edgecompress.pipeline.loaded.load_run``), a PyTorch adapter with the agent's ``Runtime`` protocol so eager models
+go through the same timing harness as the exported artifacts, round-robin measurement with that harness, the
+arithmetic of the tables (paired speedups, MAC/s, fraction of peak), builders of the peak-GEMM ONNX models, and a
+description of the machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
@@ -18,13 +17,16 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecompress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgecompress.export import Artifact
+    from edgecompress.pipeline.loaded import LoadedRun
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Arithmetic
@@ -200,82 +202,19 @@ class TorchRuntime:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Run directory
+# Run directory: read through the pipeline's own loader (edgecompress.pipeline.loaded.load_run)
+
+CPU_RUNTIMES = ("onnxruntime", "openvino")
 
 
-@dataclass
-class RunInfo:
-    """A finished ``edgecompress run`` directory, read lazily."""
-
-    root: Path
-    state: dict[str, Any]
-    cfg: Any  # edgecompress.config.PipelineConfig
-
-    @cached_property
-    def splits(self) -> Any:
-        from edgecompress.data import load_splits
-
-        return load_splits(self.cfg.data, seed=self.cfg.seed)
-
-    def stage_file(self, stage: str, name: str) -> Path:
-        """The newest ``stages/<stage>-*/<name>`` whose stage finished (has ``_done.json``)."""
-        hits = [p for p in (self.root / "stages").glob(f"{stage}-*/{name}") if (p.parent / "_done.json").is_file()]
-        if not hits:
-            raise ConfigError(
-                f"{self.root} has no finished '{stage}' stage with {name}",
-                "run the pipeline to completion first: edgecompress run CONFIG --out DIR",
-            )
-        return max(hits, key=lambda p: p.stat().st_mtime)
-
-    def build(self, spec: dict[str, Any], state_file: Path) -> Any:
-        """Rebuild a model from a ModelSpec dict and load its (possibly pruned) state dict."""
-        from edgecompress.models import ModelSpec, build_model, load_state
-
-        c, h, w = self.splits.input_shape
-        model = build_model(ModelSpec(**spec), in_channels=c, num_classes=self.splits.num_classes, input_size=(h, w))
-        return load_state(model, state_file).eval()
-
-    def teacher(self) -> Any:
-        spec = self.cfg.teacher.model.model_dump(mode="json", exclude_none=True)
-        return self.build(spec, self.stage_file("teacher", "teacher.pt"))
-
-    def student(self) -> Any:
-        """The calibrated student before T is folded (T only rescales the logits; timing is the same)."""
-        return self.build(self.state["distill_spec"], self.stage_file("calibrate", "student.pt"))
-
-    @property
-    def temperature(self) -> float:
-        return float((self.state.get("calibrate") or {}).get("temperature") or 1.0)
-
-    def artifact_file(self, art: dict[str, Any]) -> Path:
-        """The artifact's model file; a run directory that was moved is searched from its ``stages/`` part."""
-        path = Path(art["model_file"])
-        if path.is_file():
-            return path
-        parts = path.parts
-        if "stages" in parts:
-            moved = self.root.joinpath(*parts[parts.index("stages") :])
-            if moved.is_file():
-                return moved
-        raise ConfigError(f"artifact {art.get('name')}: model file {path} not found", "re-run the export stage")
-
-    def artifacts(self) -> list[dict[str, Any]]:
-        """The exported artifacts that a runtime here can load (CPU runtimes: onnxruntime, openvino)."""
-        return [a for a in self.state.get("artifacts", []) if a.get("runtime") in ("onnxruntime", "openvino")]
+def cpu_artifacts(run: LoadedRun) -> list[Artifact]:
+    """The run's exported artifacts that a runtime on this CPU can load (onnxruntime, openvino), failures left out."""
+    return [a for a in run.artifacts if a.ok and a.runtime in CPU_RUNTIMES and a.model_file is not None]
 
 
-def load_run(run_dir: str | Path) -> RunInfo:
-    """Read ``run.json`` and ``config.resolved.yaml`` of a finished run (one-line errors when it is not one)."""
-    from edgecompress.config import load_config
-
-    root = Path(run_dir).resolve()
-    state_file, cfg_file = root / "run.json", root / "config.resolved.yaml"
-    if not state_file.is_file() or not cfg_file.is_file():
-        raise ConfigError(
-            f"{root} is not a finished run directory (needs run.json and config.resolved.yaml)",
-            "run `edgecompress run CONFIG --out DIR` (or `edgecompress demo`) first",
-        )
-    return RunInfo(root=root, state=json.loads(state_file.read_text()), cfg=load_config(cfg_file))
+def artifact_named(run: LoadedRun, name: str) -> Artifact | None:
+    """The run's artifact called ``name`` (None when the run did not export it)."""
+    return next((a for a in run.artifacts if a.name == name and a.ok), None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -400,13 +339,15 @@ def gemm_int8_qdq_model(m: int, k: int, n: int, *, seed: int = 0) -> Any:
     ``x -> QuantizeLinear(u8) -> DequantizeLinear -> MatMul <- DequantizeLinear(W int8, per column)``. ONNX Runtime
     fuses the pattern into an integer GEMM (QLinearMatMul / MatMulIntegerToFloat), OpenVINO into an INT8 FullyConnected;
     the float input keeps the agent's ``run(float32)`` contract. The quantize of ``x`` costs ``m·k``, negligible
-    against ``m·k·n`` MACs for the sizes used.
+    against ``m·k·n`` MACs for the sizes used. Weights are drawn from 7 bits (``[-63, 63]``): on x86 CPUs without
+    VNNI the u8×s8 kernel adds pairs of products in int16 with saturation (``vpmaddubsw``), which full-range weights
+    overflow (2·255·127 > 32767); the speed is the same, and the numbers stay exact on every CPU.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    w = rng.integers(-63, 64, (k, n), dtype=np.int8)
     w_scale = (rng.random(n).astype(np.float32) + 0.5) / 127.0
     inits = [
         numpy_helper.from_array(w, "w_q"),

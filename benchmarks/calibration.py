@@ -16,8 +16,8 @@ through ``edgecompress.distill.train_model`` (selected on val), then, on the tes
 Goals checked (and printed as held / not held): ECE <= 1 % after TS; MbLS raw ECE below CE's and LS's with test
 accuracy within 0.5 pt of theirs; INT8 ECE (after the re-fit where needed) within 0.5 pt of FP32-after-TS.
 
-    python benchmarks/calibration.py --quick     # ~3 min on 2 shared cores
-    python benchmarks/calibration.py             # full: ~15-25 min
+    python -m benchmarks.calibration --quick     # ~3 min on 2 shared cores
+    python -m benchmarks.calibration             # full: ~15-25 min
 
 Outputs ``calibration.json`` and ``calibration.md`` in ``--out`` (default ``runs/bench/calibration-<mode>``).
 """
@@ -32,9 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _experiments import (  # noqa: E402
+from ._experiments import (
     build_cnn,
     fmt_count,
     fmt_mean_std,
@@ -46,7 +44,7 @@ from _experiments import (  # noqa: E402
     start,
     write_outputs,
 )
-from _experiments import parse_methods as _parse_methods  # noqa: E402
+from ._experiments import parse_methods as _parse_methods
 
 log = logging.getLogger("calibration")
 
@@ -308,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = build_cnn(STUDENT["channels"], STUDENT["pool_every"], splits, seed=0)
     minutes = (time.perf_counter() - started) / 60
-    cmd = "python benchmarks/calibration.py" + (" --quick" if args.quick else "")
+    cmd = "python -m benchmarks.calibration" + (" --quick" if args.quick else "")
     if args.seeds is not None:
         cmd += f" --seeds {args.seeds}"
     if args.methods != "all":

@@ -13,7 +13,7 @@ so a noisy stretch of this shared machine hits all of them alike. p50/p90/throug
 speedup is the median over rounds of teacher_p50 / model_p50 measured in the same round. Accuracy and ECE are
 measured here on the test split through each runtime (the student's PyTorch logits divided by the fitted T).
 
-    python benchmarks/deploy_speed.py runs/demo --batches 1,32 --threads 1 --min-time 0.3 --rounds 5
+    python -m benchmarks.deploy_speed runs/demo --batches 1,32 --threads 1 --min-time 0.3 --rounds 5
 
 Goal (issue): the best student artifact >= 20x faster than the teacher at batch 32, within 1.5 accuracy points.
 """
@@ -26,17 +26,19 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edgecompress.errors import EdgeCompressError
 
-from _common import (  # noqa: E402
+if TYPE_CHECKING:
+    from edgecompress.pipeline.loaded import LoadedRun
+
+from ._common import (
     Entry,
-    RunInfo,
+    cpu_artifacts,
     fmt,
-    load_run,
     machine_info,
     machine_line,
     markdown_table,
@@ -48,8 +50,6 @@ from _common import (  # noqa: E402
     summarize_rounds,
 )
 
-from edgecompress.errors import EdgeCompressError  # noqa: E402
-
 log = logging.getLogger("deploy_speed")
 
 GOAL_SPEEDUP = 20.0
@@ -57,7 +57,7 @@ GOAL_MAX_DROP = 0.015
 GOAL_BATCH = 32
 
 
-def _teacher_onnx(run: RunInfo, teacher: Any, folder: Path) -> Path:
+def _teacher_onnx(run: LoadedRun, teacher: Any, folder: Path) -> Path:
     from edgecompress.export.contract import ExportContract
     from edgecompress.export.onnx_export import export_onnx
 
@@ -67,12 +67,12 @@ def _teacher_onnx(run: RunInfo, teacher: Any, folder: Path) -> Path:
     return path
 
 
-def build_entries(run: RunInfo, *, threads: int | None, workdir: Path, teacher_onnx: bool = True) -> list[Entry]:
+def build_entries(run: LoadedRun, *, threads: int | None, workdir: Path, teacher_onnx: bool = True) -> list[Entry]:
     """Load every model to time; the first entry is the PyTorch teacher (the reference)."""
-    from _common import TorchRuntime
-
     from edgecompress.devices.runtimes import get_runtime
     from edgecompress.models import count_macs
+
+    from ._common import TorchRuntime
 
     shape = tuple(run.splits.input_shape)
     teacher, student = run.teacher(), run.student()
@@ -97,17 +97,17 @@ def build_entries(run: RunInfo, *, threads: int | None, workdir: Path, teacher_o
             {"runtime": "pytorch", "role": "student", "temperature": run.temperature},
         )
     )
-    for art in run.artifacts():
-        rt = get_runtime(art["runtime"])
-        rt.load(run.artifact_file(art), threads=threads)
-        precision = precision_label(art["precision"], rt.info().get("precision"))
+    for art in cpu_artifacts(run):
+        rt = get_runtime(art.runtime)
+        rt.load(art.model_file, threads=threads)
+        precision = precision_label(art.precision, rt.info().get("precision"))
         entries.append(
             Entry(
-                art["name"],
+                art.name,
                 rt,
                 precision,
                 s_macs,
-                {"runtime": art["runtime"], "role": "artifact", "run_json_metrics": art.get("metrics")},
+                {"runtime": art.runtime, "role": "artifact", "run_json_metrics": art.test_metrics},
             )
         )
     return entries
@@ -156,6 +156,8 @@ def goal_verdict(rows: list[dict[str, Any]], teacher_accuracy: float, batch: int
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from edgecompress.pipeline.loaded import load_run
+
     set_torch_threads(args.threads)
     run = load_run(args.run_dir)
     batches = parse_batches(args.batches)

@@ -10,7 +10,7 @@ calibration images, once per setting, then times every variant interleaved round
 
 The FP32 artifacts are rows too, for reference. Each pair's ratio is measured in the same rounds.
 
-    python benchmarks/int8_settings.py runs/demo --threads 1 --min-time 0.3 --rounds 5
+    python -m benchmarks.int8_settings runs/demo --threads 1 --min-time 0.3 --rounds 5
 """
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edgecompress.errors import ConfigError
 
-from _common import (  # noqa: E402
+if TYPE_CHECKING:
+    from edgecompress.pipeline.loaded import LoadedRun
+
+from ._common import (
     Entry,
-    RunInfo,
+    artifact_named,
     fmt,
-    load_run,
     machine_info,
     machine_line,
     markdown_table,
@@ -39,9 +41,7 @@ from _common import (  # noqa: E402
     set_torch_threads,
     summarize_rounds,
 )
-from deploy_speed import bench_inputs, evaluate_entries  # noqa: E402
-
-from edgecompress.errors import ConfigError  # noqa: E402
+from .deploy_speed import bench_inputs, evaluate_entries
 
 log = logging.getLogger("int8_settings")
 
@@ -80,21 +80,21 @@ VARIANTS = [
 ]
 
 
-def _base_onnx(run: RunInfo) -> Path:
-    art = next((a for a in run.artifacts() if a["name"] == "onnx-fp32"), None)
-    if art is None:
+def _base_onnx(run: LoadedRun) -> Path:
+    art = artifact_named(run, "onnx-fp32")
+    if art is None or art.model_file is None:
         raise ConfigError(f"{run.root}: the run has no onnx-fp32 artifact", "export with formats including onnx:fp32")
-    return run.artifact_file(art)
+    return art.model_file
 
 
-def _ort_choice(run: RunInfo) -> tuple[str, bool]:
+def _ort_choice(run: LoadedRun) -> tuple[str, bool]:
     """The calibration method and head setting the run's onnx-int8 export chose (minmax / quantized head if none)."""
-    art = next((a for a in run.artifacts() if a["name"] == "onnx-int8"), None)
-    info = (art or {}).get("info") or {}
+    art = artifact_named(run, "onnx-int8")
+    info = art.info if art is not None else {}
     return str(info.get("calibration_method") or "minmax"), bool((info.get("selection") or {}).get("keep_head_float"))
 
 
-def build_variants(run: RunInfo, folder: Path, *, threads: int | None) -> list[Entry]:
+def build_variants(run: LoadedRun, folder: Path, *, threads: int | None) -> list[Entry]:
     """Quantize every variant into ``folder`` and load it; FP32 references first."""
     from edgecompress.devices.runtimes import get_runtime
     from edgecompress.export import onnx_export as ox
@@ -126,6 +126,8 @@ def build_variants(run: RunInfo, folder: Path, *, threads: int | None) -> list[E
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from edgecompress.pipeline.loaded import load_run
+
     set_torch_threads(args.threads)
     run = load_run(args.run_dir)
     test = run.splits.test

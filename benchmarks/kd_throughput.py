@@ -11,7 +11,7 @@ and writes nothing.
 Data: real Fashion-MNIST (a subset) from /usr/share/datasets/fashion-mnist when ``edgecompress.data`` can read it,
 else random tensors of the same shape (1x28x28, 10 classes); the run says which.
 
-    python benchmarks/kd_throughput.py --samples 2000 --epochs 3 --threads 1
+    python -m benchmarks.kd_throughput --samples 2000 --epochs 3 --threads 1
 """
 
 from __future__ import annotations

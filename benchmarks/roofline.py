@@ -15,7 +15,7 @@
    (fused ops, per-layer MACs and GMAC/s); OpenVINO ``PERF_COUNT`` per-layer times with the kernel chosen
    (``exec_type``: jit/brgconv/ref, I8/FP32/BF16) and reorders.
 
-    python benchmarks/roofline.py runs/demo --threads 1 --rounds 5 --min-time 0.3
+    python -m benchmarks.roofline runs/demo --threads 1 --rounds 5 --min-time 0.3
 
 Goal (issue): the student INT8 artifact at batch 32 at >= 30 % of the measured INT8 peak.
 """
@@ -32,16 +32,16 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edgecompress.errors import EdgeCompressError
 
-from _common import (  # noqa: E402
+from ._common import (
     Entry,
+    cpu_artifacts,
     fmt,
     fraction_of_peak,
     gemm_fp32_model,
     gemm_int8_qdq_model,
     gemm_macs,
-    load_run,
     machine_info,
     machine_line,
     macs_per_second,
@@ -53,9 +53,7 @@ from _common import (  # noqa: E402
     save_model,
     set_torch_threads,
 )
-from _profile import profile_ort, profile_ov  # noqa: E402
-
-from edgecompress.errors import EdgeCompressError  # noqa: E402
+from ._profile import profile_ort, profile_ov
 
 log = logging.getLogger("roofline")
 
@@ -127,6 +125,7 @@ def per_round_fraction(
 def run_roofline(args: argparse.Namespace) -> dict[str, Any]:
     from edgecompress.devices.runtimes import get_runtime
     from edgecompress.models import count_macs
+    from edgecompress.pipeline.loaded import load_run
 
     set_torch_threads(args.threads)
     run = load_run(args.run_dir)
@@ -137,22 +136,11 @@ def run_roofline(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="roofline-") as tmp:
         peaks = peak_entries(Path(tmp), m, k, n, threads=args.threads)
         arts = []
-        for art in run.artifacts():
-            rt = get_runtime(art["runtime"])
-            rt.load(run.artifact_file(art), threads=args.threads)
-            arts.append(
-                Entry(
-                    art["name"],
-                    rt,
-                    art["precision"],
-                    s_macs,
-                    {
-                        "runtime": art["runtime"],
-                        "used": rt.info().get("precision"),
-                        "file": str(run.artifact_file(art)),
-                    },
-                )
-            )
+        for art in cpu_artifacts(run):
+            rt = get_runtime(art.runtime)
+            rt.load(art.model_file, threads=args.threads)
+            meta = {"runtime": art.runtime, "used": rt.info().get("precision"), "file": str(art.model_file)}
+            arts.append(Entry(art.name, rt, art.precision, s_macs, meta))
         xs = {"gemm": np.random.default_rng(0).standard_normal((m, k)).astype(np.float32), "art": x}
         # The GEMMs and the artifacts take different inputs: interleave them with one round_robin call per round.
         peak_res: dict[str, list[dict]] = collections.defaultdict(list)

@@ -16,8 +16,8 @@ temperature scaling, NLL after TS, and fidelity to the teacher (Stanton et al. 2
 KL(p_teacher ‖ p_student) on test, teacher as it taught, z / T). Data: one fixed split (data seed 0) for all seeds,
 no augmentation (so the teacher's logits are cached once per sample), seeds vary initialization and shuffling.
 
-    python benchmarks/takd.py --quick            # a few minutes on 2 shared cores
-    python benchmarks/takd.py                    # full: ~30 min on 2 shared cores (load ~5-12)
+    python -m benchmarks.takd --quick            # a few minutes on 2 shared cores
+    python -m benchmarks.takd                    # full: ~30 min on 2 shared cores (load ~5-12)
 
 Outputs ``takd.json`` and ``takd.md`` in ``--out`` (default ``runs/bench/takd-<mode>``); training folders under it
 are resumable (a killed run continues where it stopped).
@@ -33,9 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _experiments import (  # noqa: E402
+from ._experiments import (
     aggregate,
     build_cnn,
     fmt_count,
@@ -47,7 +45,7 @@ from _experiments import (  # noqa: E402
     start,
     write_outputs,
 )
-from _experiments import parse_methods as _parse_methods  # noqa: E402
+from ._experiments import parse_methods as _parse_methods
 
 log = logging.getLogger("takd")
 
@@ -309,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     ta_rows: list[dict[str, Any]] = []
-    cmd = "python benchmarks/takd.py" + (" --quick" if args.quick else "")
+    cmd = "python -m benchmarks.takd" + (" --quick" if args.quick else "")
     if args.seeds is not None:
         cmd += f" --seeds {args.seeds}"
     if args.methods != "all":

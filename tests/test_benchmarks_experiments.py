@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from edgecompress.errors import ConfigError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def exp():
-    return _load("_experiments")
+    return importlib.import_module("benchmarks._experiments")
 
 
 @pytest.fixture(scope="module")
 def takd():
-    return _load("takd")
+    return importlib.import_module("benchmarks.takd")
 
 
 @pytest.fixture(scope="module")
 def calib():
-    return _load("calibration")
+    return importlib.import_module("benchmarks.calibration")
 
 
 def test_mean_std_uses_sample_std_and_skips_missing(exp):

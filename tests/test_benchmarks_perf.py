@@ -8,21 +8,18 @@ bookkeeping, the per-node MAC count of the profiler, and (slow) both scripts end
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import _common as c
+from benchmarks import deploy_speed, int8_settings, roofline
+from edgecompress.errors import ConfigError
 
-import _common as c  # noqa: E402
-import deploy_speed  # noqa: E402
-import int8_settings  # noqa: E402
-import roofline  # noqa: E402
-
-from edgecompress.errors import ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Arithmetic
@@ -96,9 +93,19 @@ def test_machine_info_names_the_cpu() -> None:
     assert "threads used 1" in c.machine_line(info)
 
 
-def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a finished run directory"):
-        c.load_run(tmp_path)
+@pytest.mark.parametrize("script", [deploy_speed, roofline, int8_settings])
+def test_scripts_refuse_a_folder_that_is_not_a_run(script, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    assert script.main([str(tmp_path)]) == 2  # the pipeline's run loader refuses it: one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and str(tmp_path) in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_scripts_run_as_modules_of_the_benchmarks_package() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.deploy_speed", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "run_dir" in out.stdout and "--batches" in out.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -256,13 +263,14 @@ def test_both_scripts_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     import torch
 
     from edgecompress.config import load_config
-    from edgecompress.pipeline import run_pipeline
+    from edgecompress.pipeline import load_run, run_pipeline
 
     torch.set_num_threads(1)
     (tmp_path / "tiny.yaml").write_text(TINY)
     run_dir = tmp_path / "run"
     run_pipeline(load_config(tmp_path / "tiny.yaml"), run_dir, progress=False)
-    names = [a["name"] for a in json.loads((run_dir / "run.json").read_text())["artifacts"]]
+    names = [a.name for a in load_run(run_dir).artifacts if a.ok]  # the run as the scripts read it
+    assert "onnx-fp32" in names and "onnx-int8" in names
     common = ["--threads", "1", "--rounds", "1", "--min-time", "0.001"]
     assert (
         deploy_speed.main(

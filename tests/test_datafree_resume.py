@@ -22,9 +22,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import bn_teacher as _bn_teacher
 from edgecompress.distill.datafree import DataFreeConfig, DataFreeResult, datafree_distill
 from edgecompress.distill.datafree.runner import CHECKPOINT
-from test_datafree_core import _bn_teacher
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.timeout(120)

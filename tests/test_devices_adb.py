@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_onnx
 from edgecompress.devices import agent
 from edgecompress.devices.bench import benchmark_artifacts
 from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
 from edgecompress.devices.transports import parse_benchmark_output
 from edgecompress.errors import TransportError
-from test_runtime_template import tiny_onnx
 
 # Shaped like onnxruntime_perf_test's summary (performance_runner.cc); latencies in seconds, mean in ms.
 PERF_TEST_OUTPUT = """Session creation time cost: 0.0213 s

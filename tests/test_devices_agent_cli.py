@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_onnx
 from edgecompress.devices import agent
-from test_runtime_template import tiny_onnx
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_onnx
 from edgecompress.devices import agent
 from edgecompress.devices.bench import benchmark_artifacts
 from edgecompress.devices.config import BenchmarkConfig, DeviceProfile
 from edgecompress.errors import DeviceError
-from test_runtime_template import tiny_onnx
 
 CFG = BenchmarkConfig(batch_sizes=[1, 3], warmup_iters=1, min_time_s=0, min_iters=3, repeats=1, threads=1)
 

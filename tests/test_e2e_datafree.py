@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _denormalize(x: np.ndarray, pre) -> np.ndarray:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = [
     "name",
@@ -150,7 +152,7 @@ def test_bench_local_and_over_ssh_to_localhost(run_dir, tmp_path):
 
     import yaml
 
-    from sshd_helpers import NO_SSHD, SSHD, Sshd
+    from conftest import NO_SSHD, SSHD, Sshd
 
     if not SSHD.is_file() or shutil.which("ssh") is None:
         pytest.skip(NO_SSHD)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cli, one_error_line, one_line_message, record, tiny_config, write_yaml
 from edgecompress.errors import (
     CheckpointError,
     DataError,
     EdgeCompressError,
     TransportError,
 )
-from test_reliability_common import cli, one_error_line, one_line_message, record, tiny_config, write_yaml
 
 PWNED = Path(f"/tmp/edgecompress-pwned-{uuid.uuid4().hex[:8]}")
 

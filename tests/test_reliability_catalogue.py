@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_reliability_common import cli, one_error_line, record, tiny_config, write_yaml
+from conftest import cli, one_error_line, record, tiny_config, write_yaml
 
 PWNED = Path(f"/tmp/edgecompress-pwned-{uuid.uuid4().hex[:8]}")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_reliability_common import ROOT, record, tiny_config, write_yaml
+from conftest import ROOT, record, tiny_config, write_yaml
 
 KEY_MARKER = "EDGECOMPRESS-SECRET-KEY-MATERIAL-4f1c"
 METRICS = ("accuracy", "ece", "nll", "brier")

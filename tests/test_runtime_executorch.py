@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import INPUT_SHAPE, RuntimeContract, tiny_model, tiny_onnx
 from edgecompress.devices.runtimes import get_runtime
 from edgecompress.errors import MissingExtraError
-from test_runtime_template import INPUT_SHAPE, RuntimeContract, tiny_model, tiny_onnx
 
 try:
     import executorch.runtime  # noqa: F401

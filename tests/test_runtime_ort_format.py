@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_runtime_template import RuntimeContract, tiny_onnx
+from conftest import RuntimeContract, tiny_onnx
 
 
 class TestOrtFormat(RuntimeContract):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RuntimeContract, tiny_onnx
 from edgecompress.devices.runtimes import get_runtime
 from edgecompress.errors import DeviceError, MissingExtraError
-from test_runtime_template import RuntimeContract, tiny_onnx
 
 pytestmark = pytest.mark.gpu
 

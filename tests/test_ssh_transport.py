@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import NO_SSHD, SSHD, Sshd, descendants, free_port, keygen, tiny_onnx
 from edgecompress.devices import agent
 from edgecompress.devices.bench import benchmark_artifacts
 from edgecompress.devices.config import BenchmarkConfig
 from edgecompress.devices.transports import AgentJob, SSHTransport, with_retries
-from sshd_helpers import NO_SSHD, SSHD, Sshd, descendants, free_port, keygen
-from test_runtime_template import tiny_onnx
 
 pytestmark = [
     pytest.mark.skipif(not SSHD.is_file(), reason=NO_SSHD),
