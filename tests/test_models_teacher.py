@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
+import zoo_models  # noqa: E402
 from edgecompress.config import TeacherConfig
 from edgecompress.errors import CheckpointError, ModelError
 from edgecompress.models import ModelSpec, build_model, count_macs, is_prunable, load_state, load_teacher
-
-sys.path.insert(0, str(Path(__file__).parent))
-import zoo_models  # noqa: E402
 
 torch.set_num_threads(1)
 TRUST = ("zoo_models",)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
+import zoo_models  # noqa: E402
 from edgecompress.config import TeacherConfig
 from edgecompress.errors import ModelError
 from edgecompress.models import (
@@ -22,9 +20,6 @@ from edgecompress.models import (
     prune_to_ratio,
     save_state,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-import zoo_models  # noqa: E402
 
 torch.set_num_threads(1)
 TRUST = ("zoo_models",)

@@ -85,7 +85,7 @@ def _full_metrics(logits_file: str | None, eval_y: np.ndarray, num_classes: int 
     The file came from a device: it is checked (a readable float array ``[N, K]`` with ``N`` at most the number of
     labels shipped and ``K`` the model's classes) before use; a bad one raises ``DeviceError`` with the reason.
     """
-    from edgecompress.calibration import compute_metrics
+    from edgecompress.calibration.metrics import compute_metrics
 
     try:
         logits = np.load(logits_file, allow_pickle=False)
