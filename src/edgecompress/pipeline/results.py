@@ -74,7 +74,7 @@ class CalibrateResult(StageResult):
     before: dict[str, float] | None = None
     after: dict[str, float] | None = None
     val_after: dict[str, float] | None = None
-    mbls_history: list[dict[str, Any]] | None = None
+    mbls_history: dict[str, Any] | None = None
     reliability_png: str | None = None
     ece_measured: bool = False
 
