@@ -86,16 +86,15 @@ def load_array(path: Path, pre: Preprocessing) -> np.ndarray:
     """A ``.npy`` file (``HxW`` or ``HxWxC``; never pickled objects) in contract units, resized to the model's size."""
     check_regular(path)
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            shape, _, dtype = np.lib.format._read_array_header(fh, version)
+        a = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, until the checks below pass
+        if not isinstance(a, np.ndarray):
+            raise DataError(f"{path} is not a single array", "save one image per .npy with numpy.save")
+        shape = a.shape
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
             raise DataError(f"{path} has shape {list(shape)}", "save one image per .npy, HxW or HxWxC (C = 1, 3 or 4)")
         if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
             raise DataError(f"{path} is {shape[0]}x{shape[1]}, more than {MAX_IMAGE_PIXELS} pixels", "downscale it")
-        if dtype.hasobject:
-            raise DataError(f"{path} holds Python objects", "save a numeric array with numpy.save")
-        a = np.load(path, allow_pickle=False)
+        a = np.array(a)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read array {path} ({exc})", "save it with numpy.save(path, array)") from None
     a = a[:, :, None] if a.ndim == 2 else a

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgecompress._io import atomic_write_json, register_ledger, sha256_json
+from edgecompress._io import atomic_write_json, register_ledger, sha256_json, unregister_ledger
 from edgecompress.errors import ResourceError
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,13 @@ class RunDir:
                 "wait for it to finish, or choose another --out directory",
             ) from None
         self._lock_fh = fh
+
+    def close(self) -> None:
+        """Release the lock and stop recording temporary names in the ledger (the OS also does this at exit)."""
+        if self._lock_fh is not None:
+            unregister_ledger(self.root)
+            self._lock_fh.close()
+            self._lock_fh = None
 
     def _ledger(self) -> list[dict[str, str]]:
         """The ledger's valid entries (bad lines of a damaged or hostile ledger are skipped)."""
