@@ -121,7 +121,7 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise DataError(
-                        f"image {path} is {w}x{h} = {w * h} pixels, more than the limit {MAX_IMAGE_PIXELS}",
+                        f"image {path} is {w}x{h} pixels, more than the limit {MAX_IMAGE_PIXELS}",
                         "downscale the image first",
                     )
                 if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
@@ -139,8 +139,11 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
                 a = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
-    except (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning) as exc:
-        raise DataError(f"image {path} is too large to decode safely ({exc})", "downscale the image first") from None
+    except (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning):
+        raise DataError(
+            f"image {path} has more pixels than the limit {MAX_IMAGE_PIXELS} (decompression bomb?)",
+            "downscale the image first",
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"cannot read image {path} ({exc})", fix) from None
     a = a[:, :, None] if a.ndim == 2 else a
