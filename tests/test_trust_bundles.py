@@ -18,7 +18,7 @@ from edgecompress.bundle import load_bundle, verify_bundle, write_bundle
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME
 from edgecompress.bundle.writer import sums_text
 from edgecompress.errors import BundleError
-from test_reliability_common import one_line_message
+from test_reliability_common import one_line_message, record
 
 N_TRAIN = 1000
 
@@ -96,12 +96,13 @@ def bundle(digits, tmp_path: Path) -> Path:
     return Path(shutil.copytree(digits[0], tmp_path / "digits"))
 
 
-def _refused(path: Path, *parts: str) -> str:
+def _refused(path: Path, *parts: str, case: str, given: str) -> str:
     with pytest.raises(BundleError) as err:
         verify_bundle(path)
     msg = one_line_message(err.value)
     for part in parts:
         assert part in msg, msg
+    record("bundle", case, given, "edgecompress verify", "2", msg)
     return msg
 
 
@@ -119,19 +120,26 @@ def test_reversed_labels_fail_verify(bundle: Path) -> None:
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     data["labels"] = data["labels"][::-1]
     (bundle / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
-    _refused(bundle, "'manifest.json' does not match its sha256")
+    _refused(
+        bundle,
+        "'manifest.json' does not match its sha256",
+        case="bundle-reversed-labels",
+        given="manifest.json with its labels reversed",
+    )
 
 
 def test_unlisted_text_file_fails_verify(bundle: Path) -> None:
     (bundle / "notes.txt").write_text("hello")
-    _refused(bundle, "not listed in SHA256SUMS: 'notes.txt'")
+    _refused(bundle, "not listed in SHA256SUMS: 'notes.txt'", case="bundle-unlisted-file", given="a notes.txt added")
 
 
 def test_model_folder_symlink_fails_verify(bundle: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     shutil.move(bundle / "model", elsewhere)
     os.symlink(elsewhere, bundle / "model")
-    _refused(bundle, "'model' is a symbolic link")
+    _refused(
+        bundle, "'model' is a symbolic link", case="bundle-model-dir-link", given="model/ a link to another folder"
+    )
 
 
 def test_onnx_external_data_fails_verify(tmp_path: Path) -> None:
@@ -149,7 +157,12 @@ def test_onnx_external_data_fails_verify(tmp_path: Path) -> None:
         manifest_fields=digits_fields(),
         out_dir=tmp_path / "out",
     )
-    _refused(written, "references external data ('w.bin')")
+    _refused(
+        written,
+        "references external data ('w.bin')",
+        case="bundle-onnx-external-data",
+        given="model.onnx with its weights in an external w.bin",
+    )
 
 
 def test_runtime_beside_run_py_fails_verify_and_is_never_imported(bundle: Path, tmp_path: Path) -> None:
@@ -158,7 +171,12 @@ def test_runtime_beside_run_py_fails_verify_and_is_never_imported(bundle: Path, 
 
     marker = tmp_path / "pwned"
     (bundle / "onnxruntime.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
-    _refused(bundle, "not listed in SHA256SUMS: 'onnxruntime.py'")
+    _refused(
+        bundle,
+        "not listed in SHA256SUMS: 'onnxruntime.py'",
+        case="bundle-hijack-runtime",
+        given="an onnxruntime.py beside run.py",
+    )
     (bundle / SUMS_NAME).write_text(sums_text(bundle))  # sums are not a signature: an attacker can rewrite them
     image = tmp_path / "seven.png"
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(image)

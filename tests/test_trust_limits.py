@@ -22,12 +22,15 @@ from test_reliability_common import cli, one_error_line, one_line_message, recor
 from test_trust_bundles import digits_fields, digits_onnx
 
 
-def _refused(fn, exc_type=BundleError, *parts: str) -> str:
+def _refused(fn, exc_type=BundleError, *parts: str, case: str = "", given: str = "", how: str = "") -> str:
     with pytest.raises(exc_type) as err:
         fn()
     msg = one_line_message(err.value)
     for part in parts:
         assert part in msg, msg
+    if case:
+        group = "config" if exc_type is ConfigError else "bundle"
+        record(group, case, given, how, "2", msg)
     return msg
 
 
@@ -38,7 +41,14 @@ def test_many_entries_of_exactly_one_mib_are_a_bomb(tmp_path: Path) -> None:
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i in range(40):
             zf.writestr(f"b/z{i}.bin", bytes(1 << 20))
-    _refused(lambda: safe_extract(bomb, tmp_path / "d"), BundleError, "compressed more than")
+    _refused(
+        lambda: safe_extract(bomb, tmp_path / "d"),
+        BundleError,
+        "compressed more than",
+        case="zip-1mib-entries",
+        given="40 entries of exactly 1 MiB of zeros",
+        how="edgecompress verify",
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -48,7 +58,14 @@ def test_archive_ratio_is_bounded_even_when_each_entry_is_below_the_entry_ratio(
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i in range(20):  # 1 MiB of which 4 KiB random: about 250:1 each, below the 1000:1 entry bound
             zf.writestr(f"b/z{i}.bin", rng.bytes(4096) + bytes((1 << 20) - 4096))
-    _refused(lambda: safe_extract(bomb, tmp_path / "d"), BundleError, "more than 100:1")
+    _refused(
+        lambda: safe_extract(bomb, tmp_path / "d"),
+        BundleError,
+        "more than 100:1",
+        case="zip-archive-ratio",
+        given="20 entries of 1 MiB, each about 250:1",
+        how="edgecompress verify",
+    )
 
 
 def _stored_zip(path: Path, name: str = "b/manifest.json", data: bytes = b'{"HELLO": "DATA"}') -> Path:
@@ -127,21 +144,42 @@ def _rewrite(bundle: Path, text: str) -> None:
 
 def test_deep_manifest_is_refused_without_recursion_error(bundle: Path) -> None:
     _rewrite(bundle, "[" * 100_000 + "]" * 100_000)
-    _refused(lambda: verify_bundle(bundle), BundleError, "nested deeper than a manifest is")
+    _refused(
+        lambda: verify_bundle(bundle),
+        BundleError,
+        "nested deeper than a manifest is",
+        case="manifest-100k-deep",
+        given="manifest.json of 100,000 nested lists (SHA256SUMS rewritten)",
+        how="edgecompress verify",
+    )
 
 
 def test_huge_manifest_is_refused_before_reading(bundle: Path) -> None:
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     data["labels"] = [f"label-{i}" for i in range(400_000)]  # about 6 MB
     _rewrite(bundle, json.dumps(data))
-    _refused(lambda: verify_bundle(bundle), BundleError, "more than a manifest holds")
+    _refused(
+        lambda: verify_bundle(bundle),
+        BundleError,
+        "more than a manifest holds",
+        case="manifest-huge",
+        given="a 6 MB manifest.json",
+        how="edgecompress verify",
+    )
 
 
 def test_huge_preprocessing_size_is_refused(bundle: Path) -> None:
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     data["preprocessing"]["size"] = [60000, 60000]
     _rewrite(bundle, json.dumps(data))
-    _refused(lambda: verify_bundle(bundle), BundleError, "preprocessing.size")
+    _refused(
+        lambda: verify_bundle(bundle),
+        BundleError,
+        "preprocessing.size",
+        case="manifest-huge-size",
+        given="preprocessing.size [60000, 60000]",
+        how="edgecompress verify",
+    )
 
 
 # -------------------------------------------------------------------------------------------------- predict inputs
@@ -188,7 +226,14 @@ def test_float_tiff_of_unknown_range_is_refused(bundle: Path, tmp_path: Path) ->
 
     path = tmp_path / "f.tiff"
     Image.fromarray(np.ones((8, 8), np.float32), "F").save(path)
-    _refused(lambda: predict_images(bundle, [path]), DataError, "whose range is unknown")
+    _refused(
+        lambda: predict_images(bundle, [path]),
+        DataError,
+        "whose range is unknown",
+        case="predict-float-tiff",
+        given="a float32 TIFF",
+        how="edgecompress predict",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------- YAML

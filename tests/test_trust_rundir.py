@@ -16,7 +16,7 @@ import pytest
 
 from edgecompress.errors import ResourceError
 from edgecompress.pipeline.rundir import LOCK, RunDir
-from test_reliability_common import one_line_message
+from test_reliability_common import one_line_message, record
 
 USER_FILES = [".my-settings/", "src/.cache-20240101/", "docs/.notes.tmp", ".old-thesis-2"]
 
@@ -41,7 +41,9 @@ def test_non_empty_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     made = _plant(project)
     with pytest.raises(ResourceError) as err:
         RunDir(project).prepare()
-    assert "is not empty and is not an edgecompress run directory" in one_line_message(err.value)
+    msg = one_line_message(err.value)
+    assert "is not empty and is not an edgecompress run directory" in msg
+    record("resource", "out-user-project-prepare", "`--out` a folder of the user's", "RunDir.prepare", "2", msg)
     assert all(p.exists() for p in made)
     assert not (project / "stages").exists() and not (project / LOCK).exists()
 
@@ -190,5 +192,7 @@ def test_lock_file_does_not_follow_a_dangling_symlink(tmp_path: Path) -> None:
     os.symlink(target, run.root / LOCK)
     with pytest.raises(ResourceError) as err:
         RunDir(run.root).prepare()
-    assert "is a symbolic link" in one_line_message(err.value)
+    msg = one_line_message(err.value)
+    assert "is a symbolic link" in msg
+    record("resource", "lock-file-link", "a dangling link as the run's lock file", "RunDir.prepare", "2", msg)
     assert not target.exists()
