@@ -277,3 +277,37 @@ def test_old_manifest_without_contract_fields_still_parses() -> None:
 
     pre = Preprocessing(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2], size=(4, 4), channels=3)
     assert pre.value_range == (0.0, 255.0) and pre.input_dtype == "uint8" and pre.color_mode == "RGB"
+
+
+# ---------------------------------------------------------------------------------------------------------- signing
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (OpenSSH) is not installed")
+def test_signed_bundle_verifies_and_a_resummed_tamper_does_not(bundle: Path, tmp_path: Path) -> None:
+    from edgecompress.bundle import sign_bundle, zip_bundle
+
+    key = tmp_path / "key"
+    subprocess.run(  # noqa: S603,S607
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me", "-f", str(key)], check=True, timeout=60
+    )
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f'me@example.com namespaces="edgecompress-bundle" {key.with_suffix(".pub").read_text()}')
+    sign_bundle(bundle, key)
+    assert verify_bundle(bundle, allowed_signers=signers, identity="me@example.com").name == "digits"
+    zipped = zip_bundle(bundle, tmp_path / "signed.zip")
+    verify_bundle(zipped, allowed_signers=signers, identity="me@example.com")
+    with pytest.raises(BundleError, match="does not verify for 'someone@else'"):
+        verify_bundle(bundle, allowed_signers=signers, identity="someone@else")
+
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    data["labels"] = data["labels"][::-1]
+    (bundle / MANIFEST_NAME).write_text(json.dumps(data))
+    (bundle / SUMS_NAME).write_text(sums_text(bundle))  # checksums alone no longer catch it ...
+    assert verify_bundle(bundle).labels == data["labels"]
+    with pytest.raises(BundleError) as err:  # ... the signature does
+        verify_bundle(bundle, allowed_signers=signers, identity="me@example.com")
+    msg = one_line_message(err.value)
+    assert "does not verify" in msg
+    record("bundle", "bundle-signature-tampered", "labels reversed and SHA256SUMS rewritten in a signed bundle",
+           "edgecompress verify --allowed-signers", "2", msg)  # fmt: skip
+    (bundle / "SHA256SUMS.sig").unlink()
+    with pytest.raises(BundleError, match="is not signed"):
+        verify_bundle(bundle, allowed_signers=signers, identity="me@example.com")

@@ -171,12 +171,33 @@ def devices(
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")]) -> None:
-    """Verify a bundle: manifest schema and the checksum of every file."""
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
+    allowed_signers: Annotated[
+        Path | None, typer.Option(help="OpenSSH allowed_signers file: also check SHA256SUMS.sig (needs --identity).")
+    ] = None,
+    identity: Annotated[str | None, typer.Option(help="The signer's identity in --allowed-signers.")] = None,
+) -> None:
+    """Verify a bundle: every file against SHA256SUMS, the manifest schema, and optionally its signature."""
     from edgecompress.bundle import verify_bundle
 
-    manifest = verify_bundle(bundle)
-    typer.echo(f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files")
+    manifest = verify_bundle(bundle, allowed_signers=allowed_signers, identity=identity)
+    signed = f", signed by {identity}" if identity else ""
+    typer.echo(
+        f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files{signed}"
+    )
+
+
+@app.command()
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (sign before zipping).")],
+    key: Annotated[Path, typer.Option(help="Private SSH key (e.g. ssh-keygen -t ed25519).")],
+) -> None:
+    """Sign a bundle's SHA256SUMS with an SSH key (writes SHA256SUMS.sig; `verify --allowed-signers` checks it)."""
+    from edgecompress.bundle import sign_bundle, verify_bundle
+
+    verify_bundle(bundle)  # never sign what does not verify
+    typer.echo(f"signed: {sign_bundle(bundle, key)}")
 
 
 @app.command()

@@ -47,7 +47,7 @@ def check_bundle(bundle: Path) -> None:
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 sys.exit(f"error: bundle entry {rel} is a link or special file — fix: use the original bundle")
-            if stat.S_ISREG(mode) and rel != "SHA256SUMS":
+            if stat.S_ISREG(mode) and rel not in ("SHA256SUMS", "SHA256SUMS.sig"):
                 if rel not in sums:
                     sys.exit(f"error: bundle file {rel} is not listed in SHA256SUMS — fix: use the original bundle")
                 if hashlib.sha256(path.read_bytes()).hexdigest() != sums.pop(rel):

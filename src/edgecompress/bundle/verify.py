@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from edgecompress._io import make_temp_dir, sha256_file
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME, Manifest, check_relative, read_manifest
+from edgecompress.bundle.sign import SIG_NAME, verify_signature
 from edgecompress.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -242,17 +243,19 @@ def _external_data(path: Path) -> list[str]:
     return found
 
 
-def verify_dir(bundle_dir: Path) -> Manifest:
+def verify_dir(bundle_dir: Path, *, allowed_signers: Path | None = None, identity: str | None = None) -> Manifest:
     """Verify an unpacked bundle folder and return its manifest.
 
     Every file, ``manifest.json`` included, must be listed in ``SHA256SUMS`` with its sha256, and every listed file
     present; no links, no special files, no unlisted files; the manifest's ``files`` agree with ``SHA256SUMS``; ONNX
-    models hold their weights (no external-data references, which a runtime would read from anywhere).
+    models hold their weights (no external-data references, which a runtime would read from anywhere). With
+    ``allowed_signers`` and ``identity``, ``SHA256SUMS.sig`` must verify too (:mod:`edgecompress.bundle.sign`); it is
+    the one file ``SHA256SUMS`` cannot list.
     """
     bundle_dir = Path(bundle_dir)
     if bundle_dir.is_symlink():
         raise BundleError(f"bundle folder {bundle_dir} is a symbolic link", "give the bundle folder itself")
-    present = [rel for rel in _walk_files(bundle_dir) if rel != SUMS_NAME]
+    present = [rel for rel in _walk_files(bundle_dir) if rel not in (SUMS_NAME, SIG_NAME)]
     sums = read_sums(bundle_dir)
     unlisted = [rel for rel in present if rel not in sums]
     if unlisted:
@@ -283,20 +286,24 @@ def verify_dir(bundle_dir: Path) -> Manifest:
                     f"bundle model '{rel}' references external data ('{ext[0]}'); bundles hold their weights inline",
                     _FIX,
                 )
+    if allowed_signers is not None or identity is not None:
+        if allowed_signers is None or not identity:
+            raise BundleError("checking a signature needs both allowed_signers and identity", "give both, or neither")
+        verify_signature(bundle_dir, allowed_signers, identity)
     return manifest
 
 
-def verify_bundle(path: Path) -> Manifest:
+def verify_bundle(path: Path, *, allowed_signers: Path | None = None, identity: str | None = None) -> Manifest:
     """Verify a bundle folder or ``.zip`` (extracted safely to a temporary folder) and return its manifest.
 
     Raises:
         BundleError: one line: malformed or newer manifest, missing, changed or unlisted file, a link, ONNX external
-            data, an unsafe or damaged zip.
+            data, an unsafe or damaged zip, a signature that does not verify (when ``allowed_signers`` is given).
     """
     path = Path(path)
     check_bundle_path(path)
     if path.is_dir():
-        return verify_dir(find_bundle_root(path))
+        return verify_dir(find_bundle_root(path), allowed_signers=allowed_signers, identity=identity)
     with tempfile.TemporaryDirectory(prefix="edgecompress-bundle-") as tmp:
         root = safe_extract(path, Path(tmp) / "x")
-        return verify_dir(find_bundle_root(root))
+        return verify_dir(find_bundle_root(root), allowed_signers=allowed_signers, identity=identity)

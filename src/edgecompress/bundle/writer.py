@@ -40,6 +40,7 @@ from edgecompress.bundle.manifest import (
     now_iso,
     parse_manifest,
 )
+from edgecompress.bundle.sign import SIG_NAME
 from edgecompress.errors import BundleError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -248,10 +249,10 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def sums_text(folder: Path) -> str:
-    """``SHA256SUMS`` of a bundle folder: ``<sha256>  <relative path>`` for every file but itself, sorted by path, the
-    form ``sha256sum -c`` reads."""
+    """``SHA256SUMS`` of a bundle folder: ``<sha256>  <relative path>`` for every file but itself and its signature,
+    sorted by path, the form ``sha256sum -c`` reads."""
     rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return "".join(f"{sha256_file(folder / rel)}  {rel}\n" for rel in rels if rel != SUMS_NAME)
+    return "".join(f"{sha256_file(folder / rel)}  {rel}\n" for rel in rels if rel not in (SUMS_NAME, SIG_NAME))
 
 
 def runner_source() -> str:
