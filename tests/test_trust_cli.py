@@ -64,6 +64,7 @@ def test_inspect_reads_a_hostile_report_as_data(report: str, part: str, tmp_path
 
 def test_trust_factory_option_and_config_field(tmp_path: Path) -> None:
     from edgecompress.config import PipelineConfig, parse_config
+    from edgecompress.errors import ConfigError
 
     assert PipelineConfig.model_fields["trust_factories"].default_factory() == []
     cfg = parse_config(tiny_config(trust_factories=["mypkg.models"]))
@@ -75,8 +76,13 @@ def test_trust_factory_option_and_config_field(tmp_path: Path) -> None:
     cfg_file = write_yaml(tmp_path / "cfg.yaml", tiny_config())
     res = cli("run", str(cfg_file), "--out", str(tmp_path / "run"), "--trust-factory", "os;rm", timeout=120)
     line = one_error_line(res, 2)
-    assert "--trust-factory 'os;rm' is not a module name" in line
+    assert "--trust-factory: 'os;rm' is not a module name" in line
     assert not (tmp_path / "run").exists()
+    for module in ("torch.hub", "os", "builtins", "subprocess"):
+        res = cli("run", str(cfg_file), "--out", str(tmp_path / "run"), "--trust-factory", module, timeout=120)
+        assert f"'{module}' can run any code" in one_error_line(res, 2)
+        with pytest.raises(ConfigError, match="cannot be trusted"):
+            parse_config(tiny_config(trust_factories=[module]))
 
 
 def test_run_refuses_a_user_project_as_out(tmp_path: Path) -> None:

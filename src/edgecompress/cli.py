@@ -95,13 +95,15 @@ def run(
 
 def _modules(names: list[str] | None) -> list[str]:
     """The --trust-factory modules, checked to be dotted module names."""
-    from edgecompress.config import _MODULE_RE
+    from edgecompress.config import check_trustable
 
     for name in names or []:
-        if not _MODULE_RE.match(name):
+        try:
+            check_trustable(name)
+        except ValueError as exc:
             raise EdgeCompressError(
-                f"--trust-factory {name!r} is not a module name", "give a dotted module name, e.g. mypkg.models"
-            )
+                f"--trust-factory: {exc}", "name the module of your own model factory, e.g. mypkg.models"
+            ) from None
     return list(names or [])
 
 

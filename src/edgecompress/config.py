@@ -30,6 +30,21 @@ MAX_YAML_BYTES = 1 << 20  # a config is a few KiB
 MAX_YAML_ALIASES = 1000
 MAX_YAML_NODES = 200_000  # after expanding aliases: an alias bomb stops here, before anything is built
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Packages whose functions run commands, import or unpickle arbitrary code (torch.hub loads hubconf.py): never a
+# factory, whatever a config or flag says.
+UNTRUSTABLE_MODULES = frozenset(
+    {"__main__", "builtins", "code", "codeop", "ctypes", "importlib", "marshal", "multiprocessing", "nt", "os",
+     "pickle", "posix", "pty", "runpy", "shutil", "signal", "socket", "subprocess", "sys", "torch"}
+)  # fmt: skip
+
+
+def check_trustable(module: str) -> str:
+    """``module`` if it may be named as a trusted factory module, else ``ValueError`` saying why not."""
+    if not _MODULE_RE.match(module):
+        raise ValueError(f"{module!r} is not a module name (dotted identifiers, e.g. mypkg.models)")
+    if module.split(".", 1)[0] in UNTRUSTABLE_MODULES:
+        raise ValueError(f"{module!r} can run any code (torch.hub, os, subprocess, ...); it cannot be trusted")
+    return module
 
 
 class TeacherConfig(StrictModel):
@@ -71,9 +86,8 @@ class PipelineConfig(StrictModel):
     @field_validator("trust_factories")
     @classmethod
     def _module_names(cls, value: list[str]) -> list[str]:
-        bad = [m for m in value if not _MODULE_RE.match(m)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not a module name (dotted identifiers, e.g. mypkg.models)")
+        for module in value:
+            check_trustable(module)
         return value
 
     @model_validator(mode="after")
