@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -83,11 +84,15 @@ def ledger_record(path: str | os.PathLike[str], kind: str = "temp") -> bool:
         for root, ledger in _LEDGERS.items():
             if root in full.parents:
                 line = json.dumps({"kind": kind, "path": full.relative_to(root).as_posix()}) + "\n"
-                fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
                 try:
-                    os.write(fd, line.encode("utf-8"))  # one write in append mode: lines never interleave
-                finally:
-                    os.close(fd)
+                    fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
+                    try:
+                        os.write(fd, line.encode("utf-8"))  # one write in append mode: lines never interleave
+                    finally:
+                        os.close(fd)
+                except OSError as exc:  # a full disk or a removed ledger must not fail the write itself
+                    logging.getLogger(__name__).debug("cannot record %s in %s: %s", path, ledger, exc)
+                    return False
                 return True
     return False
 
