@@ -258,6 +258,8 @@ class RunDir:
         if self._lock_fh is None:
             return []
         removed: list[Path] = []
+        if self._remove(self.meta_dir / f".{LEDGER}.new"):  # a kill while the ledger was being compacted
+            removed.append(self.meta_dir / f".{LEDGER}.new")
         entries = self._ledger()
         for entry in entries:
             path = self._inside(entry["path"]) if entry["kind"] == "temp" else None
