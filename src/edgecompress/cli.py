@@ -205,7 +205,7 @@ def sign(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (8- or 16-bit) or .npy arrays.")],
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image (at least 1).")] = 3,
 ) -> None:
     """Classify images with a bundle (checksums verified first); prints calibrated probabilities."""
