@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgecompress.bundle import BundleConfig, safe_extract, verify_bundle, write_bundle, zip_bundle
-from edgecompress.bundle.manifest import MANIFEST_NAME
+from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME
+from edgecompress.bundle.writer import sums_text
 from edgecompress.errors import BundleError
 
 
@@ -41,6 +42,12 @@ def bundle(tmp_path: Path) -> Path:
         manifest_fields=_fields(),
         out_dir=tmp_path / "out",
     )
+
+
+def _edit_manifest(bundle: Path, text: str) -> None:
+    """Rewrite manifest.json and SHA256SUMS as someone who edits both would: only the schema checks stop it."""
+    (bundle / MANIFEST_NAME).write_text(text)
+    (bundle / SUMS_NAME).write_text(sums_text(bundle))
 
 
 def _one_line(err: pytest.ExceptionInfo[BundleError]) -> str:
@@ -87,7 +94,7 @@ def test_missing_file(bundle: Path) -> None:
 
 def test_unlisted_model_file(bundle: Path) -> None:
     (bundle / "model" / "other.onnx").write_bytes(b"x")
-    with pytest.raises(BundleError, match=r"unlisted model file 'model/other.onnx'"):
+    with pytest.raises(BundleError, match=r"not listed in SHA256SUMS: 'model/other.onnx'"):
         verify_bundle(bundle)
 
 
@@ -95,7 +102,7 @@ def test_newer_schema_version(bundle: Path) -> None:
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     data["schema_version"] = 2
     data["something_new"] = True
-    (bundle / MANIFEST_NAME).write_text(json.dumps(data))
+    _edit_manifest(bundle, json.dumps(data))
     with pytest.raises(BundleError) as err:
         verify_bundle(bundle)
     assert _one_line(err) == (
@@ -116,14 +123,14 @@ def test_newer_schema_version(bundle: Path) -> None:
 def test_malformed_manifest(bundle: Path, edit, match: str) -> None:
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     edit(data)
-    (bundle / MANIFEST_NAME).write_text(json.dumps(data))
+    _edit_manifest(bundle, json.dumps(data))
     with pytest.raises(BundleError, match=match) as err:
         verify_bundle(bundle)
     _one_line(err)
 
 
 def test_manifest_not_json(bundle: Path) -> None:
-    (bundle / MANIFEST_NAME).write_text("{not json")
+    _edit_manifest(bundle, "{not json")
     with pytest.raises(BundleError, match="not valid JSON") as err:
         verify_bundle(bundle)
     _one_line(err)

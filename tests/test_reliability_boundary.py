@@ -410,6 +410,9 @@ def test_run_directory_is_locked_and_swept(tmp_path: Path) -> None:
     from edgecompress.pipeline.rundir import RunDir
 
     root = tmp_path / "run"
+    made = RunDir(root)  # a run directory this tool made (marked), then killed with temp files in a stage folder
+    made.prepare()
+    made.close()
     stage = root / "stages" / "export-abc"
     (stage / "artifacts" / ".onnx-int8-qm0wxy0r").mkdir(parents=True)
     (stage / ".eval.npz.44d7d3ac.tmp").write_bytes(b"half")

@@ -187,20 +187,31 @@ def _bundle_missing(d: Path) -> list[str]:
     return ["verify", str(b)]
 
 
-def _manifest_edit(edit: Callable[[dict], None]) -> Callable[[Path], list[str]]:
+def _manifest_edit(edit: Callable[[dict], None], *, resum: bool = True) -> Callable[[Path], list[str]]:
+    """Edit manifest.json; with ``resum`` also rewrite SHA256SUMS, as someone who edits both would (then only the
+    schema checks stop it)."""
+
     def make(d: Path) -> list[str]:
         b = _bundle_copy(d)
         data = json.loads((b / "manifest.json").read_text())
         edit(data)
-        (b / "manifest.json").write_text(json.dumps(data))
+        _write_manifest(b, json.dumps(data), resum=resum)
         return ["verify", str(b)]
 
     return make
 
 
+def _write_manifest(bundle: Path, text: str, *, resum: bool = True) -> None:
+    from edgecompress.bundle.writer import sums_text
+
+    (bundle / "manifest.json").write_text(text)
+    if resum:
+        (bundle / "SHA256SUMS").write_text(sums_text(bundle))
+
+
 def _manifest_broken(d: Path) -> list[str]:
     b = _bundle_copy(d)
-    (b / "manifest.json").write_text('{"schema_version": 1, "name": ')
+    _write_manifest(b, '{"schema_version": 1, "name": ')
     return ["verify", str(b)]
 
 
@@ -567,7 +578,18 @@ CASES = [
     ),
     Case("bundle-malformed-json", "bundle", "truncated manifest.json", _manifest_broken, ("not valid JSON",)),
     Case(
-        "bundle-unlisted-model", "bundle", "an extra unlisted .onnx file in the bundle", _unlisted_model, ("unlisted",)
+        "bundle-unlisted-model",
+        "bundle",
+        "an extra unlisted .onnx file in the bundle",
+        _unlisted_model,
+        ("not listed",),
+    ),
+    Case(
+        "bundle-manifest-edited",
+        "bundle",
+        "manifest.json with its labels reversed (SHA256SUMS left as written)",
+        _manifest_edit(lambda m: m.update(labels=m["labels"][::-1]), resum=False),
+        ("'manifest.json' does not match",),
     ),
     Case("zip-slip-dotdot", "bundle", "zip entry `../evil.txt`", _zip_with("../evil.txt"), ("zip-slip",)),
     Case("zip-slip-absolute", "bundle", "zip entry `/tmp/evil.txt`", _zip_with("/tmp/evil.txt"), ("absolute",)),

@@ -120,7 +120,7 @@ def _closed_port() -> int:
 
 def _check_clean(out: Path) -> None:
     """No temp files of atomic writes, every JSON parses, every finished stage has its outputs."""
-    hidden = [p for p in out.rglob(".*") if p != out / ".edgecompress.lock"]
+    hidden = [p for p in out.rglob(".*") if p not in (out / ".edgecompress.lock", out / ".edgecompress")]
     assert not hidden, hidden  # atomic-write temps, exporter work folders: all swept
     for p in out.rglob("*.json"):
         json.loads(p.read_text())
@@ -272,7 +272,7 @@ def test_disk_filling_up_mid_training_is_one_line_and_resumable(tmp_path: Path) 
         )
         ckpt = next(out.glob("stages/teacher-*/train/checkpoint.pt"))
         assert torch.load(ckpt, map_location="cpu", weights_only=True)  # the last good checkpoint is whole
-        assert not [p for p in out.rglob(".*") if p.name != ".edgecompress.lock"]
+        assert not [p for p in out.rglob(".*") if p.name not in (".edgecompress.lock", ".edgecompress")]
         assert not any(out.glob("stages/teacher-*/_done.json"))
         filler.unlink()
         proc = _start(cfg, out, "--until", "teacher")

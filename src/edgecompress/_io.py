@@ -1,4 +1,10 @@
-"""Atomic file writes and hashing. Every file the pipeline writes goes through here (temp file + fsync + rename)."""
+"""Atomic file writes and hashing. Every file the pipeline writes goes through here (temp file + fsync + rename).
+
+Temporary names are recorded *before* they are created in the ledger of the run directory that holds them (see
+:func:`register_ledger`; :class:`edgecompress.pipeline.rundir.RunDir` registers its ledger while it holds the lock),
+so that a rerun after a kill removes exactly what this tool made and nothing else. Code that makes a temporary folder
+inside a run directory calls :func:`make_temp_dir` (not ``tempfile.mkdtemp``) for the same reason.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +31,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path.parent, f".{path.name}.", ".tmp", folder=False)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -42,6 +48,77 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 "free disk space and rerun the same command: finished stages and epochs are kept",
             ) from exc
         raise
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_LEDGERS: dict[Path, Path] = {}  # run directory root (resolved) -> its ledger file
+_LEDGER_LOCK = threading.Lock()
+
+
+def register_ledger(root: str | os.PathLike[str], ledger: str | os.PathLike[str]) -> None:
+    """Record every temporary name made under ``root`` (and every :func:`ledger_record` call) in ``ledger``.
+
+    ``ledger`` is a JSON-lines file: ``{"kind": "temp" | "made", "path": <path relative to root>}`` per line.
+    """
+    with _LEDGER_LOCK:
+        _LEDGERS[Path(root).resolve()] = Path(ledger)
+
+
+def unregister_ledger(root: str | os.PathLike[str]) -> None:
+    """Stop recording names under ``root``."""
+    with _LEDGER_LOCK:
+        _LEDGERS.pop(Path(root).resolve(), None)
+
+
+def ledger_record(path: str | os.PathLike[str], kind: str = "temp") -> bool:
+    """Append ``path`` to the ledger of the registered run directory that holds it; False when none holds it.
+
+    ``kind`` is ``"temp"`` for a name to remove when a killed run left it behind, ``"made"`` for an output this tool
+    published (bundles), which a later run may replace.
+    """
+    if not _LEDGERS:
+        return False
+    path = Path(path)
+    full = Path(os.path.abspath(path.parent)).resolve() / path.name
+    with _LEDGER_LOCK:
+        for root, ledger in _LEDGERS.items():
+            if root in full.parents:
+                line = json.dumps({"kind": kind, "path": full.relative_to(root).as_posix()}) + "\n"
+                try:
+                    fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
+                    try:
+                        os.write(fd, line.encode("utf-8"))  # one write in append mode: lines never interleave
+                    finally:
+                        os.close(fd)
+                except OSError as exc:  # a full disk or a removed ledger must not fail the write itself
+                    logging.getLogger(__name__).debug("cannot record %s in %s: %s", path, ledger, exc)
+                    return False
+                return True
+    return False
+
+
+def _new_temp(parent: Path, prefix: str, suffix: str, *, folder: bool) -> Path:
+    """Create a new temp file or folder with a random name, recorded in the ledger before it exists."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        ledger_record(path, "temp")
+        try:
+            if folder:
+                os.mkdir(path, 0o700)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -> Path:
+    """Create a new private folder ``parent/<prefix>XXXXXXXX<suffix>`` (like ``tempfile.mkdtemp``), recorded first in
+    the ledger of the run directory holding ``parent`` so that a rerun removes it if this process is killed."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return _new_temp(parent, prefix, suffix, folder=True)
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:

@@ -73,6 +73,14 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/run"),
     until: Annotated[str | None, typer.Option(help=f"Stop after this stage: {', '.join(STAGES)}.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    trust_factory: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-factory",
+            metavar="MODULE",
+            help="Allow model factories from MODULE (repeatable); added to the config's trust_factories.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline for CONFIG (finished stages are reused, an interrupted one resumes)."""
     from edgecompress.config import load_config
@@ -81,8 +89,22 @@ def run(
     if until is not None and until not in STAGES:
         raise EdgeCompressError(f"--until {until!r} is not a stage", f"use one of: {', '.join(STAGES)}")
     cfg = load_config(config)
-    paths = run_pipeline(cfg, out, until=until, progress=progress)
+    paths = run_pipeline(cfg, out, until=until, progress=progress, trust_factories=_modules(trust_factory))
     _summary(paths, out)
+
+
+def _modules(names: list[str] | None) -> list[str]:
+    """The --trust-factory modules, checked to be dotted module names."""
+    from edgecompress.config import check_trustable
+
+    for name in names or []:
+        try:
+            check_trustable(name)
+        except ValueError as exc:
+            raise EdgeCompressError(
+                f"--trust-factory: {exc}", "name the module of your own model factory, e.g. mypkg.models"
+            ) from None
+    return list(names or [])
 
 
 @app.command()
@@ -120,11 +142,20 @@ def validate(config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)
 def bench(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Device profile name or YAML.")] = None,
+    trust_factory: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-factory",
+            metavar="MODULE",
+            help="Allow the run's model factory from MODULE (repeatable). A received run directory is data: without "
+            "this flag no code it names is imported.",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark the run's artifacts again on the given devices and rewrite the report."""
     from edgecompress.pipeline import bench_run
 
-    paths = bench_run(run_dir, devices=device or ["local"])
+    paths = bench_run(run_dir, devices=device or ["local"], trust_factories=_modules(trust_factory))
     _summary(paths, run_dir)
 
 
@@ -142,19 +173,40 @@ def devices(
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")]) -> None:
-    """Verify a bundle: manifest schema and the checksum of every file."""
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
+    allowed_signers: Annotated[
+        Path | None, typer.Option(help="OpenSSH allowed_signers file: also check SHA256SUMS.sig (needs --identity).")
+    ] = None,
+    identity: Annotated[str | None, typer.Option(help="The signer's identity in --allowed-signers.")] = None,
+) -> None:
+    """Verify a bundle: every file against SHA256SUMS, the manifest schema, and optionally its signature."""
     from edgecompress.bundle import verify_bundle
 
-    manifest = verify_bundle(bundle)
-    typer.echo(f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files")
+    manifest = verify_bundle(bundle, allowed_signers=allowed_signers, identity=identity)
+    signed = f", signed by {identity}" if identity else ""
+    typer.echo(
+        f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files{signed}"
+    )
+
+
+@app.command()
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (sign before zipping).")],
+    key: Annotated[Path, typer.Option(help="Private SSH key (e.g. ssh-keygen -t ed25519).")],
+) -> None:
+    """Sign a bundle's SHA256SUMS with an SSH key (writes SHA256SUMS.sig; `verify --allowed-signers` checks it)."""
+    from edgecompress.bundle import sign_bundle, verify_bundle
+
+    verify_bundle(bundle)  # never sign what does not verify
+    typer.echo(f"signed: {sign_bundle(bundle, key)}")
 
 
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    top_k: Annotated[int, typer.Option(help="Labels to show per image.")] = 3,
+    images: Annotated[list[Path], typer.Argument(help="Image files (8- or 16-bit) or .npy arrays.")],
+    top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image (at least 1).")] = 3,
 ) -> None:
     """Classify images with a bundle (checksums verified first); prints calibrated probabilities."""
     from edgecompress.bundle import predict_images
@@ -168,22 +220,55 @@ def inspect(path: Annotated[Path, typer.Argument(help="Run directory or bundle."
     """Summarize a run directory (its report) or a bundle (its manifest)."""
     report = path / "report.json"
     if report.is_file():
-        data = json.loads(report.read_text())
-        for m in data.get("models", []):
-            acc = m.get("accuracy")
-            ece = m.get("ece")
-            typer.echo(
-                f"{m['name']:28s} {m['role']:9s} acc={'—' if acc is None else f'{acc:.4f}'} "
-                f"ece={'—' if ece is None else f'{ece:.4f}'}"
-            )
+        for line in _report_lines(report):
+            typer.echo(line)
         return
     from edgecompress.bundle import verify_bundle
 
     typer.echo(verify_bundle(path).model_dump_json(indent=2))
 
 
+def _report_lines(report: Path) -> list[str]:
+    """One line per model of a run's report.json (read as data: bounded, every field checked)."""
+    fix = "rerun `edgecompress bench RUN` to rewrite the report"
+    if report.stat().st_size > 64 << 20:
+        raise EdgeCompressError(f"{report} is larger than a report is", fix)
+    try:
+        models = json.loads(report.read_text(encoding="utf-8"))["models"]
+        lines = []
+        for m in models:
+            acc, ece = m.get("accuracy"), m.get("ece")
+            lines.append(
+                f"{str(m['name']):28s} {str(m['role']):9s} acc={'—' if acc is None else f'{float(acc):.4f}'} "
+                f"ece={'—' if ece is None else f'{float(ece):.4f}'}"
+            )
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as exc:
+        raise EdgeCompressError(f"{report} is malformed ({type(exc).__name__})", fix) from None
+    return lines
+
+
+def _click_types(name: str) -> tuple[type, ...]:
+    """The exception class ``name`` of click and of the copy of click that typer ships (typer._click)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one line for user errors, the traceback only with --debug."""
+    """Console entry point: one line for every error (usage errors included), the traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     interrupted = "interrupted — finished stages are kept; rerun the same command to resume"
@@ -202,20 +287,40 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except MemoryError:
+        if debug:
+            raise
+        print(
+            "error: out of memory — fix: free memory, lower the batch size or the number of samples, or use a larger "
+            "machine; rerun with --debug to see where",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, _click_types("Exit")):
             return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if isinstance(exc, _click_types("NoArgsIsHelpError")):
+            exc.show()  # `edgecompress` alone: the help text
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _click_types("UsageError")):
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "edgecompress"
+            command = "edgecompress" + command.split("edgecompress", 1)[1] if "edgecompress" in command else command
+            print(f"error: {_one_line(exc.format_message())} — fix: see `{command} --help`", file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, _click_types("ClickException")):
+            print(f"error: {_one_line(exc.format_message())} — fix: see `edgecompress --help`", file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, _click_types("Abort")):
             print("aborted", file=sys.stderr)
             return 130
         if debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} — rerun with --debug and report it", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {_one_line(exc)} — fix: rerun with --debug to see the traceback "
+            "and report it",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

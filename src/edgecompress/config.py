@@ -7,10 +7,13 @@ Errors name the field path, the bad value and what is allowed, in one line (:cla
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress._schema import StrictModel
 from edgecompress.bundle.config import BundleConfig
@@ -23,6 +26,25 @@ from edgecompress.export.config import ExportConfig
 from edgecompress.models.config import ModelSpec
 
 CONFIG_VERSION = 1
+MAX_YAML_BYTES = 1 << 20  # a config is a few KiB
+MAX_YAML_ALIASES = 1000
+MAX_YAML_NODES = 200_000  # after expanding aliases: an alias bomb stops here, before anything is built
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Packages whose functions run commands, import or unpickle arbitrary code (torch.hub loads hubconf.py): never a
+# factory, whatever a config or flag says.
+UNTRUSTABLE_MODULES = frozenset(
+    {"__main__", "builtins", "code", "codeop", "ctypes", "importlib", "marshal", "multiprocessing", "nt", "os",
+     "pickle", "posix", "pty", "runpy", "shutil", "signal", "socket", "subprocess", "sys", "torch"}
+)  # fmt: skip
+
+
+def check_trustable(module: str) -> str:
+    """``module`` if it may be named as a trusted factory module, else ``ValueError`` saying why not."""
+    if not _MODULE_RE.match(module):
+        raise ValueError(f"{module!r} is not a module name (dotted identifiers, e.g. mypkg.models)")
+    if module.split(".", 1)[0] in UNTRUSTABLE_MODULES:
+        raise ValueError(f"{module!r} can run any code (torch.hub, os, subprocess, ...); it cannot be trusted")
+    return module
 
 
 class TeacherConfig(StrictModel):
@@ -82,6 +104,18 @@ class PipelineConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
+    trust_factories: list[str] = Field(
+        default_factory=list,
+        description="Modules whose factories this config may import ('pkg.mod' allows 'pkg.mod:fn' and its "
+        "submodules). A config is trusted like code only where the user says so: here or with --trust-factory.",
+    )
+
+    @field_validator("trust_factories")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for module in value:
+            check_trustable(module)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -142,15 +176,92 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
+class YamlLimitError(ValueError):
+    """A YAML document over the size, alias or expansion limits."""
+
+
+def safe_load_yaml(text: str, *, source: str = "YAML") -> Any:
+    """``yaml.safe_load`` with limits on what a file from outside can make it do.
+
+    Refuses more than :data:`MAX_YAML_ALIASES` aliases, documents whose alias expansion exceeds
+    :data:`MAX_YAML_NODES` nodes (a "billion laughs" bomb is refused after composing, before anything is built),
+    recursive aliases and nesting too deep for the parser — each as :class:`YamlLimitError` naming ``source``.
+    """
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise YamlLimitError(f"{source} uses more than {MAX_YAML_ALIASES} YAML aliases")
+            return super().compose_node(parent, index)
+
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlLimitError(f"{source} is {len(text)} characters, more than a config holds ({MAX_YAML_BYTES})")
+    loader = BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YamlLimitError(f"{source} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(node: Any, source: str) -> None:
+    """Refuse a composed YAML graph whose tree, aliases expanded, has more than MAX_YAML_NODES nodes."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise YamlLimitError(f"{source} has a recursive YAML alias")
+        busy.add(key)
+        total = 1
+        if isinstance(n.value, list):
+            for item in n.value:
+                for child in item if isinstance(item, tuple) else (item,):
+                    total += size(child)
+                    if total > MAX_YAML_NODES:
+                        raise YamlLimitError(
+                            f"{source} expands to more than {MAX_YAML_NODES} values through YAML aliases (alias bomb?)"
+                        )
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
 def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate a YAML config file (never executes anything: ``yaml.safe_load``)."""
+    """Read and validate a YAML config file (never executes anything: a bounded ``yaml.SafeLoader``)."""
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}", "pass the path of a YAML file, e.g. examples/digits.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config file not found: {path}", "pass the path of a YAML file, e.g. examples/digits.yaml")
+    if st.st_size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{path}: {st.st_size} bytes is more than a config holds (limit {MAX_YAML_BYTES})",
+            "pass the pipeline config YAML, e.g. examples/digits.yaml",
+        )
+    try:
+        data = safe_load_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    except YamlLimitError as exc:
+        raise ConfigError(str(exc), "write the config without YAML anchors/aliases (or with a few)") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""

@@ -16,6 +16,8 @@ _EXPORTS = {
     "zip_bundle": "edgecompress.bundle.writer",
     "verify_bundle": "edgecompress.bundle.verify",
     "safe_extract": "edgecompress.bundle.verify",
+    "sign_bundle": "edgecompress.bundle.sign",
+    "verify_signature": "edgecompress.bundle.sign",
     "load_bundle": "edgecompress.bundle.predict",
     "predict_images": "edgecompress.bundle.predict",
     "Predictor": "edgecompress.bundle.predict",

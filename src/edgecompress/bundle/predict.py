@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress._lazy import require
+from edgecompress.bundle.inputs import _match_channels, check_regular, load_image, to_contract
 from edgecompress.bundle.manifest import Manifest
-from edgecompress.bundle.verify import find_bundle_root, safe_extract, verify_dir
+from edgecompress.bundle.verify import check_bundle_path, find_bundle_root, safe_extract, verify_dir
 from edgecompress.errors import BundleError, DataError
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,12 @@ class Predictor:
         return out.astype(np.float32)
 
     def preprocess(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Turn uint8 images (each ``HxW`` or ``HxWxC``, already at the model's size) into the model input.
+        """Turn raw images (each ``HxW`` or ``HxWxC``, already at the model's size) into the model input.
 
-        Applies ``(pixel * scale - mean) / std`` per channel and the manifest's layout. Grayscale images are repeated
-        to 3 channels for RGB models; RGB images are averaged for 1-channel models. Use :meth:`predict_images` for
-        files of any size.
+        Values are brought to the manifest's input contract first (:func:`edgecompress.bundle.inputs.to_contract`:
+        uint8 as 8-bit, uint16 as 16-bit, floats as already in ``value_range``), then ``(raw * scale - mean) / std``
+        per channel in the manifest's layout. Grayscale images are repeated to 3 channels for RGB models; RGB images
+        are averaged for 1-channel models. Use :meth:`predict_images` for files of any size.
         """
         pre = self.manifest.preprocessing
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] <= 4):
@@ -134,16 +135,13 @@ class Predictor:
             if a.ndim == 2:
                 a = a[:, :, None]
             if a.ndim != 3:
-                raise DataError(f"image has shape {list(a.shape)}", "give HxW or HxWxC uint8 images")
+                raise DataError(f"image has shape {list(a.shape)}", "give HxW or HxWxC images")
             if tuple(a.shape[:2]) != tuple(pre.size):
                 raise DataError(
                     f"image is {a.shape[0]}x{a.shape[1]}, the model expects {pre.size[0]}x{pre.size[1]} (HxW)",
                     "resize it first, or use predict_images(paths) which resizes",
                 )
-            a = a[:, :, :3].astype(np.float32)
-            if a.shape[2] != pre.channels:
-                a = np.repeat(a, pre.channels, axis=2) if a.shape[2] == 1 else a.mean(axis=2, keepdims=True)
-            batch.append(a)
+            batch.append(_match_channels(to_contract(a, pre, source="image"), pre.channels))
         x = np.stack(batch) * np.float32(pre.scale)
         x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
         if pre.layout == "NCHW":
@@ -151,23 +149,17 @@ class Predictor:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def load_images(self, paths: list[Path]) -> list[np.ndarray]:
-        """Read image files with Pillow, converted to the model's channels and resized to its size."""
-        image_mod = require("PIL.Image", "reading images")
-        pre = self.manifest.preprocessing
-        out = []
-        for path in paths:
-            try:
-                with image_mod.open(path) as img:
-                    img = img.convert("L" if pre.channels == 1 else "RGB")
-                    img = img.resize((pre.size[1], pre.size[0]), image_mod.BILINEAR)
-                    out.append(np.asarray(img, dtype=np.uint8))
-            except (OSError, ValueError) as exc:
-                raise DataError(f"cannot read image {path} ({exc})", "give an image file Pillow can open") from None
-        return out
+        """Read image files (8- or 16-bit, any format Pillow reads) or ``.npy`` arrays as float32 ``HxWxC`` in the
+        input contract's units, in the model's colour mode and size (:mod:`edgecompress.bundle.inputs`)."""
+        return [load_image(Path(p), self.manifest.preprocessing) for p in paths]
 
     def predict_images(self, paths: list[Path], *, top_k: int = 5) -> list[dict[str, Any]]:
         """Predict image files; each result is ``{"image", "top": [{"label", "index", "probability"}]}``."""
         paths = [Path(p) for p in paths]
+        if top_k < 1:
+            raise DataError(f"top_k is {top_k}", "give at least 1")
+        for p in paths:  # all refused before any is opened (a FIFO blocks its reader)
+            check_regular(p)
         probs = self.predict(self.preprocess(self.load_images(paths)))
         results = []
         for path, row in zip(paths, probs, strict=True):
@@ -189,8 +181,7 @@ def load_bundle(path: Path, *, threads: int | None = None) -> Predictor:
         MissingExtraError / DeviceError: the runtime is not installed or cannot load the model.
     """
     path = Path(path)
-    if not path.exists():
-        raise BundleError(f"bundle {path} does not exist", "give the path of a bundle folder or .zip")
+    check_bundle_path(path)
     tmpdir = None
     if path.is_dir():
         root = find_bundle_root(path)

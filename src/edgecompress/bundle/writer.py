@@ -3,6 +3,7 @@
 Layout of ``out_dir/<name>/``::
 
     manifest.json          what the model is and how to run it (see :mod:`edgecompress.bundle.manifest`)
+    SHA256SUMS             sha256 of every other file, manifest included, sorted (``sha256sum -c SHA256SUMS``)
     manifest.schema.json   JSON Schema of the manifest
     model/...              the artifact's files (an OpenVINO .xml/.bin pair, an .onnx + external data, ...)
     run.py                 standalone example runner (numpy + the runtime + Pillow), when include_runner
@@ -17,14 +18,29 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgecompress._io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
-from edgecompress.bundle.manifest import MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, Manifest, now_iso, parse_manifest
+from edgecompress._io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    ledger_record,
+    make_temp_dir,
+    sha256_file,
+)
+from edgecompress.bundle.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SUMS_NAME,
+    Manifest,
+    now_iso,
+    parse_manifest,
+)
+from edgecompress.bundle.sign import SIG_NAME
 from edgecompress.errors import BundleError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -60,6 +76,8 @@ def _collect(files: list[Path], model_file: Path) -> tuple[dict[str, Path], str]
     """Map each artifact file to its path under ``model/``; return (mapping, relative path of the model file)."""
     sources: list[Path] = []
     for f in [Path(p) for p in files] + [Path(model_file)]:
+        if f.is_symlink() or (f.is_dir() and any(p.is_symlink() for p in f.rglob("*"))):
+            raise BundleError(f"artifact file {f} is or holds a symbolic link", "bundle real files only")
         if f.is_dir():
             sources.extend(sorted(p for p in f.rglob("*") if p.is_file()))
         elif f.is_file():
@@ -172,7 +190,7 @@ def write_bundle(
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+        tmp = make_temp_dir(out_dir, f".{name}.", ".tmp")
     except OSError as exc:
         raise ResourceError(
             f"cannot write bundle folder in {out_dir} ({exc.strerror})", "choose a writable out_dir"
@@ -193,8 +211,10 @@ def write_bundle(
             {"schema_version": SCHEMA_VERSION, "name": name, **fields, "files": digests}, source="manifest_fields"
         )
         atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        atomic_write_text(tmp / SUMS_NAME, sums_text(tmp))
         _publish_modes(tmp)
         final = out_dir / name
+        ledger_record(final, "made")
         _replace_dir(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,10 +241,18 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists() or final.is_symlink():
         old = final.with_name(f".{final.name}.old.{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
+        ledger_record(old, "temp")  # a kill before the rmtree below leaves it; the next run's sweep removes it
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sums_text(folder: Path) -> str:
+    """``SHA256SUMS`` of a bundle folder: ``<sha256>  <relative path>`` for every file but itself and its signature,
+    sorted by path, the form ``sha256sum -c`` reads."""
+    rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return "".join(f"{sha256_file(folder / rel)}  {rel}\n" for rel in rels if rel not in (SUMS_NAME, SIG_NAME))
 
 
 def runner_source() -> str:
@@ -245,6 +273,7 @@ def zip_bundle(bundle_dir: Path, out_path: Path | None = None) -> Path:
         )
     out_path = Path(out_path) if out_path is not None else bundle_dir.with_name(bundle_dir.name + ".zip")
     entries = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
+    ledger_record(out_path, "made")
     with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for rel in entries:
             info = zipfile.ZipInfo(f"{bundle_dir.name}/{rel}", date_time=_ZIP_DATE)
