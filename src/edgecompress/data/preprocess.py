@@ -26,8 +26,9 @@ DTYPE_MAX: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0}
 MODE_OF_CHANNELS: dict[int, str] = {1: "L", 3: "RGB"}
 
 
-def _dtype_for_range(hi: float) -> str:
-    """The input dtype an old preprocessing block (scale only) implied: integers up to 255 / 65535, else float."""
+def dtype_for_range(hi: float) -> str:
+    """The input dtype a range ``[0, hi]`` implies: uint8 for an integral ``hi`` up to 255, uint16 up to 65535, else
+    float32 (an older preprocessing block that gave only ``scale`` is read this way)."""
     if hi > 1 and float(hi).is_integer():
         return "uint8" if hi <= 255 else "uint16" if hi <= 65535 else "float32"
     return "float32"
@@ -66,7 +67,7 @@ class Preprocess(StrictModel):
         if d.get("value_range") is None and d.get("scale") is not None:  # an older block: scale only
             hi = 1.0 / float(d["scale"]) if float(d["scale"]) > 0 else math.inf
             d["value_range"] = (0.0, hi)
-            d.setdefault("input_dtype", _dtype_for_range(hi))
+            d.setdefault("input_dtype", dtype_for_range(hi))
         elif d.get("value_range") is not None and d.get("scale") is None:
             hi = float(d["value_range"][1])
             d["scale"] = 1.0 / hi if hi > 0 else 0.0  # hi <= 0 is refused below, scale's own check names it
@@ -97,7 +98,8 @@ class Preprocess(StrictModel):
         """Normalize raw ``[N, C, H, W]`` pixels into float32 model input."""
         import numpy as np
 
-        x = np.asarray(raw, dtype=np.float32) * np.float32(self.scale)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return (x - mean) / std
+        x = np.array(raw, dtype=np.float32, order="C", copy=True)  # one float32 array, then in place
+        x *= np.float32(self.scale)
+        x -= np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        x /= np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return x

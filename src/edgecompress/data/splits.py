@@ -16,7 +16,7 @@ import numpy as np
 
 from edgecompress.data.arrays import NormalizedImages, arrange_rows, channel_stats, chunk_rows, iter_chunks
 from edgecompress.data.config import DataConfig
-from edgecompress.data.preprocess import Preprocess
+from edgecompress.data.preprocess import Preprocess, dtype_for_range
 from edgecompress.data.sources import RawData, check_arrays, check_classes, input_contract, to_color_mode
 from edgecompress.errors import DataError
 
@@ -172,7 +172,10 @@ def load_raw(cfg: DataConfig) -> RawData | None:
     if cfg.dataset == "folder":
         from edgecompress.data.folder import load_folder_raw
 
-        return load_folder_raw(cfg.path, cfg.image_size, classes=cfg.classes, color_mode=cfg.color_mode)  # type: ignore[arg-type]
+        raw = load_folder_raw(cfg.path, cfg.image_size, classes=cfg.classes, color_mode=cfg.color_mode)  # type: ignore[arg-type]
+        if cfg.value_range is not None:  # e.g. 12-bit images in 16-bit PNGs: (0, 4095)
+            _, raw.input_dtype, raw.value_range, _ = input_contract(raw.x, cfg.path.name, cfg.value_range)  # type: ignore[union-attr]
+        return raw
     if cfg.dataset == "digits":
         raw = sources.load_digits_raw()
     elif cfg.dataset == "fashion-mnist":
@@ -232,7 +235,7 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
         if cfg.mean is None:
             log.warning("data-free run without data.mean/std: assuming the teacher takes x/255 un-normalized")
         vr = cfg.value_range or (0.0, 255.0)
-        dtype = "uint8" if cfg.value_range is None else "float32"
+        dtype = dtype_for_range(vr[1]) if vr[0] >= 0 else "float32"
         pre = Preprocess(mean=mean, std=std, size=(h, w), channels=c, value_range=vr, input_dtype=dtype)
         return Splits(None, None, None, None, [str(i) for i in range(k)], pre, (c, h, w), k)
 
