@@ -58,11 +58,14 @@ def test_streaming_stats_match_float64(tmp_path, monkeypatch):
     raw = rng.integers(0, 256, (53, 3, 6, 4), dtype=np.uint8)
     raw[:, 1] = 7  # a constant channel gets std 1
     monkeypatch.setattr(arrays, "CHUNK_BYTES", 6 * 4 * 8 * 3 * 5)  # 5 rows per chunk: 11 chunks, last one short
-    mean, std = channel_stats(raw, 1 / 255)
     ref = raw.astype(np.float64) / 255
+    for data, scale in ((raw, 1 / 255), (raw.astype(np.uint16), 1 / 255), (ref.astype(np.float32), 1.0)):
+        mean, std = channel_stats(data, scale)  # histogram (integers) or Chan's chunked update (floats)
+        np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(std[0::2], ref.std(axis=(0, 2, 3))[0::2], rtol=1e-6)
+        assert std[1] == 1.0
+    mean, std = channel_stats(raw.transpose(0, 1, 3, 2), 1 / 255)  # a strided view: the same numbers
     np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(std[0::2], ref.std(axis=(0, 2, 3))[0::2], rtol=1e-10)
-    assert std[1] == 1.0
 
 
 def test_arrange_rows_in_place():

@@ -2,8 +2,8 @@
 
 A split of 50,000 RGB 96x96 images is 1.4 GB as uint8 and 5.5 GB as float32; :class:`NormalizedImages` keeps the
 first and gives the second slice by slice. Helpers here never hold more than one chunk in a wider dtype: the
-per-channel statistics are a streaming pass (Chan et al. 1979 pairwise mean/M2 update, float64 accumulators), the
-split order is applied in place (cycle-following permutation, one row of scratch).
+per-channel statistics are a streaming pass (histograms of integer pixels; Chan et al. 1979 pairwise mean/M2 update
+for floats), the split order is applied in place (cycle-following permutation, one row of scratch).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 8 << 20  # float64 bytes per chunk in streaming passes (~8 MiB of scratch, whatever the dataset size)
 
 
-def chunk_rows(x: np.ndarray, itemsize: int = 8, budget: int = CHUNK_BYTES) -> int:
+def chunk_rows(x: np.ndarray, itemsize: int = 8, budget: int | None = None) -> int:
     """Rows of ``x`` per chunk so that one chunk in a dtype of ``itemsize`` bytes stays within ``budget``."""
     per_row = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * itemsize)
-    return max(1, budget // per_row)
+    return max(1, (budget or CHUNK_BYTES) // per_row)
 
 
 def iter_chunks(x: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
@@ -35,26 +35,50 @@ def iter_chunks(x: np.ndarray, rows: int | None = None) -> Iterator[np.ndarray]:
 def channel_stats(raw: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std of ``raw * scale`` over ``[N, C, H, W]``, in one streaming pass.
 
-    Chunks are combined with the pairwise update of Chan, Golub & LeVeque (1979): for parts a and b,
-    ``mean = mean_a + d * n_b / n``, ``M2 = M2_a + M2_b + d^2 * n_a * n_b / n`` with ``d = mean_b - mean_a``; the
-    std is ``sqrt(M2 / n)``. A constant channel gets std 1 (it would otherwise divide by zero).
+    uint8 / uint16 images: a per-channel histogram of the raw values (``np.bincount``), then the mean and the
+    two-pass variance over the 256 (65,536) bins in float64 — exact counts, no float copy of the pixels. Float images:
+    chunks combined with the pairwise update of Chan, Golub & LeVeque (1979): for parts a and b,
+    ``mean = mean_a + d * n_b / n``, ``M2 = M2_a + M2_b + d^2 * n_a * n_b / n`` with ``d = mean_b - mean_a``; the std
+    is ``sqrt(M2 / n)``. A constant channel gets std 1 (it would otherwise divide by zero).
     """
+    if raw.dtype in (np.uint8, np.uint16):
+        mean, std = _histogram_stats(raw)
+        mean, std = mean * scale, std * scale
+    else:
+        mean, std = _chunked_stats(raw, scale)
+    std = np.where(std < 1e-8, 1.0, std)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _histogram_stats(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, bins = raw.shape[1], 256 if raw.dtype == np.uint8 else 65536
+    hist = np.zeros((c, bins), dtype=np.int64)
+    for chunk in iter_chunks(raw):
+        for k in range(c):
+            hist[k] += np.bincount(chunk[:, k].ravel(), minlength=bins)
+    values = np.arange(bins, dtype=np.float64)
+    p = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+    mean = (p * values).sum(axis=1)
+    var = (p * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)
+    return mean, np.sqrt(var)
+
+
+def _chunked_stats(raw: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     c = raw.shape[1]
     n, mean, m2 = 0, np.zeros(c), np.zeros(c)
     for chunk in iter_chunks(raw):
-        xs = chunk.astype(np.float64) * scale
-        nb = xs.shape[0] * xs.shape[2] * xs.shape[3]
-        mb = xs.mean(axis=(0, 2, 3))
-        xs -= mb.reshape(1, -1, 1, 1)
-        m2b = np.einsum("nchw,nchw->c", xs, xs)
+        xs = chunk.astype(np.float64, order="C") * scale  # C order: the reductions below run over contiguous memory
+        xs = xs.reshape(xs.shape[0], c, -1).transpose(1, 0, 2).reshape(c, -1)
+        nb = xs.shape[1]
+        mb = xs.mean(axis=1)
+        xs -= mb[:, None]
+        m2b = np.einsum("ck,ck->c", xs, xs)
         total = n + nb
         d = mb - mean
         mean = mean + d * (nb / total)
         m2 = m2 + m2b + d * d * (n * nb / total)
         n = total
-    std = np.sqrt(m2 / max(n, 1))
-    std = np.where(std < 1e-8, 1.0, std)
-    return [float(v) for v in mean], [float(v) for v in std]
+    return mean, np.sqrt(m2 / max(n, 1))
 
 
 def arrange_rows(x: np.ndarray, order: np.ndarray) -> np.ndarray:
