@@ -152,6 +152,8 @@ def input_contract(
         raise DataError(
             f"{what}: data.value_range {list(vr)} does not fit {dtype} pixels", f"use a range within 0..{bound:g}"
         )
+    if value_range is None and bound is not None:
+        return x, dtype, vr, notes  # the dtype's own full range: every value fits, no pass over the pixels
     lo, hi = float(x.min()), float(x.max())
     tol = 1e-3 * (vr[1] - vr[0])
     if lo < vr[0] - tol or hi > vr[1] + tol:
