@@ -170,3 +170,12 @@ def test_folder_16bit_gray_is_uint16(tmp_path):
     s = load_splits(DataConfig(dataset="folder", path=tmp_path / "w", calib_size=1), seed=0)
     assert s.train.raw.dtype == np.uint16 and s.preprocess.value_range == (0.0, 65535.0)
     assert s.preprocess.input_dtype == "uint16" and int(s.train.raw.max()) > 255  # not clipped to 8 bits
+
+
+def test_data_free_contract_from_config():
+    s = load_splits(DataConfig(dataset="none", input_shape=(3, 8, 8), num_classes=4), seed=0)
+    assert (s.preprocess.input_dtype, s.preprocess.value_range, s.preprocess.color_mode) == ("uint8", (0, 255), "RGB")
+    f = load_splits(DataConfig(dataset="none", input_shape=(1, 8, 8), num_classes=4, value_range=(0, 1)), seed=0)
+    assert f.preprocess.input_dtype == "float32" and f.preprocess.scale == 1.0
+    with pytest.raises(ValidationError, match="does not fit input_shape"):
+        DataConfig(dataset="none", input_shape=(1, 8, 8), num_classes=4, color_mode="RGB")
