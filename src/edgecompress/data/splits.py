@@ -3,6 +3,9 @@
 Order of cuts (each with its own seeded stream, so changing one size leaves the others' draws alone):
 test (official, else a stratified ``test_fraction`` of all data) -> ``max_test`` subsample -> ``max_train`` subsample
 of the training portion -> val (``val_fraction``) -> calib (``calib_size``) -> train (the rest). All four are disjoint.
+
+Memory: each split holds its raw rows (source dtype, a view of one array reordered in place) and normalizes on read
+(``split.x[a:b]``); the statistics are a streaming pass over the train split (:mod:`edgecompress.data.arrays`).
 """
 
 from __future__ import annotations
