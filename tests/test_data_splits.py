@@ -13,7 +13,7 @@ from edgecompress.errors import DataError
 
 
 def _rows(x: np.ndarray) -> set[bytes]:
-    return {r.tobytes() for r in x.reshape(len(x), -1)}
+    return {r.tobytes() for r in np.asarray(x).reshape(len(x), -1)}
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +29,23 @@ def test_digits_sizes_shapes_and_normalization(digits):
     assert sizes["val"] == round(0.1 * (1797 - sizes["test"]))
     assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10 and digits.labels[3] == "3"
     assert digits.train.x.dtype == np.float32 and digits.train.y.dtype == np.int64
-    assert digits.preprocess.scale == pytest.approx(1 / 16)
-    assert abs(float(digits.train.x.mean())) < 1e-4 and float(digits.train.x.std()) == pytest.approx(1.0, abs=1e-3)
+    assert digits.train.raw.dtype == np.uint8 and digits.preprocess.value_range == (0.0, 255.0)
+    assert digits.preprocess.scale == pytest.approx(1 / 255)
+    x = np.asarray(digits.train.x)
+    assert abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_digits_disjoint_and_stratified(digits):
     from sklearn.datasets import load_digits
 
-    full = digits.preprocess.apply(load_digits().images[:, None].astype(np.float32))
+    full = digits.preprocess.apply(np.rint(load_digits().images[:, None] * 255 / 16).astype(np.uint8))
     # map every split back to raw indices (digits has duplicate images: consume each index once)
     lookup: dict[bytes, list[int]] = {}
     for i, row in enumerate(full.reshape(1797, -1)):
         lookup.setdefault(row.tobytes(), []).append(i)
     used: list[int] = []
     for name in ("train", "val", "calib", "test"):
-        for row in getattr(digits, name).x.reshape(-1, 64):
+        for row in np.asarray(getattr(digits, name).x).reshape(-1, 64):
             used.append(lookup[row.tobytes()].pop())
     assert len(used) == len(set(used)) == 1797  # a partition of the dataset
     for name in ("train", "val", "calib", "test"):

@@ -1,5 +1,7 @@
 """edgecompress.data: datasets (digits, Fashion-MNIST, .npz, image folders), seeded stratified splits, augmentation.
 
+Splits hold raw images in their source dtype and normalize per batch (``split.x[a:b]``).
+
 Light at import: the public names load lazily (numpy/sklearn/Pillow/torch only when used).
 """
 
@@ -12,6 +14,7 @@ _EXPORTS = {
     "AugmentConfig": "edgecompress.data.config",
     "Preprocess": "edgecompress.data.preprocess",
     "ArraySplit": "edgecompress.data.splits",
+    "NormalizedImages": "edgecompress.data.arrays",
     "Splits": "edgecompress.data.splits",
     "load_splits": "edgecompress.data.splits",
     "augment_batch": "edgecompress.data.augment",

@@ -55,9 +55,31 @@ class DataConfig(StrictModel):
     download: bool = Field(True, description="fashion-mnist: try the public download when no local copy is found.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
     mean: list[float] | None = Field(
-        None, description="Per-channel normalization mean (after scaling to [0,1]); default: computed on train."
+        None,
+        description="Per-channel normalization mean of the scaled pixels (raw * scale, see value_range). It must "
+        "match the teacher checkpoint's own preprocessing: given, it replaces the statistics computed on the training "
+        "data (a teacher trained on x/255 without normalization: mean [0, ...], std [1, ...]).",
     )
-    std: list[float] | None = Field(None, description="Per-channel normalization std; default: computed on train.")
+    std: list[float] | None = Field(
+        None,
+        description="Per-channel normalization std (> 0) of the scaled pixels; must match the teacher checkpoint's "
+        "own preprocessing, like data.mean. Default: computed on the train split.",
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="folder: the class order (sub-folder names in the teacher's output order); every sub-folder "
+        "must be listed once. Default: folder names sorted.",
+    )
+    value_range: tuple[float, float] | None = Field(
+        None,
+        description="(low, high) of the raw pixel values, the range an app feeds; scale = 1 / high. Default by dtype: "
+        "uint8 (0, 255), uint16 (0, 65535), float (0, 1). Set it for float pixels in another range, e.g. [0, 255].",
+    )
+    color_mode: Literal["L", "RGB"] | None = Field(
+        None,
+        description="Colour mode of the model input (L gray, RGB); images of the other mode are converted and "
+        "counted in the report. Default: the data's own (folders: RGB if any image is in colour).",
+    )
     input_shape: tuple[int, int, int] | None = Field(
         None, description="dataset 'none' without a path: the teacher's input (C, H, W)."
     )
@@ -84,6 +106,24 @@ class DataConfig(StrictModel):
             raise ValueError(f"every std must be > 0, got {v}")
         return v
 
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError(f"classes needs at least two names, got {v}")
+            dup = sorted({c for c in v if v.count(c) > 1})
+            if dup:
+                raise ValueError(f"classes lists {', '.join(map(repr, dup))} more than once")
+        return v
+
+    @field_validator("value_range")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (v[0] < v[1] and v[1] > 0):
+            raise ValueError(f"value_range must be [low, high] with low < high and high > 0, got {list(v)}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
         if self.dataset in ("npz", "folder") and self.path is None:
@@ -96,6 +136,11 @@ class DataConfig(StrictModel):
             raise ValueError("dataset 'none' without data.path needs data.input_shape (C, H, W) and data.num_classes")
         if self.dataset != "none" and (self.input_shape is not None or self.num_classes is not None):
             raise ValueError("data.input_shape / data.num_classes are only for dataset 'none' (read from the data)")
+        if self.classes is not None and self.dataset != "folder":
+            raise ValueError("data.classes is for dataset 'folder' (npz files carry their names in 'labels')")
+        wanted = {"L": 1, "RGB": 3}.get(self.color_mode or "")
+        if wanted is not None and self.input_shape is not None and self.input_shape[0] != wanted:
+            raise ValueError(f"color_mode {self.color_mode} does not fit input_shape {self.input_shape}")
         if self.max_train is not None:
             val = int(round(self.val_fraction * self.max_train))
             if val + self.calib_size > self.max_train - val - self.calib_size:

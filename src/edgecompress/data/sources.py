@@ -1,54 +1,69 @@
 """Dataset sources: each returns raw images as ``[N, C, H, W]`` (uint8 or float) plus int64 labels, validated.
 
-Raw pixel values times :attr:`RawData.scale` lie in [0, 1]; normalization with mean/std happens in
-:mod:`edgecompress.data.splits`.
+Images are kept in the dtype of the raw-input contract (uint8 for 8-bit data, uint16, float32) that an app will feed;
+normalization with mean/std happens per batch (:class:`edgecompress.data.arrays.NormalizedImages`). Image folders are
+read by :mod:`edgecompress.data.folder`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgecompress.data.arrays import chunk_rows, iter_chunks
 from edgecompress.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
 
 @dataclass
 class RawData:
-    """Images before splitting: ``x`` is ``[N, C, H, W]``; ``x_test`` is the official test set or None."""
+    """Images before splitting: ``x`` is ``[N, C, H, W]`` in the input contract's dtype; ``x_test``: official test.
+
+    ``input_dtype`` and ``value_range`` are the raw-input contract (what an app feeds); ``scale`` follows from it.
+    ``notes`` say what was converted on the way in (one line each, for the report); ``conversions`` count them.
+    """
 
     x: np.ndarray
     y: np.ndarray
     labels: list[str]
-    scale: float
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    input_dtype: str = "uint8"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    notes: list[str] = field(default_factory=list)
+    conversions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        """``1 / value_range[1]``: raw * scale is what mean/std describe."""
+        return 1.0 / self.value_range[1]
 
 
 def load_digits_raw() -> RawData:
-    """scikit-learn's 8x8 digits (1,797 images, 16 gray levels 0..16, classes "0".."9"); scale 1/16."""
+    """scikit-learn's 8x8 digits (1,797 images, classes "0".."9") as 8-bit images.
+
+    The source pixels are 17 gray levels 0..16; they are mapped to uint8 0..255 (``round(x * 255 / 16)``), the range
+    an app's 8-bit PNG has, so the bundle's contract is the ordinary (0, 255) one.
+    """
     from edgecompress._lazy import require
 
     datasets = require("sklearn.datasets", "the digits dataset")
     bunch = datasets.load_digits()
-    x = bunch.images.astype(np.float32)[:, None]
-    return RawData(x=x, y=bunch.target.astype(np.int64), labels=[str(k) for k in range(10)], scale=1.0 / 16.0)
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return RawData(x=x, y=bunch.target.astype(np.int64), labels=[str(k) for k in range(10)])
 
 
 def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
-    """Accept ``[N,H,W]``, ``[N,H,W,C]`` (C in 1/3, checked first) or ``[N,C,H,W]`` (C in 1/3); return NCHW."""
+    """Accept ``[N,H,W]``, ``[N,H,W,C]`` (C in 1/3, checked first) or ``[N,C,H,W]`` (C in 1/3); return an NCHW view."""
     if x.ndim == 3:
         return x[:, None]
     if x.ndim == 4:
         if x.shape[3] in (1, 3):
-            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            return x.transpose(0, 3, 1, 2)  # a view: the rows stay where they are, batches are read NCHW
         if x.shape[1] in (1, 3):
             return x
         raise DataError(
@@ -69,7 +84,7 @@ def check_arrays(
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise DataError(f"{what}: images have dtype {x.dtype}, expected uint8 or float", "store pixels as numbers")
     x = to_nchw(x, what)
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    if np.issubdtype(x.dtype, np.floating) and not all(np.isfinite(c).all() for c in iter_chunks(x)):
         raise DataError(f"{what}: images contain NaN or Inf pixels", "clean or drop those images")
     if y.ndim != 1:
         raise DataError(
@@ -103,23 +118,91 @@ def check_classes(y: np.ndarray, labels: list[str], what: str) -> None:
         )
 
 
-def _scale_for(x: np.ndarray) -> float:
-    return 1.0 / 255.0 if np.issubdtype(x.dtype, np.integer) else 1.0
+def input_contract(
+    x: np.ndarray, what: str, value_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, str, tuple[float, float], list[str]]:
+    """Put images in the raw-input contract by their dtype, never by guessing from their values.
+
+    uint8 -> (0, 255); uint16 -> (0, 65535); other integers that fit are cast to uint8 / uint16; floats -> float32
+    in (0, 1). ``value_range`` (``data.value_range``) overrides the range, e.g. (0, 255) for float pixels in 0..255.
+    Pixels outside the range are refused: a wrong range would give an app wrong answers at high confidence.
+
+    Returns:
+        ``(x, input_dtype, value_range, notes)``; ``x`` is the same array where no cast was needed.
+    """
+    notes: list[str] = []
+    if np.issubdtype(x.dtype, np.integer) and x.dtype not in (np.uint8, np.uint16):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 65535:
+            raise DataError(
+                f"{what}: integer pixels span [{lo}, {hi}], outside 0..65535",
+                "store 8-bit images as uint8, 16-bit as uint16, other data as float32 with data.value_range",
+            )
+        target = np.uint8 if hi <= 255 else np.uint16
+        notes.append(f"{what}: {x.dtype} pixels stored as {np.dtype(target).name} (values {lo}..{hi})")
+        x = x.astype(target)
+    elif np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        notes.append(f"{what}: {x.dtype} pixels stored as float32")
+        x = x.astype(np.float32)
+    dtype = np.dtype(x.dtype).name
+    default = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}.get(dtype, (0.0, 1.0))
+    vr = (float(value_range[0]), float(value_range[1])) if value_range is not None else default
+    bound = {"uint8": 255.0, "uint16": 65535.0}.get(dtype)
+    if bound is not None and (vr[0] < 0 or vr[1] > bound):
+        raise DataError(
+            f"{what}: data.value_range {list(vr)} does not fit {dtype} pixels", f"use a range within 0..{bound:g}"
+        )
+    if value_range is None and bound is not None:
+        return x, dtype, vr, notes  # the dtype's own full range: every value fits, no pass over the pixels
+    lo, hi = float(x.min()), float(x.max())
+    tol = 1e-3 * (vr[1] - vr[0])
+    if lo < vr[0] - tol or hi > vr[1] + tol:
+        raise DataError(
+            f"{what}: {dtype} pixels span [{lo:.4g}, {hi:.4g}], outside the value range {list(vr)}",
+            "set data.value_range: [low, high] to the range the pixels use (e.g. [0, 255]), or rescale them",
+        )
+    return x, dtype, vr, notes
 
 
-def load_npz_raw(path: Path) -> RawData:
+def to_color_mode(x: np.ndarray, mode: str | None, what: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Convert ``[N, C, H, W]`` images to ``mode`` (L: 1 channel, RGB: 3); return them and ``{"L->RGB": n}``.
+
+    Gray to RGB repeats the channel; RGB to L uses ITU-R 601-2 luma, ``L = 0.299 R + 0.587 G + 0.114 B`` (as
+    Pillow's ``convert("L")``), rounded for integer pixels. Converted chunk by chunk into the new array.
+    """
+    channels = {"L": 1, "RGB": 3}
+    if mode is None or x.shape[1] == channels[mode]:
+        return x, {}
+    if x.shape[1] not in channels.values():
+        raise DataError(f"{what}: {x.shape[1]}-channel images cannot be converted to {mode}", "give 1 or 3 channels")
+    src = "L" if x.shape[1] == 1 else "RGB"
+    out = np.empty((len(x), channels[mode], *x.shape[2:]), dtype=x.dtype)
+    weights = np.array([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)
+    step = chunk_rows(x)
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        if mode == "RGB":
+            out[i : i + step] = chunk
+        else:
+            luma = (chunk.astype(np.float64) * weights).sum(axis=1, keepdims=True)
+            out[i : i + step] = np.rint(luma) if np.issubdtype(x.dtype, np.integer) else luma
+    return out, {f"{src}->{mode}": len(x)}
+
+
+def load_npz_raw(path: Path, value_range: tuple[float, float] | None = None) -> RawData:
     """``.npz`` with ``x_train``/``y_train``, optional ``x_test``/``y_test`` and ``labels``.
 
-    Images: ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``; uint8 (scale 1/255) or float already in [0, 1] (scale 1).
+    Images: ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``; uint8 (range 0..255), uint16 (0..65535) or float in [0, 1]
+    (or in ``value_range``), kept in that dtype (see :func:`input_contract`).
     """
-    return _npz(path, ("x_train", "y_train"))
+    return _npz(path, ("x_train", "y_train"), value_range)
 
 
-def load_npz_eval(path: Path) -> RawData:
+def load_npz_eval(path: Path, value_range: tuple[float, float] | None = None) -> RawData:
     """A small labelled ``.npz`` for data-free runs: ``x_val``/``y_val`` (or ``x``/``y``), optional test arrays."""
     with _open_npz(path) as z:
         keys = ("x_val", "y_val") if "x_val" in z.files else ("x", "y")
-    return _npz(path, keys)
+    return _npz(path, keys, value_range)
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
@@ -132,81 +215,42 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise DataError(f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez") from None
 
 
-def _npz(path: Path, keys: tuple[str, str]) -> RawData:
+def _npz(path: Path, keys: tuple[str, str], value_range: tuple[float, float] | None) -> RawData:
     with _open_npz(path) as z:
         if keys[0] not in z.files or keys[1] not in z.files:
             raise DataError(
                 f"{path} lacks '{keys[0]}'/'{keys[1]}' (has {', '.join(z.files) or 'nothing'})",
                 f"save the arrays with numpy.savez(path, {keys[0]}=..., {keys[1]}=...)",
             )
+        wanted = [k for k in (*keys, "x_test", "y_test", "labels") if k in z.files]
         try:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in wanted}  # only what is used: each array is read once, in its own dtype
         except ValueError as exc:  # object arrays need pickle, which is refused
             raise DataError(f"{path}: {exc}", "store labels as a plain string array, images as numbers") from None
-    labels_arr = arrays.get("labels")
+    labels_arr = arrays.pop("labels", None)
     labels = [str(s) for s in labels_arr.tolist()] if labels_arr is not None else None
     num_classes = len(labels) if labels is not None else None
-    x, y = check_arrays(arrays[keys[0]], arrays[keys[1]], f"{path.name}:{keys[0]}", num_classes)
+    what = f"{path.name}:{keys[0]}"
+    x, y = check_arrays(arrays.pop(keys[0]), arrays.pop(keys[1]), what, num_classes)
+    x, dtype, vr, notes = input_contract(x, what, value_range)
     x_test = y_test = None
     if "x_test" in arrays or "y_test" in arrays:
         if "x_test" not in arrays or "y_test" not in arrays:
             raise DataError(f"{path} has only one of x_test/y_test", "give both test arrays or neither")
         hi = num_classes if num_classes is not None else int(max(y.max(), arrays["y_test"].max(initial=0))) + 1
-        x_test, y_test = check_arrays(arrays["x_test"], arrays["y_test"], f"{path.name}:x_test", hi)
+        x_test, y_test = check_arrays(arrays.pop("x_test"), arrays.pop("y_test"), f"{path.name}:x_test", hi)
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: test images are {x_test.shape[1:]}, train images {x.shape[1:]}", "use one size")
+        x_test, test_dtype, _, test_notes = input_contract(x_test, f"{path.name}:x_test", vr)
+        if test_dtype != dtype:
+            raise DataError(
+                f"{path}: x_test is {test_dtype}, {keys[0]} is {dtype} (one input contract for both)",
+                "store both image arrays in the same dtype and range",
+            )
+        notes += test_notes
     if labels is None:
         k = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
         labels = [str(i) for i in range(k)]
-    if x_test is not None and x_test.dtype != x.dtype:
-        x_test = x_test.astype(np.float32) * _scale_for(x_test) / _scale_for(x)
-    return RawData(x=x, y=y, labels=labels, scale=_scale_for(x), x_test=x_test, y_test=y_test)
-
-
-def load_folder_raw(root: Path, image_size: tuple[int, int] | None) -> RawData:
-    """Images in ``root/<class>/*.png|jpg|jpeg|bmp``; classes sorted by name; resized to ``image_size`` (H, W)."""
-    from edgecompress._lazy import require
-
-    image_mod = require("PIL.Image", "image folder datasets")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder not found: {root}", "set data.path to a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders (the dataset is empty)", "use root/<class>/<image>.png")
-    files: list[tuple[Path, int]] = []
-    for k, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise DataError(
-                f"class folder {root / name} has no images ({'/'.join(IMAGE_SUFFIXES)})", "add images or remove it"
-            )
-        files += [(p, k) for p in found]
-    images: list[np.ndarray] = []
-    first_of: dict[tuple[int, ...], Path] = {}
-    gray_file = color_file = None
-    for path, _ in files:
-        try:
-            with image_mod.open(path) as im:
-                gray = im.mode in _GRAY_MODES
-                im = im.convert("L" if gray else "RGB")
-                if image_size is not None:
-                    im = im.resize((image_size[1], image_size[0]), image_mod.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path} ({exc})", "remove or re-save that file") from None
-        gray_file, color_file = (gray_file or path, color_file) if gray else (gray_file, color_file or path)
-        if gray_file and color_file:
-            raise DataError(
-                f"mixed grayscale and color images: {gray_file} and {color_file}", "convert all images to one mode"
-            )
-        first_of.setdefault(arr.shape[:2], path)
-        if len(first_of) > 1:
-            (s1, f1), (s2, f2) = list(first_of.items())[:2]
-            raise DataError(f"images differ in size: {f1} is {s1}, {f2} is {s2}", "set data.image_size: [H, W]")
-        images.append(arr)
-    x = np.stack(images)
-    y = np.array([k for _, k in files], dtype=np.int64)
-    x, y = check_arrays(x, y, str(root), len(classes))
-    log.info("folder %s: %d images, %d classes, %s", root, len(x), len(classes), x.shape[1:])
-    return RawData(x=x, y=y, labels=classes, scale=1.0 / 255.0)
+    return RawData(
+        x=x, y=y, labels=labels, x_test=x_test, y_test=y_test, input_dtype=dtype, value_range=vr, notes=notes
+    )

@@ -3,6 +3,9 @@
 Order of cuts (each with its own seeded stream, so changing one size leaves the others' draws alone):
 test (official, else a stratified ``test_fraction`` of all data) -> ``max_test`` subsample -> ``max_train`` subsample
 of the training portion -> val (``val_fraction``) -> calib (``calib_size``) -> train (the rest). All four are disjoint.
+
+Memory: each split holds its raw rows (source dtype, a view of one array reordered in place) and normalizes on read
+(``split.x[a:b]``); the statistics are a streaming pass over the train split (:mod:`edgecompress.data.arrays`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgecompress.data.arrays import NormalizedImages, arrange_rows, channel_stats, chunk_rows, iter_chunks
 from edgecompress.data.config import DataConfig
-from edgecompress.data.preprocess import Preprocess
-from edgecompress.data.sources import RawData, check_arrays, check_classes
+from edgecompress.data.preprocess import Preprocess, dtype_for_range
+from edgecompress.data.sources import RawData, check_arrays, check_classes, input_contract, to_color_mode
 from edgecompress.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,28 +29,41 @@ log = logging.getLogger(__name__)
 _TEST, _MAX_TEST, _MAX_TRAIN, _VAL, _CALIB = range(5)
 
 
-@dataclass
 class ArraySplit:
-    """One split: ``x`` float32 ``[N, C, H, W]`` normalized, ``y`` int64 ``[N]``."""
+    """One split: raw images ``raw`` ``[N, C, H, W]`` (source dtype), labels ``y`` int64 ``[N]``, and ``x``.
 
-    x: np.ndarray
-    y: np.ndarray
+    ``x`` is a :class:`NormalizedImages`: float32 normalized rows on indexing (``x[:64]``, ``x[idx]``), ``len``,
+    ``shape``, ``dtype``; ``np.asarray(x)`` materializes the whole split. Only ``raw`` is held in memory.
+    """
 
-    def __post_init__(self) -> None:
-        if self.x.dtype != np.float32 or self.x.ndim != 4:
-            raise DataError(f"ArraySplit.x must be float32 [N,C,H,W], got {self.x.dtype} {self.x.shape}", "convert it")
-        if self.y.dtype != np.int64 or self.y.shape != (len(self.x),):
+    __slots__ = ("raw", "y", "preprocess", "x")
+
+    def __init__(self, raw: np.ndarray, y: np.ndarray, preprocess: Preprocess) -> None:
+        if raw.ndim != 4 or tuple(raw.shape[1:]) != (preprocess.channels, *preprocess.size):
             raise DataError(
-                f"ArraySplit.y must be int64 [{len(self.x)}], got {self.y.dtype} {self.y.shape}", "convert it"
+                f"ArraySplit.raw must be [N, {preprocess.channels}, {preprocess.size[0]}, {preprocess.size[1]}], "
+                f"got {raw.shape}",
+                "convert it",
             )
+        if y.dtype != np.int64 or y.shape != (len(raw),):
+            raise DataError(f"ArraySplit.y must be int64 [{len(raw)}], got {y.dtype} {y.shape}", "convert it")
+        self.raw, self.y, self.preprocess = raw, y, preprocess
+        self.x = NormalizedImages(raw, preprocess)
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def __repr__(self) -> str:
+        return f"ArraySplit(n={len(self)}, raw={self.raw.dtype}{tuple(self.raw.shape[1:])})"
+
 
 @dataclass
 class Splits:
-    """The data every stage sees. ``None`` splits exist only where the user gave no data (data-free)."""
+    """The data every stage sees. ``None`` splits exist only where the user gave no data (data-free).
+
+    ``notes`` are one-line remarks for the report (images converted to the colour mode, dtypes cast);
+    ``conversions`` counts converted images by kind, e.g. ``{"L->RGB": 12}``.
+    """
 
     train: ArraySplit | None
     val: ArraySplit | None
@@ -56,10 +73,15 @@ class Splits:
     preprocess: Preprocess
     input_shape: tuple[int, int, int]
     num_classes: int
+    notes: list[str] = field(default_factory=list)
+    conversions: dict[str, int] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """SHA-256 over every split's arrays, the labels and the preprocessing (computed once, then cached)."""
+        """SHA-256 over every split's raw arrays and labels, the label names and the preprocessing (cached).
+
+        The raw rows are hashed chunk by chunk in NCHW order, so a split stored NHWC hashes as its NCHW copy would.
+        """
         if self._fingerprint is None:
             h = hashlib.sha256()
             for name in ("train", "val", "calib", "test"):
@@ -68,9 +90,10 @@ class Splits:
                 if split is None:
                     h.update(b"none")
                     continue
-                for arr in (split.x, split.y):
+                for arr in (split.raw, split.y):
                     h.update(f"{arr.dtype.str}{arr.shape}".encode())
-                    h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+                    for chunk in iter_chunks(arr, chunk_rows(arr, itemsize=1)):
+                        h.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
             h.update(json.dumps(self.labels).encode())
             h.update(self.preprocess.model_dump_json().encode())
             self._fingerprint = h.hexdigest()
@@ -118,36 +141,82 @@ def stratified_take(
     return taken_idx, rest
 
 
-def _stats(x: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
-    xs = x.astype(np.float64) * scale
-    mean = xs.mean(axis=(0, 2, 3))
-    std = xs.std(axis=(0, 2, 3))
-    std = np.where(std < 1e-8, 1.0, std)  # a constant channel would otherwise divide by zero
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
-def _split(raw_x: np.ndarray, y: np.ndarray, idx: np.ndarray | None, pre: Preprocess) -> ArraySplit | None:
-    if idx is None:
-        return None
-    return ArraySplit(x=np.ascontiguousarray(pre.apply(raw_x[idx])), y=np.ascontiguousarray(y[idx]))
+def _cut(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray | None], pre: Preprocess) -> list[ArraySplit | None]:
+    """Cut disjoint index sets of ``x`` into splits without copying: the rows are reordered in place so that each
+    split is a contiguous slice (a view) in its index order. When most rows go unused (``max_train``/``max_test``),
+    the used ones are copied out so the unused ones can be freed."""
+    used = [p for p in parts if p is not None]
+    order = np.concatenate(used) if used else np.zeros(0, np.int64)
+    if not x.flags.writeable or (x.base is not None and not x.base.flags.writeable):
+        x = x.copy()  # a read-only source (e.g. a memory-mapped or buffer-backed array): the rows must move
+    y = y.copy()
+    arrange_rows(x, order)
+    arrange_rows(y, order)
+    if len(order) < len(x) / 2:
+        x, y = x[: len(order)].copy(), y[: len(order)].copy()
+    out: list[ArraySplit | None] = []
+    start = 0
+    for p in parts:
+        if p is None:
+            out.append(None)
+            continue
+        out.append(ArraySplit(x[start : start + len(p)], y[start : start + len(p)], pre))
+        start += len(p)
+    return out
 
 
 def load_raw(cfg: DataConfig) -> RawData | None:
-    """Load and validate the configured source (None for data-free without a path)."""
+    """Load and validate the configured source in its input contract (None for data-free without a path).
+
+    ``data.color_mode`` converts array sources (counted in ``conversions``); folders convert while decoding.
+    """
     from edgecompress.data import sources
 
+    if cfg.dataset == "folder":
+        from edgecompress.data.folder import load_folder_raw
+
+        raw = load_folder_raw(cfg.path, cfg.image_size, classes=cfg.classes, color_mode=cfg.color_mode)  # type: ignore[arg-type]
+        if cfg.value_range is not None:  # e.g. 12-bit images in 16-bit PNGs: (0, 4095)
+            _, raw.input_dtype, raw.value_range, _ = input_contract(raw.x, cfg.path.name, cfg.value_range)  # type: ignore[union-attr]
+        return raw
     if cfg.dataset == "digits":
-        return sources.load_digits_raw()
-    if cfg.dataset == "fashion-mnist":
+        raw = sources.load_digits_raw()
+    elif cfg.dataset == "fashion-mnist":
         from edgecompress.data.fashion import CLASSES, load_fashion_mnist
 
         x, y, xt, yt = load_fashion_mnist(cfg.path, allow_download=cfg.download)
-        return RawData(x=x[:, None], y=y, labels=list(CLASSES), scale=1.0 / 255.0, x_test=xt[:, None], y_test=yt)
-    if cfg.dataset == "npz":
-        return sources.load_npz_raw(cfg.path)  # type: ignore[arg-type]
-    if cfg.dataset == "folder":
-        return sources.load_folder_raw(cfg.path, cfg.image_size)  # type: ignore[arg-type]
-    return sources.load_npz_eval(cfg.path) if cfg.path is not None else None
+        raw = RawData(x=x[:, None], y=y, labels=list(CLASSES), x_test=xt[:, None], y_test=yt)
+    elif cfg.dataset == "npz":
+        raw = sources.load_npz_raw(cfg.path, cfg.value_range)  # type: ignore[arg-type]
+    elif cfg.path is not None:
+        raw = sources.load_npz_eval(cfg.path, cfg.value_range)
+    else:
+        return None
+    if cfg.value_range is not None and cfg.dataset in ("digits", "fashion-mnist"):
+        _, raw.input_dtype, raw.value_range, _ = input_contract(raw.x, cfg.dataset, cfg.value_range)
+    for name in ("x", "x_test"):
+        arr = getattr(raw, name)
+        if arr is not None:
+            arr, counts = to_color_mode(arr, cfg.color_mode, name)
+            setattr(raw, name, arr)
+            for kind, n in counts.items():
+                raw.conversions[kind] = raw.conversions.get(kind, 0) + n
+                raw.notes.append(f"{n} {name} images converted from mode {kind.replace('->', ' to ')}")
+    return raw
+
+
+def _statistics(cfg: DataConfig, raw: RawData, stat_x: np.ndarray) -> tuple[list[float], list[float]]:
+    """``data.mean``/``data.std`` when given (the teacher's own normalization), else a streaming pass over train."""
+    if cfg.mean is not None:
+        if len(cfg.mean) != stat_x.shape[1]:
+            raise DataError(
+                f"data.mean has {len(cfg.mean)} values for {stat_x.shape[1]}-channel images",
+                "give one mean and one std per channel, as the teacher checkpoint was trained with",
+            )
+        return list(cfg.mean), list(cfg.std)  # type: ignore[arg-type]
+    if cfg.dataset == "none":
+        log.warning("no training data: normalization statistics computed on the validation data")
+    return channel_stats(stat_x, raw.scale)
 
 
 def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
@@ -158,7 +227,8 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
         seed: the run seed; the same (cfg, seed) gives bit-identical splits.
 
     Returns:
-        :class:`Splits` with normalized float32 NCHW arrays; mean/std from the train split (or ``cfg.mean``/``std``).
+        :class:`Splits` whose splits hold the raw images (source dtype) and normalize per batch; mean/std from the
+        train split in a streaming pass, or ``cfg.mean``/``cfg.std``.
     """
     raw = load_raw(cfg)
     if raw is None:  # data-free, nothing given but the shape
@@ -167,7 +237,9 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
         mean, std = list(cfg.mean or [0.0] * c), list(cfg.std or [1.0] * c)
         if cfg.mean is None:
             log.warning("data-free run without data.mean/std: assuming the teacher takes x/255 un-normalized")
-        pre = Preprocess(mean=mean, std=std, size=(h, w), channels=c, scale=1.0 / 255.0)
+        vr = cfg.value_range or (0.0, 255.0)
+        dtype = dtype_for_range(vr[1]) if vr[0] >= 0 else "float32"
+        pre = Preprocess(mean=mean, std=std, size=(h, w), channels=c, value_range=vr, input_dtype=dtype)
         return Splits(None, None, None, None, [str(i) for i in range(k)], pre, (c, h, w), k)
 
     def rng(stream: int) -> np.random.Generator:
@@ -178,14 +250,14 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
     check_classes(raw.y, raw.labels, what)
     all_idx = np.arange(len(raw.y))
     if raw.x_test is not None:
-        x_test_raw, y_test_raw = check_arrays(raw.x_test, raw.y_test, f"{what} test", k)  # type: ignore[arg-type]
-        test_idx, pool = np.arange(len(y_test_raw)), all_idx
+        raw.x_test, raw.y_test = check_arrays(raw.x_test, raw.y_test, f"{what} test", k)  # type: ignore[arg-type]
+        test_idx, pool = np.arange(len(raw.y_test)), all_idx
     else:
         n_test = max(1, int(round(cfg.test_fraction * len(all_idx))))
         test_idx, pool = stratified_take(raw.y, all_idx, n_test, rng(_TEST))
-        x_test_raw, y_test_raw = raw.x, raw.y
+    y_test_all = raw.y_test if raw.x_test is not None else raw.y
     if cfg.max_test is not None and len(test_idx) > cfg.max_test:
-        test_idx, _ = stratified_take(y_test_raw, test_idx, cfg.max_test, rng(_MAX_TEST), keep_one=False)
+        test_idx, _ = stratified_take(y_test_all, test_idx, cfg.max_test, rng(_MAX_TEST), keep_one=False)
 
     if cfg.dataset == "none":  # the labelled npz serves validation (and test); nothing to train on
         train_idx = calib_idx = None
@@ -207,26 +279,31 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
             calib_idx, rest = stratified_take(raw.y, rest, cfg.calib_size, rng(_CALIB))
         train_idx = rest
 
-    stat_x = raw.x[train_idx] if train_idx is not None else raw.x[val_idx]
-    if cfg.mean is not None:
-        mean, std = list(cfg.mean), list(cfg.std)  # type: ignore[arg-type]
-        if len(mean) != raw.x.shape[1]:
-            raise DataError(f"data.mean has {len(mean)} values for {raw.x.shape[1]}-channel images", "one per channel")
-    else:
-        if train_idx is None:
-            log.warning("no training data: normalization statistics computed on the validation data")
-        mean, std = _stats(stat_x, raw.scale)
     c, h, w = (int(v) for v in raw.x.shape[1:])
-    pre = Preprocess(mean=mean, std=std, size=(h, w), channels=c, scale=raw.scale)
+    # the preprocessing is needed to build the splits, the statistics need the train split: cut with a placeholder
+    first = Preprocess(
+        mean=[0.0] * c, std=[1.0] * c, size=(h, w), channels=c, input_dtype=raw.input_dtype, value_range=raw.value_range
+    )
+    if raw.x_test is not None:
+        train, val, calib = _cut(raw.x, raw.y, [train_idx, val_idx, calib_idx], first)
+        (test,) = _cut(raw.x_test, raw.y_test, [test_idx], first)  # type: ignore[arg-type]
+    else:
+        train, val, calib, test = _cut(raw.x, raw.y, [train_idx, val_idx, calib_idx, test_idx], first)
+    raw.x = raw.x_test = None  # type: ignore[assignment]  # the splits hold the only references now
+    stat_split = train if train is not None else val
+    mean, std = _statistics(cfg, raw, stat_split.raw)  # type: ignore[union-attr]
+    pre = Preprocess(**{**first.model_dump(), "mean": mean, "std": std})
+    parts = [None if s is None else ArraySplit(s.raw, s.y, pre) for s in (train, val, calib, test)]
     splits = Splits(
-        train=_split(raw.x, raw.y, train_idx, pre),
-        val=_split(raw.x, raw.y, val_idx, pre),
-        calib=_split(raw.x, raw.y, calib_idx, pre),
-        test=_split(x_test_raw, y_test_raw, test_idx, pre),
+        *parts,
         labels=list(raw.labels),
         preprocess=pre,
         input_shape=(c, h, w),
         num_classes=k,
+        notes=list(raw.notes),
+        conversions=dict(raw.conversions),
     )
+    for note in splits.notes:
+        log.info("data: %s", note)
     log.info("splits %s: %s, input %s, %d classes", cfg.dataset, splits.sizes(), splits.input_shape, k)
     return splits
