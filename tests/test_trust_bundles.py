@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_line_message, record
 from edgecompress.bundle import load_bundle, verify_bundle, write_bundle
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME
 from edgecompress.bundle.writer import sums_text
 from edgecompress.errors import BundleError
-from test_reliability_common import one_line_message, record
 
 N_TRAIN = 1000
 

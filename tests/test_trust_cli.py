@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FIX, cli, one_error_line, record, tiny_config, write_yaml
 from edgecompress.cli import app, main
-from test_reliability_common import FIX, cli, one_error_line, record, tiny_config, write_yaml
 
 USAGE = {
     "cli-unknown-option": (["run", "examples/digits.yaml", "--bogus"], "No such option: --bogus"),

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cli, one_error_line, one_line_message, record, write_yaml
 from edgecompress.bundle import safe_extract, verify_bundle
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME
 from edgecompress.bundle.writer import sums_text
 from edgecompress.errors import BundleError, ConfigError, DataError
-from test_reliability_common import cli, one_error_line, one_line_message, record, write_yaml
 from test_trust_bundles import digits_fields, digits_onnx
 
 

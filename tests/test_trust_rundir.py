@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_line_message, record
 from edgecompress.errors import ResourceError
 from edgecompress.pipeline.rundir import LOCK, RunDir
-from test_reliability_common import one_line_message, record
 
 USER_FILES = [".my-settings/", "src/.cache-20240101/", "docs/.notes.tmp", ".old-thesis-2"]
 

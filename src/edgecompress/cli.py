@@ -23,7 +23,8 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 
-STAGES = ["data", "teacher", "distill", "calibrate", "export", "benchmark", "report"]
+# the pipeline's stage order (edgecompress.pipeline.STAGE_NAMES; a test keeps them equal, the CLI stays light)
+STAGES = ["data", "teacher", "search", "distill", "calibrate", "export", "benchmark", "report", "bundles"]
 
 
 def _console():
@@ -72,6 +73,10 @@ def run(
     config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/run"),
     until: Annotated[str | None, typer.Option(help=f"Stop after this stage: {', '.join(STAGES)}.")] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Recompute this stage and every later one, even where a finished folder exists."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     trust_factory: Annotated[
         list[str] | None,
@@ -86,10 +91,11 @@ def run(
     from edgecompress.config import load_config
     from edgecompress.pipeline import run_pipeline
 
-    if until is not None and until not in STAGES:
-        raise EdgeCompressError(f"--until {until!r} is not a stage", f"use one of: {', '.join(STAGES)}")
+    for option, name in (("--until", until), ("--from", from_)):
+        if name is not None and name not in STAGES:
+            raise EdgeCompressError(f"{option} {name!r} is not a stage", f"use one of: {', '.join(STAGES)}")
     cfg = load_config(config)
-    paths = run_pipeline(cfg, out, until=until, progress=progress, trust_factories=_modules(trust_factory))
+    paths = run_pipeline(cfg, out, until=until, from_=from_, progress=progress, trust_factories=_modules(trust_factory))
     _summary(paths, out)
 
 

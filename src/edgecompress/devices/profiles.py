@@ -31,9 +31,11 @@ def list_profiles(extra_dirs: Iterable[Path | str | None] = ()) -> dict[str, Pat
 def _read(path: Path) -> DeviceProfile:
     import yaml
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    from edgecompress.config import safe_load_yaml
+
+    try:  # bounded: a profile is a file from outside (an alias bomb is refused, not expanded)
+        data = safe_load_yaml(path.read_text(encoding="utf-8"), source=str(path)) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise DeviceError(f"cannot read device profile {path}: {exc}", "fix the YAML file") from exc
     if not isinstance(data, dict):
         raise DeviceError(f"device profile {path} is not a mapping", "write 'name: ...', 'transport: ...' keys")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress._io import sha256_json
+from edgecompress._io import make_temp_dir, sha256_json
 from edgecompress.errors import EdgeCompressError, ExportError
 from edgecompress.export import onnx_export as ox
 from edgecompress.export.artifact import Artifact, run_artifact, swap_into_place
@@ -129,7 +129,7 @@ def _export_one(
     record: dict[str, Any] = {"name": name, "format": fmt, "precision": precision, "runtime": spec.runtime}
     record["fp32_val_accuracy"] = fp32_acc
     final = out_dir / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    tmp = make_temp_dir(out_dir, f".{name}-")
     step, start = "export", time.perf_counter()
     try:
         files, model_file, info = spec.export_fn()(s, precision, tmp)

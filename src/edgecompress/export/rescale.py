@@ -7,13 +7,13 @@ Each format's hook is named in its :class:`~edgecompress.export.formats.FormatSp
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecompress import _lazy
+from edgecompress._io import make_temp_dir
 from edgecompress.errors import ExportError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def rescale_output(artifact: Artifact, factor: float, out_dir: Path) -> Artifact
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / artifact.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}-", dir=out_dir))
+    tmp = make_temp_dir(out_dir, f".{artifact.name}-")
     try:
         files, model_file = hook(artifact, float(factor), tmp)
         swap_into_place(tmp, final)

@@ -158,6 +158,7 @@ def _bundles_compute(ctx: Context, sd: Any) -> FinishResult:
 
     cfg = ctx.cfg
     if not cfg.bundle.enabled:
+        ctx.run.remove_stale_bundles(set())
         return FinishResult(paths={})
     report = ctx.report if ctx.report is not None else build_report(ctx)
     data = ctx.result("data", DataResult)
@@ -193,6 +194,9 @@ def _bundles_compute(ctx: Context, sd: Any) -> FinishResult:
         out[f"bundle {art.name}"] = str(bdir)
         if cfg.bundle.zip:
             out[f"zip {art.name}"] = str(zip_bundle(bdir))
+    written = {key.split(" ", 1)[1] for key in out}
+    for stale in ctx.run.remove_stale_bundles(written):  # an earlier config's bundles would still verify "ok"
+        log.info("removed the bundle %s of an earlier run in this directory", stale.name)
     return FinishResult(paths=out)
 
 

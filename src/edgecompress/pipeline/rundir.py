@@ -39,7 +39,7 @@ LEDGER = "ledger.jsonl"
 MAX_LEDGER_BYTES = 16 << 20
 _ROOT_KEY = "_run_root"  # in _done.json: the run directory the stage's recorded paths were written under
 # Inside stages/<stage>-<key>/ (folders wholly this tool's) exporters' `.prefix-XXXXXXXX` work folders made with
-# tempfile.mkdtemp are also swept by name until every exporter calls _io.make_temp_dir; never anywhere else.
+# tempfile.mkdtemp by versions before _io.make_temp_dir are also swept by name; never anywhere else.
 _TEMP_RE = re.compile(r"^\.(.+(\.tmp|-[a-z0-9_]{8})|old-.+-\d+|.+\.old\.\d+)$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 

@@ -88,6 +88,8 @@ def _data_compute(ctx: Context, sd: StageDir) -> DataResult:
     splits = load_splits(ctx.cfg.data, seed=ctx.cfg.seed)
     if splits.val is None or len(splits.val.y) == 0:
         ctx.warn("no labelled validation split: temperature scaling and ECE are not measured")
+    for note in splits.notes:  # images converted to the colour mode, dtypes cast
+        ctx.warn(f"data: {note}")
     ctx.splits = splits
     return _data_result(splits)
 
