@@ -232,9 +232,7 @@ def test_parity_failure_names_format_and_step(tmp_path: Path) -> None:
 
     x = np.random.default_rng(0).normal(size=(32, 1, 4, 4)).astype(np.float32)
     _expect_failed(
-        export_all(
-            Noisy().eval(), contract=_contract(), formats=["onnx:fp32"], calib_x=x, out_dir=tmp_path / "p"
-        ),
+        export_all(Noisy().eval(), contract=_contract(), formats=["onnx:fp32"], calib_x=x, out_dir=tmp_path / "p"),
         "onnx-fp32",
         "parity",
         case="export-parity",
