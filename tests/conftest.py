@@ -383,3 +383,66 @@ def bn_teacher(seed: int = 0):  # noqa: ANN201 - a torch.nn.Module
 
 if __name__ == "__main__":  # python tests/conftest.py catalogue.jsonl > table.md
     print(render_catalogue(Path(sys.argv[1])), end="")
+
+
+# ------------------------------------------------------------------------------------------- a digits bundle model
+
+
+N_TRAIN = 1000  # digits images the logistic regression is fitted on; the rest are held out
+
+
+def digits_onnx(path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A logistic regression on scikit-learn's digits as ONNX (Flatten + Gemm on ``(v / 16 - 0.5) / 0.5``).
+
+    Returns the model path and the held-out images (8x8 floats in [0, 16]) with their labels.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    digits = load_digits()
+    x, y = digits.images.astype(np.float32), digits.target
+    norm = ((x[:N_TRAIN] / 16.0 - 0.5) / 0.5).reshape(N_TRAIN, -1)
+    clf = LogisticRegression(max_iter=300).fit(norm, y[:N_TRAIN])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(clf.coef_.astype(np.float32), "w"),
+            numpy_helper.from_array(clf.intercept_.astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path, x[N_TRAIN:], y[N_TRAIN:]
+
+
+def digits_fields() -> dict:
+    """Manifest fields of the digits bundle: raw values in [0, 16] (the data's own range), scale 1/16."""
+    return {
+        "model": {
+            "format": "onnx",
+            "precision": "fp32",
+            "runtime": "onnxruntime",
+            "input": {"names": ["input"], "shape": ["batch", 1, 8, 8]},
+            "output": {"name": "logits", "kind": "logits", "calibrated": True},
+        },
+        "preprocessing": {
+            "mean": [0.5],
+            "std": [0.5],
+            "size": [8, 8],
+            "channels": 1,
+            "scale": 1.0 / 16.0,
+            "input_dtype": "float32",
+            "value_range": [0.0, 16.0],
+            "color_mode": "L",
+        },
+        "labels": [str(i) for i in range(10)],
+    }

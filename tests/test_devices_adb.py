@@ -124,7 +124,7 @@ def test_adb_sequence_and_parsed_latency(fake_adb: Path, tmp_path: Path, tmp_pat
     cfg = BenchmarkConfig(batch_sizes=[1, 4], min_iters=10, repeats=3, threads=2, retries=0)
     profile = _profile(tmp_path)
     [row] = benchmark_artifacts([_artifact(tmp_path_factory)], [profile], eval_x=x, eval_y=y, cfg=cfg, workdir=tmp_path)
-    assert row["ok"], row
+    assert row.ok, row
     calls = [json.loads(line) for line in fake_adb.read_text().splitlines()]
     assert all(c[:2] == ["-s", "R58M123"] for c in calls)
     verbs = [(c[2], c[3].split()[0] if c[2] == "shell" else None) for c in calls]
@@ -145,13 +145,13 @@ def test_adb_sequence_and_parsed_latency(fake_adb: Path, tmp_path: Path, tmp_pat
     assert "-f batch:4" in run_b4 and run_b4.endswith("tiny.onnx")
     assert calls[3][3:] == [str(onnx_path), calls[0][3].split()[-1] + "/"]
     # latency parsed from the binary's output (seconds -> ms); calibration measured on the host runtime
-    assert row["latency_ms"][1]["p50"] == pytest.approx(1.9) and row["latency_ms"][4]["p99"] == pytest.approx(3.1)
-    assert row["throughput"][4] == pytest.approx(4 / 2.0e-3)
-    assert row["calibration_measured_on"] == "host runtime"
+    assert row.latency_ms[1].p50 == pytest.approx(1.9) and row.latency_ms[4].p99 == pytest.approx(3.1)
+    assert row.throughput[4] == pytest.approx(4 / 2.0e-3)
+    assert row.calibration_measured_on == "host runtime"
     rt = agent.get_runtime("onnxruntime")
     rt.load(onnx_path)
-    assert row["accuracy"] == pytest.approx(agent.evaluate(rt, x, y)[0]["accuracy"])
-    assert row["env"]["device_model"] == "Pixel 8"
+    assert row.accuracy == pytest.approx(agent.evaluate(rt, x, y)[0]["accuracy"])
+    assert row.env["device_model"] == "Pixel 8"
 
 
 def test_offline_device_is_retried_then_reported(fake_adb: Path, tmp_path: Path, tmp_path_factory, monkeypatch) -> None:
@@ -160,7 +160,7 @@ def test_offline_device_is_retried_then_reported(fake_adb: Path, tmp_path: Path,
     [row] = benchmark_artifacts(
         [_artifact(tmp_path_factory)], [_profile(tmp_path)], eval_x=None, eval_y=None, cfg=cfg, workdir=tmp_path
     )
-    assert row["ok"] is False and row["attempts"] == 3 and "device offline" in row["error"]
+    assert row.ok is False and row.attempts == 3 and "device offline" in row.error
     assert len(fake_adb.read_text().splitlines()) == 3
 
 

@@ -382,6 +382,7 @@ def build(num_classes, in_channels, after=3):
 def test_nan_loss_stops_the_hop_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "nanmod.py").write_text(NAN_FACTORY)
     cfg = tiny_config()
+    cfg["trust_factories"] = ["nanmod"]
     cfg["teacher"] = {
         "model": {"factory": "nanmod:build", "params": {"after": 3}},
         "train": {"epochs": 2, "max_steps_per_epoch": 3, "batch_size": 32, "warmup_epochs": 0},

@@ -533,7 +533,7 @@ CASES = [
         "checkpoint",
         "`teacher.checkpoint` saved from another architecture",
         _ckpt_wrong_arch,
-        ("does not match the model architecture",),
+        ("does not match the teacher architecture",),
     ),
     Case(
         "ckpt-pickled-code",

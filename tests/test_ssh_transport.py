@@ -58,14 +58,14 @@ def test_agent_runs_over_ssh_and_metrics_come_back(sshd: Sshd, model, tmp_path: 
     artifact = {"name": "tiny", "format": "onnx", "precision": "fp32", "runtime": "onnxruntime"}
     artifact |= {"model_file": onnx_path, "files": [onnx_path]}
     [row] = benchmark_artifacts([artifact], [sshd.profile()], eval_x=x, eval_y=y, cfg=cfg, workdir=tmp_path / "w")
-    assert row["ok"], row
-    assert row["device"] == "ssh-loopback" and row["attempts"] == 1 and set(row["latency_ms"]) == {1, 2}
+    assert row.ok, row
+    assert row.device == "ssh-loopback" and row.attempts == 1 and set(row.latency_ms) == {1, 2}
     # accuracy/ECE measured remotely equal a local evaluation of the same model and data
     rt = agent.get_runtime("onnxruntime")
     rt.load(onnx_path)
     local, _ = agent.evaluate(rt, x, y)
-    assert row["accuracy"] == pytest.approx(local["accuracy"]) and row["ece"] == pytest.approx(local["ece"], abs=1e-6)
-    assert row["env"]["threads"] == 1
+    assert row.accuracy == pytest.approx(local["accuracy"]) and row.ece == pytest.approx(local["ece"], abs=1e-6)
+    assert row.env["threads"] == 1
     # the per-run remote directory is removed afterwards
     assert not any((sshd.root / "remote").glob("run-*"))
 

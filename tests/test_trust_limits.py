@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli, one_error_line, one_line_message, record, write_yaml
+from conftest import cli, digits_fields, digits_onnx, one_error_line, one_line_message, record, write_yaml
 from edgecompress.bundle import safe_extract, verify_bundle
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME
 from edgecompress.bundle.writer import sums_text
 from edgecompress.errors import BundleError, ConfigError, DataError
-from test_trust_bundles import digits_fields, digits_onnx
 
 
 def _refused(fn, exc_type=BundleError, *parts: str, case: str = "", given: str = "", how: str = "") -> str:
