@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 try:
     import numpy as np
@@ -350,7 +350,7 @@ class TensorRTRuntime:
         self._recipe = Path(recipe) if recipe else None
         self._gpu = _gpu_name()
         self._built_here = False
-        self._mem = None
+        self._mem: _CudaMemory | None = None
 
     def load(self, path: Path, *, threads: int | None = None) -> None:
         path = _check_file(path, (".engine", ".plan", ".onnx"), self.name)
@@ -389,6 +389,7 @@ class TensorRTRuntime:
         self._ctx.set_input_shape(self._in, tuple(x.shape))
         out_shape = tuple(self._ctx.get_tensor_shape(self._out))
         out_dtype = self._trt.nptype(self._engine.get_tensor_dtype(self._out))
+        assert self._mem is not None, "load() sets up the CUDA memory"
         return self._mem.execute(self._ctx, self._in, x, self._out, out_shape, out_dtype).astype(np.float32)
 
     def info(self) -> dict:
@@ -427,6 +428,7 @@ class _CudaMemory:
     """Device buffers for TensorRT through torch (if installed) or cuda-python."""
 
     def __init__(self) -> None:
+        self._stream: Any  # a torch.cuda.Stream or a cuda-python cudaStream_t
         try:
             import torch
 
@@ -702,10 +704,11 @@ def measure(
         "energy_mj_per_inference": None,
         "power_mw": None,
     }
-    if sampler is not None and sampler.mean_mw() is not None:
+    mean_mw = sampler.mean_mw() if sampler is not None else None
+    if mean_mw is not None:
         inferences = result["iterations"] * batch
-        result["power_mw"] = sampler.mean_mw()
-        result["energy_mj_per_inference"] = sampler.mean_mw() * elapsed / inferences
+        result["power_mw"] = mean_mw
+        result["energy_mj_per_inference"] = mean_mw * elapsed / inferences
     return result
 
 
@@ -817,7 +820,7 @@ def load_eval(path: Path, limit: int | None = None) -> tuple[np.ndarray, np.ndar
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit 2; we answer in JSON instead
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit 2; we answer in JSON instead
         raise AgentError(f"bad agent arguments: {message}", "see python agent.py --help")
 
 

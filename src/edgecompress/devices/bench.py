@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -79,7 +80,7 @@ def _host_metrics(artifact: Any, eval_x: np.ndarray, eval_y: np.ndarray) -> dict
         return None
 
 
-def _full_metrics(logits_file: str | None, eval_y: np.ndarray, num_classes: int | None) -> dict[str, float]:
+def _full_metrics(logits_file: str, eval_y: np.ndarray, num_classes: int | None) -> dict[str, float]:
     """All calibration metrics recomputed on the host from the device's logits.
 
     The file came from a device: it is checked (a readable float array ``[N, K]`` with ``N`` at most the number of
@@ -194,13 +195,14 @@ def _run_device(
         what = f"{_get(artifact, 'name')} on {profile.name}"
         log.info("benchmarking %s", what)
         outcome = with_retries(
-            lambda job=job, local_dir=local_dir: transport.run(job, local_dir=local_dir, timeout_s=cfg.timeout_s),
+            functools.partial(transport.run, job, local_dir=local_dir, timeout_s=cfg.timeout_s),
             retries=cfg.retries,
             backoff_s=cfg.backoff_s,
             what=what,
         )
         result = outcome.result
-        if isinstance(result, dict) and result.get("calibration_measured_on") == "host runtime" and eval_x is not None:
+        on_host = isinstance(result, dict) and result.get("calibration_measured_on") == "host runtime"
+        if on_host and eval_x is not None and eval_y is not None:
             result["metrics"] = _host_metrics(artifact, eval_x, eval_y)
         rows.append(_row(artifact, profile, outcome, eval_y, num_classes))
     return rows

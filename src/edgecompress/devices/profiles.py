@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from edgecompress.devices.config import DeviceProfile
 from edgecompress.errors import DeviceError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 BUILTIN_DIR = Path(__file__).with_name("profiles")
 
@@ -51,7 +55,7 @@ def _read(path: Path) -> DeviceProfile:
         ) from exc
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     msg = str(error["msg"])
     if msg.startswith("Value error, "):  # our validators already quote the bad value
         return msg.removeprefix("Value error, ")

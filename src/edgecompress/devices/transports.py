@@ -281,7 +281,7 @@ def parse_benchmark_output(kind: str, text: str, batch: int) -> dict[str, Any]:
     """
     if kind == "onnxruntime_perf_test":
         found = {k: (float(m.group(1)) if (m := rx.search(text)) else None) for k, rx in _ORT_PERF.items()}
-        stats = {k: found[k] * 1e3 if found[k] is not None else None for k in ("p50", "p90", "p99")}
+        stats = {k: v * 1e3 if (v := found[k]) is not None else None for k in ("p50", "p90", "p99")}
         stats["mean"] = found["mean"]
         iters = int(found["iterations"]) if found["iterations"] is not None else None
         peak = found["peak_rss_bytes"] / 2**20 if found["peak_rss_bytes"] else None
@@ -289,7 +289,7 @@ def parse_benchmark_output(kind: str, text: str, batch: int) -> dict[str, Any]:
         m = _ET_RUN.search(text)
         iters = int(m.group(1)) if m else None
         total = float(m.group(2)) if m else None
-        stats = {"p50": None, "p90": None, "p99": None, "mean": total / iters if m and iters else None}
+        stats = {"p50": None, "p90": None, "p99": None, "mean": total / iters if total is not None and iters else None}
         peak = None
     else:
         raise TransportError(f"unknown benchmark binary kind '{kind}'", "use onnxruntime_perf_test or executor_runner")

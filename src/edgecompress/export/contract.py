@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class ExportContract:
     ) -> ExportContract:
         """Build the contract from an ``ExportConfig`` (opset, dynamic batch, max batch, probabilities output)."""
         return cls(
-            input_shape=tuple(input_shape),
+            input_shape=cast("tuple[int, int, int]", tuple(input_shape)),  # callers may pass a list (JSON)
             num_classes=num_classes,
             output_probabilities=cfg.output_probabilities,
             dynamic_batch=cfg.dynamic_batch,

@@ -75,9 +75,10 @@ def export_all(
     if parity_x is None:
         parity_x = calib[:32] if calib is not None and len(calib) else contract.example_input(16, seed=7)
     parity_x = np.ascontiguousarray(parity_x, dtype=np.float32)
-    has_val = val_x is not None and val_y is not None
-    if has_val:
-        val_x, val_y = np.ascontiguousarray(val_x, dtype=np.float32), np.asarray(val_y)
+    val: tuple[np.ndarray, np.ndarray] | None = None
+    if val_x is not None and val_y is not None:
+        val = (np.ascontiguousarray(val_x, dtype=np.float32), np.asarray(val_y))
+        val_x, val_y = val
     meta = {**contract.metadata, **(metadata or {})}
     meta.setdefault("edgecompress.export_config_hash", sha256_json(cfg.model_dump(mode="json")))
     meta.setdefault("edgecompress.tool_versions", tool_versions())
@@ -86,13 +87,13 @@ def export_all(
         s = ExportSession(model, contract, cfg, calib, val_x, val_y, stringify_metadata(meta), Path(work))
         try:
             ref = s.torch_logits(parity_x)
-            fp32_val = s.torch_logits(val_x) if has_val else None
+            fp32_val = s.torch_logits(val[0]) if val is not None else None
         except Exception as exc:
             problem = f"the PyTorch model failed on the export inputs: {_first_line(exc)}"
             raise ExportError(problem, "check the model's forward on these inputs") from exc
         fp32_acc = None
-        if fp32_val is not None:
-            fp32_acc = metrics_of(fp32_val, val_y, probabilities=contract.output_probabilities)["accuracy"]
+        if val is not None and fp32_val is not None:
+            fp32_acc = metrics_of(fp32_val, val[1], probabilities=contract.output_probabilities)["accuracy"]
         for fmt, precision in pairs:
             art = _export_one(s, fmt, precision, out_dir, parity_x, ref, fp32_acc)
             if not art.ok:
@@ -154,6 +155,7 @@ def _export_one(
         val_acc = None
         if fp32_acc is not None:
             step = "val evaluation"
+            assert s.val_x is not None and s.val_y is not None  # fp32_acc was measured on them
             val_out = run_artifact(runtime, target, s.val_x, precision, s.contract.max_batch)[0]
             if not np.all(np.isfinite(val_out)):
                 raise ExportError(f"outputs NaN or Inf on val through {runtime}", "inspect the exported graph")

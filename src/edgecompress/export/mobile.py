@@ -97,6 +97,7 @@ def export_executorch(
             if precision == "int8":
                 step = "pt2e quantization"
                 program = _quantize_pt2e(program, contract, calib_x, shapes)
+                assert calib_x is not None  # _quantize_pt2e raised QuantizationError otherwise
                 info.update({"quantizer": "XNNPACKQuantizer", "per_channel": True, "calib_samples": int(len(calib_x))})
             step = "to_edge_transform_and_lower"
             lowered = lower(program, partitioner=[partitioner_cls()]).to_executorch()

@@ -88,18 +88,33 @@ def _torch_export(model: Any, contract: ExportContract, path: Path, exporter: st
     import torch
 
     x = torch.from_numpy(contract.example_input(2 if contract.dynamic_batch else 1))
-    common = {
-        "input_names": contract.input_names,
-        "output_names": contract.output_names,
-        "opset_version": contract.opset,
-    }
+    names, outputs, opset = contract.input_names, contract.output_names, contract.opset
     if exporter == "dynamo":
         shapes = None
         if contract.dynamic_batch:
             shapes = ({0: torch.export.Dim(contract.batch_axis_name, min=1, max=max(contract.max_batch, 2))},)
-        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=shapes, verbose=False, **common)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            verbose=False,
+            input_names=names,
+            output_names=outputs,
+            opset_version=opset,
+        )
     else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=contract.dynamic_axes or None, **common)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            dynamic_axes=contract.dynamic_axes or None,
+            input_names=names,
+            output_names=outputs,
+            opset_version=opset,
+        )
 
 
 def export_onnx(

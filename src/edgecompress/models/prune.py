@@ -97,7 +97,7 @@ def find_classifier(model: nn.Module, input_shape: tuple[int, int, int]) -> list
         frontier, seen = [out.grad_fn], set()
         while frontier:
             found: list[str] = []
-            nxt = []
+            nxt: list[torch.autograd.graph.Node | None] = []
             for fn in frontier:
                 if fn is None or fn in seen:
                     continue
@@ -119,7 +119,7 @@ def find_classifier(model: nn.Module, input_shape: tuple[int, int, int]) -> list
     raise ModelError("the model's output depends on no Linear or Conv layer", "end the model with an nn.Linear")
 
 
-def _pruner_class(tp):  # noqa: ANN001, ANN202 (torch_pruning types)
+def _pruner_class(tp: Any) -> Any:  # tp: the torch_pruning module (untyped); returns a BasePruner subclass
     class _Pruner(tp.pruner.BasePruner):
         """BasePruner whose ``round_to`` counts the channels of grouped convs per group and never empties a layer.
 

@@ -71,13 +71,15 @@ def latency_accuracy_plot(rows: list[BenchRow], path: Path, *, batch: int | None
 
     points = []
     samples: set[Any] = set()
+    b: int | None
+    p50: float | None
     for row in rows:
         if batch is not None:
             b, p50 = batch, row.p50_at(batch)
         else:
             got = row.largest_batch_p50()
             b, p50 = got if got else (None, None)
-        if not row.ok or p50 is None or row.accuracy is None or p50 <= 0:
+        if not row.ok or b is None or p50 is None or row.accuracy is None or p50 <= 0:
             continue
         points.append((row.device, row.artifact, b, p50, 100 * row.accuracy, row.ece))
         samples.add(row.eval_samples)
@@ -144,7 +146,7 @@ def chain_size_plot(models: list[ModelEntry], path: Path) -> Path:
     chain.sort(key=lambda m: _CHAIN_ORDER[m.role])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, attr, xlabel in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per sample")):
-        pts = [(getattr(m, attr), 100 * m.accuracy, m) for m in chain if getattr(m, attr)]
+        pts = [(getattr(m, attr), 100 * acc, m) for m in chain if getattr(m, attr) and (acc := m.accuracy) is not None]
         if not pts:
             ax.text(0.5, 0.5, f"{xlabel} not measured", ha="center", va="center")
             ax.set_axis_off()

@@ -84,10 +84,11 @@ def _disqualify(row: BenchRow, floor: float, max_ece: float | None) -> str | Non
         return "accuracy not measured"
     if acc < floor:
         return f"accuracy {100 * acc:.2f}% too low"
-    if max_ece is not None and ece is None:
-        return "ECE not measured"
-    if max_ece is not None and ece > max_ece:
-        return f"ECE {100 * ece:.2f}% too high"
+    if max_ece is not None:
+        if ece is None:
+            return "ECE not measured"
+        if ece > max_ece:
+            return f"ECE {100 * ece:.2f}% too high"
     if not row.latency_ms and row.throughput_at() is None:
         return "speed not measured"
     return None
@@ -95,15 +96,17 @@ def _disqualify(row: BenchRow, floor: float, max_ece: float | None) -> str | Non
 
 def _pick(device: str, ok: list[BenchRow], bounds: str, by: str) -> dict[str, Any]:
     common = set.intersection(*(set(r.latency_ms) for r in ok)) if by == "auto" else set()
+    batch: int | None
+    value: float
     if common:
-        batch = max(common)
-        ranked = sorted(ok, key=lambda r: r.latency_ms[batch].p50)
-        metric, value = "p50_ms", ranked[0].latency_ms[batch].p50
-        speed = f"lowest p50 latency at batch {batch}: {_fmt_ms(value)}"
+        largest = max(common)
+        ranked = sorted(ok, key=lambda r: r.latency_ms[largest].p50)
+        batch, metric, value = largest, "p50_ms", ranked[0].latency_ms[largest].p50
+        speed = f"lowest p50 latency at batch {largest}: {_fmt_ms(value)}"
         if len(ranked) > 1:
-            speed += f" (next: {ranked[1].artifact} {_fmt_ms(ranked[1].latency_ms[batch].p50)})"
+            speed += f" (next: {ranked[1].artifact} {_fmt_ms(ranked[1].latency_ms[largest].p50)})"
     else:
-        with_tp = [r for r in ok if r.throughput_at() is not None]
+        with_tp = [(r, tp) for r in ok if (tp := r.throughput_at()) is not None]
         if not with_tp:
             return {
                 "device": device,
@@ -114,11 +117,12 @@ def _pick(device: str, ok: list[BenchRow], bounds: str, by: str) -> dict[str, An
                 "value": None,
                 "batch": None,
             }
-        ranked = sorted(with_tp, key=lambda r: -(r.throughput_at() or 0.0))
-        batch, metric, value = None, "throughput", ranked[0].throughput_at()
+        ranked_tp = sorted(with_tp, key=lambda rt: -rt[1])
+        ranked = [r for r, _ in ranked_tp]
+        batch, metric, value = None, "throughput", ranked_tp[0][1]
         speed = f"highest throughput: {value:.4g} samples/s"
-        if len(ranked) > 1:
-            speed += f" (next: {ranked[1].artifact} {ranked[1].throughput_at():.4g}/s)"
+        if len(ranked_tp) > 1:
+            speed += f" (next: {ranked_tp[1][0].artifact} {ranked_tp[1][1]:.4g}/s)"
     best = ranked[0]
     acc, ece = best.accuracy or 0.0, best.ece
     quality = f"accuracy {100 * acc:.2f}%" + (f", ECE {100 * ece:.2f}%" if ece is not None else ", ECE not measured")

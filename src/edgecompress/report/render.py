@@ -18,7 +18,7 @@ from typing import Any
 
 from edgecompress._io import atomic_write_text
 from edgecompress.errors import MissingExtraError
-from edgecompress.measurements import UNSTABLE_CV, BenchRow
+from edgecompress.measurements import UNSTABLE_CV, BenchRow, LatencyStats
 from edgecompress.report.schema import ModelEntry, Report
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,8 @@ def _bench_section(rows: list[BenchRow]) -> Section:
         note = f"failed: {row.failure}" if row.failure else ""
         if row.calibration_measured_on == "host runtime":
             note = "accuracy/ECE from the host runtime"
-        for batch, stats in sorted(row.latency_ms.items()) or [(None, None)]:
+        per_batch: list[tuple[int | None, LatencyStats | None]] = [*sorted(row.latency_ms.items())] or [(None, None)]
+        for batch, stats in per_batch:
             lat = [fmt_ms(getattr(stats, q) if stats else None) for q in ("p50", "p90", "p99")]
             tp = fmt_rate(row.throughput_at(batch))
             quality = [fmt_pct(row.accuracy), fmt_pct(row.ece), fmt_ms(row.energy_at(batch))]
