@@ -30,7 +30,6 @@ import hashlib
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from edgecompress.distill.evaluate import model_device, predict_logits
 from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
 from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
+from edgecompress.distill.progress import Progress
 from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
@@ -181,27 +181,6 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}", f"delete {path} to start this run over") from exc
-
-
-class _Progress:
-    """A rich progress bar when stderr is a TTY (rank 0 only), else nothing (epochs are logged)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("training", total=total, completed=done)
-
-    def advance(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def train_model(
@@ -382,7 +361,7 @@ def train_model(
         with atomic_path(ckpt_path) as tmp:
             torch.save(ck, tmp)
 
-    bar = _Progress(progress and rank == 0, cfg.epochs * n_steps, start_epoch * n_steps)
+    bar = Progress(progress and rank == 0, cfg.epochs * n_steps, start_epoch * n_steps)
     try:
         epoch = start_epoch
         while epoch < cfg.epochs:
