@@ -97,6 +97,7 @@ def test_ensemble_of_assistants_and_label_smoothing_teacher(setup, tmp_path: Pat
         assistants=[MemberSpec(prune_ratio=0.5), MemberSpec(prune_ratio=0.3)],
         ensemble=True,
         teacher_label_smoothing=True,
+        max_accuracy_drop=1.0,  # tiny 2-epoch assistants: this test is about the ensemble, not the gate
     )
     with caplog.at_level(logging.WARNING, logger="edgecompress.distill.chain"):
         res = distill_chain(teacher, members, splits, cfg, workdir=tmp_path, seed=0, progress=False)

@@ -179,7 +179,8 @@ class NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_raises_with_epoch_and_step(helpers, tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)  # 8 steps per epoch; call 11 = epoch 2, step 3
+    # without automatic recovery (tests/test_distill_selftune.py has it): 8 steps per epoch; call 11 = epoch 2, step 3
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, max_recoveries=0)
     with pytest.raises(TrainingError, match=r"epoch 2 step 3") as err:
         train_model(NaNAfter(helpers.Net(), 11), helpers.splits(), cfg, workdir=tmp_path, seed=0, progress=False)
     assert "lower the learning rate" in str(err.value)

@@ -34,6 +34,7 @@ from edgecompress.distill.evaluate import (
     fit_temperature,
     predict_logits,
 )
+from edgecompress.distill.gates import QualityGateError, check_student, near_chance
 from edgecompress.distill.trainer import key_seed, train_model
 from edgecompress.errors import ConfigError, DataError
 
@@ -67,6 +68,8 @@ class MemberRecord:
     macs: int | None = None
     seconds: float | None = None
     best_epoch: int | None = None
+    lr: float | None = None  # the peak learning rate it trained with (chosen by the range test with lr: auto)
+    events: list[str] = field(default_factory=list)  # training recoveries, one line each (for the report)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,8 +189,13 @@ def distill_chain(
     progress: bool = True,
     augment_cfg: Any = None,
     device: str | torch.device | None = None,
+    gate: bool = True,
 ) -> ChainResult:
     """Distill ``teacher`` → members[0] → … → members[-1] (the student), one KD hop at a time.
+
+    With ``gate``, a model must pass the quality gate before it teaches: the teacher must not be at chance on val,
+    and each assistant must be within ``cfg.max_accuracy_drop`` of the teacher's val accuracy (``distill.gates``).
+    The final student is not gated here — the caller does, so that it can escalate or report.
 
     Args:
         teacher: the trained teacher.
@@ -199,6 +207,10 @@ def distill_chain(
         progress: progress bars in a terminal.
         augment_cfg: passed to ``train_model``.
         device: passed to ``train_model``.
+        gate: check the teacher and each assistant before it teaches (off for the short runs of a search).
+
+    Raises:
+        QualityGateError: the teacher is at chance, or an assistant failed the gate (its hop record is written).
     """
     workdir = Path(workdir)
     members = [_as_member(m) for m in members]
@@ -218,6 +230,14 @@ def distill_chain(
     t_ev = _evaluate(teacher, splits)
     t_rec = MemberRecord(name="teacher", role="teacher", model=teacher)
     _record(t_rec, t_ev, splits, calibrate)
+    num_classes = int(t_ev.val.shape[1])
+    if gate and near_chance(t_rec.val_accuracy, num_classes):
+        raise QualityGateError(
+            f"teacher val accuracy {100 * t_rec.val_accuracy:.1f} % on {num_classes} classes is near chance "
+            f"({100 / num_classes:.1f} %): it cannot teach",
+            "check the class order (data.classes), the normalization (data.mean/std must match the teacher's "
+            "training) and the checkpoint",
+        )
     records, assistants = [t_rec], []
     _, ref_test, _ = _teaching(t_ev, calibrate)  # the original teacher as it taught
     current, weights = (t_rec.name, t_ev), None
@@ -249,7 +269,15 @@ def distill_chain(
             device=device,
         )
         ev = _evaluate(res.model, splits)
-        rec = MemberRecord(name=name, role=role, teacher=teach_name, model=res.model, best_epoch=res.best_epoch)
+        rec = MemberRecord(
+            name=name,
+            role=role,
+            teacher=teach_name,
+            model=res.model,
+            best_epoch=res.best_epoch,
+            lr=res.lr,
+            events=list(res.events),
+        )
         _record(rec, ev, splits, calibrate)
         rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started
         if ev.test is not None and ref_test is not None:
@@ -259,6 +287,8 @@ def distill_chain(
         atomic_write_json(hop_dir / "record.json", rec.to_dict())
         log.info("hop %d %s: val_acc %.4f test_acc %s", i + 1, name, rec.val_accuracy, rec.accuracy)
         records.append(rec)
+        if gate and role == "assistant":  # a model below the gate must not teach the next hop
+            check_student(rec.val_accuracy, t_rec.val_accuracy, num_classes, max_drop=cfg.max_accuracy_drop, name=name)
         if role == "assistant":
             assistants.append((name, ev))
         current = (name, ev)
@@ -316,6 +346,7 @@ def search_assistant(
             progress=progress,
             augment_cfg=augment_cfg,
             device=device,
+            gate=False,  # a short candidate run that misses the gate just scores low
         )
         ta, st = chain.members[1], chain.members[2]
         rows.append(

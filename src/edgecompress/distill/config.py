@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,7 +18,24 @@ class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1, description="Training epochs.")
     batch_size: int = Field(128, ge=1, description="Global batch size (split across processes under DDP).")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum or AdamW.")
-    lr: float = Field(0.05, gt=0, description="Peak learning rate (after warm-up).")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Peak learning rate (after warm-up), or 'auto': chosen by a short seeded learning-rate range "
+        "test on a copy of the model before training (Smith, 2017); the chosen rate is in the training result.",
+    )
+    lr_range_steps: int = Field(
+        40, ge=10, le=1000, description="With lr: auto, optimizer steps of the range test (exponentially rising lr)."
+    )
+    grad_clip: float | None = Field(
+        5.0, gt=0, description="Clip the global gradient L2 norm to this value before each step; None = off."
+    )
+    max_recoveries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Automatic recoveries: on a non-finite loss, an exploding val NLL or an epoch at chance, restore "
+        "the last good state, lower the learning rate x0.3 and go on, at most this many times (0 = fail at once).",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by AdamW).")
     weight_decay: float = Field(5e-4, ge=0, description="Weight decay on weights of rank >= 2 (not biases/norms).")
     warmup_epochs: float = Field(1, ge=0, description="Linear learning-rate warm-up, in epochs (stepped per batch).")
@@ -114,6 +131,19 @@ class DistillConfig(StrictModel):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training of each member.")
     loss: LossConfig = Field(default_factory=LossConfig, description="The distillation loss of each hop.")
+    max_accuracy_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Quality gate: the student, and each assistant before it teaches, may be at most this far below "
+        "the teacher's val accuracy (a fraction: 0.05 = 5 points) and never at chance; else the run stops before "
+        "export (or escalates, see on_gate_failure).",
+    )
+    on_gate_failure: Literal["stop", "escalate"] = Field(
+        "stop",
+        description="When the student fails the gate: stop with both accuracies and what to try, or escalate: retry "
+        "with the next larger pruned student (MACs x2 per retry, up to half the teacher's).",
+    )
 
     @field_validator("search_candidates")
     @classmethod
@@ -143,6 +173,8 @@ class DistillConfig(StrictModel):
                         f"assistant prune_ratio {a.prune_ratio} <= student's {self.student.prune_ratio}; "
                         "assistants sit between teacher and student"
                     )
+        if self.on_gate_failure == "escalate" and self.student.prune_ratio is None:
+            raise ValueError("on_gate_failure 'escalate' needs a pruned student (student.prune_ratio); or set 'stop'")
         if self.loss.kind == "ce" and self.assistants != "none":
             raise ValueError("loss.kind 'ce' ignores the teachers; use kd/dist/bdkd or assistants: none")
         return self

@@ -12,11 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+from edgecompress.distill.inputs import Inputs, as_inputs
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -28,18 +24,19 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict_logits(model: nn.Module, x: np.ndarray | Tensor, *, batch_size: int = 512) -> Tensor:
+def predict_logits(model: nn.Module, x: np.ndarray | Tensor | Inputs, *, batch_size: int = 512) -> Tensor:
     """Logits of ``model`` (set to eval mode) on ``x`` in batches under ``torch.inference_mode``; float32 on CPU.
 
-    The result is cloned out of inference mode, so it can be used in autograd as a constant.
+    ``x`` may be a lazily-normalized view (see ``distill.inputs``): it is read one batch at a time. The result is
+    cloned out of inference mode, so it can be used in autograd as a constant.
     """
     model.eval()
-    x = _as_tensor(x)
+    rows = as_inputs(x)
     device = model_device(model)
     outs = []
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            outs.append(model(x[i : i + batch_size].to(device)).float().cpu())
+        for i in range(0, len(rows), batch_size):
+            outs.append(model(rows.rows(i, i + batch_size).to(device)).float().cpu())
     if not outs:
         return torch.empty(0, 0)
     return torch.cat(outs).clone()

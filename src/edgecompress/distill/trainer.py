@@ -5,6 +5,13 @@ augmentation generator and the global torch seed (dropout) are re-derived at the
 written at the end of each epoch therefore holds all the state needed to continue (model, optimizer, step, best
 weights, history); a run killed mid-epoch and called again repeats that epoch and ends bit-identical on CPU.
 
+Self-tuning (see ``distill.lr_range`` and ``distill.recovery``): with ``train.lr: auto`` the peak learning rate comes
+from a short seeded range test on a copy of the model; every step's gradient norm is clipped to ``train.grad_clip``;
+an epoch whose loss turns NaN/Inf, whose val NLL explodes or whose val accuracy is at chance is undone — the last
+good state is restored and the learning rate lowered — at most ``train.max_recoveries`` times, each recovery an
+event in the result. The chosen rate, the recovery count, the learning-rate scale, the events and the state to go
+back to are all in the checkpoint, so a resumed run stays bit-identical to an uninterrupted one.
+
 Teacher-logit caches (the teacher's forward dominates KD cost):
 * Without augmentation the teacher sees each training sample unchanged every epoch, and in eval mode it is a pure
   function of its input, so its logits are computed once per sample (one batched ``inference_mode`` pass) and
@@ -18,18 +25,17 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,7 +43,11 @@ from torch import Tensor, nn
 from edgecompress._io import atomic_path, atomic_write_json, sha256_json
 from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
+from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
+from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
+from edgecompress.distill.progress import Progress
+from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
 
@@ -58,6 +68,10 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
     seconds: float = 0.0
+    lr: float | None = None  # the peak learning rate before any recovery lowered it (chosen when train.lr is auto)
+    lr_range: dict[str, Any] | None = None  # the range test's record (``LRRangeResult.to_dict``) when lr is auto
+    events: list[str] = field(default_factory=list)  # one line per recovery, with the numbers, for the report
+    recoveries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the model)."""
@@ -66,6 +80,10 @@ class TrainResult:
             "best_val_accuracy": self.best_val_accuracy,
             "resumed_from_epoch": self.resumed_from_epoch,
             "seconds": self.seconds,
+            "lr": self.lr,
+            "lr_range": self.lr_range,
+            "recoveries": self.recoveries,
+            "events": self.events,
             "history": self.history,
         }
 
@@ -93,29 +111,19 @@ def _make_augment(augment_cfg: Any) -> Augment | None:
     return lambda x, g: augment_batch(x, augment_cfg, g)
 
 
-def _split_arrays(splits: Any, name: str) -> tuple[Tensor, Tensor]:
-    split = getattr(splits, name, None)
-    if split is None or getattr(split, "x", None) is None:
-        raise DataError(f"the '{name}' split is missing", f"give data with a {name} split (train_model needs it)")
-    x = torch.from_numpy(np.ascontiguousarray(split.x, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(split.y, dtype=np.int64))
-    if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
-        raise DataError(
-            f"the '{name}' split has x {tuple(x.shape)} and y {tuple(y.shape)}",
-            "x must be float32 [N, C, H, W] with N > 0 and y int64 [N]",
-        )
-    return x, y
-
-
-def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Learning rate at optimizer step ``step``: linear warm-up, then cosine to 0 (or constant)."""
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, peak: float | None = None) -> float:
+    """Learning rate at optimizer step ``step``: linear warm-up to ``peak`` (default ``cfg.lr``), then cosine to 0
+    (or constant)."""
+    peak = cfg.lr if peak is None else peak
+    if not isinstance(peak, int | float):
+        raise TypeError(f"lr_at needs a numeric peak learning rate, got {peak!r} (resolve lr: auto first)")
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return peak * (step + 1) / warm
     if cfg.schedule == "constant" or total <= warm:
-        return cfg.lr
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        return peak
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
 
 
 def epoch_batches(n: int, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
@@ -128,6 +136,26 @@ def epoch_batches(n: int, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0
     if cfg.max_steps_per_epoch is not None:
         batches = batches[: cfg.max_steps_per_epoch]
     return [b[rank::world] for b in batches]
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer (its learning rate is set per step); no weight decay on biases and norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=0.0)
+
+
+def probe_batches(n: int, batch_size: int, steps: int, seed: int) -> list[Tensor]:
+    """``steps`` full index batches for the learning-rate range test, from permutations keyed by ``seed``."""
+    size, out, k = min(batch_size, n), [], 0
+    while len(out) < steps:
+        perm = torch.randperm(n, generator=keyed_generator(seed, "lr_range", k))
+        out += [b for b in perm.split(size) if len(b) == size]
+        k += 1
+    return out[:steps]
 
 
 def _dist_context(device: torch.device) -> tuple[int, int]:
@@ -148,43 +176,11 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _data_hash(splits: Any, tensors: list[Tensor]) -> str:
-    fp = getattr(splits, "fingerprint", None)
-    if callable(fp):
-        return str(fp())
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}", f"delete {path} to start this run over") from exc
-
-
-class _Progress:
-    """A rich progress bar when stderr is a TTY (rank 0 only), else nothing (epochs are logged)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("training", total=total, completed=done)
-
-    def advance(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def train_model(
@@ -204,11 +200,12 @@ def train_model(
 
     Args:
         model: the network to train (modified in place; ends with the best-val weights).
-        splits: anything with ``train`` and ``val`` holding ``x`` (float32 NCHW) and ``y`` (int64); test is not read.
-        cfg: optimizer, schedule and budget.
+        splits: anything with ``train`` and ``val`` holding ``x`` (float32 NCHW, an array or a lazily-normalized
+            view indexed per batch) and ``y`` (int64); test is not read.
+        cfg: optimizer, schedule, budget and self-tuning (``lr: auto``, ``grad_clip``, ``max_recoveries``).
         workdir: folder of ``checkpoint.pt`` (written atomically every epoch) and ``train_result.json``; a call
             with an existing checkpoint of the same run resumes from it, a finished one returns at once.
-        seed: keys every random stream.
+        seed: keys every random stream (the range test's too).
         teacher: the distillation teacher (eval mode, frozen); its logits are the targets of ``loss``.
         loss: the loss; None means cross-entropy without a teacher and Hinton KD (defaults) with one.
         augment_cfg: an object with ``crop_pad``/``hflip`` (``data.AugmentConfig``) or a callable ``(x, generator)``;
@@ -217,7 +214,8 @@ def train_model(
         device: default CUDA (``LOCAL_RANK``) when available, else CPU.
 
     Raises:
-        TrainingError: the loss became NaN/Inf (names epoch and step; the last good checkpoint is kept).
+        TrainingError: the loss became NaN/Inf and no recovery is left (names epoch and step; the last good
+            checkpoint is kept).
         CheckpointError: ``workdir`` holds a checkpoint of a different run.
     """
     started = time.perf_counter()
@@ -229,8 +227,8 @@ def train_model(
     loss_fn = build_loss(loss, label_smoothing=cfg.label_smoothing, has_teacher=teacher is not None)
     if loss.kind == "ce":
         teacher = None
-    x_tr, y_tr = _split_arrays(splits, "train")
-    x_val, y_val = _split_arrays(splits, "val")
+    x_tr, y_tr = split_arrays(splits, "train")
+    x_val, y_val = split_arrays(splits, "val")
     if len(x_tr) < 2 * world:
         raise DataError(f"train split has {len(x_tr)} samples for {world} process(es)", "give at least 2 per process")
     augment = _make_augment(augment_cfg) if cfg.augment else None
@@ -247,23 +245,16 @@ def train_model(
             "world": world,
             "shapes": [(k, list(v.shape)) for k, v in model.state_dict().items()],
             "teacher": state_hash(teacher) if teacher is not None else None,
-            "data": _data_hash(splits, [x_tr, y_tr, x_val, y_val]),
+            "data": data_hash(splits, [x_tr, y_tr, x_val, y_val]),
             "augment": None if augment is None else repr(augment_cfg),
         }
     )
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = _make_optimizer(model, cfg)
 
+    # ``cur``: where the run stands (after cur["epoch"] epochs); ``restore``: the last good state, to go back to.
     ckpt_path = workdir / CHECKPOINT
-    start_epoch, history = 0, []
-    best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "nll": math.inf, "state": None}
-    if ckpt_path.exists():
-        ck = _load_checkpoint(ckpt_path)
+    ck = _load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ck is not None:
         if ck.get("fingerprint") != fingerprint:
             raise CheckpointError(
                 f"{ckpt_path} belongs to a different run (config, seed, data, model shape or teacher changed)",
@@ -271,9 +262,30 @@ def train_model(
             )
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        start_epoch, history = int(ck["epoch"]), list(ck["history"])
-        best = {"epoch": ck["best_epoch"], "acc": ck["best_acc"], "nll": ck["best_nll"], "state": ck["best_state"]}
-        log.info("resuming %s at epoch %d/%d", workdir, start_epoch, cfg.epochs)
+        cur = {k: ck[k] for k in ("epoch", "history", "min_nll", "accuracy")}
+        cur["best"] = {
+            "epoch": ck["best_epoch"],
+            "acc": ck["best_acc"],
+            "nll": ck["best_nll"],
+            "state": ck["best_state"],
+        }
+        restore = ck["restore"] or {**cur, "model": cpu_clone(ck["model"]), "optimizer": cpu_clone(ck["optimizer"])}
+        peak_lr, lr_range, lr_scale = float(ck["peak_lr"]), ck["lr_range"], float(ck["lr_scale"])
+        recoveries, events = int(ck["recoveries"]), list(ck["events"])
+        log.info("resuming %s at epoch %d/%d", workdir, cur["epoch"], cfg.epochs)
+    else:
+        z0 = predict_logits(model, x_val)  # the untrained state: the first reference for NLL and chance
+        nll0 = F.cross_entropy(z0, y_val).item()
+        cur = {
+            "epoch": 0,
+            "history": [],
+            "min_nll": nll0 if math.isfinite(nll0) else math.inf,
+            "accuracy": (z0.argmax(1) == y_val).float().mean().item(),
+            "best": {"epoch": -1, "acc": -1.0, "nll": math.inf, "state": None},
+        }
+        restore = None
+        peak_lr, lr_range, lr_scale, recoveries, events = cfg.lr, None, 1.0, 0, []
+    start_epoch = int(cur["epoch"])
 
     net: nn.Module = model
     if world > 1:
@@ -285,88 +297,171 @@ def train_model(
     if teacher is not None and augment is None and start_epoch < cfg.epochs:
         cache = predict_logits(teacher, x_tr).to(dev)  # once per sample: valid because the inputs never change
 
-    bar = _Progress(progress and rank == 0, cfg.epochs * n_steps, start_epoch * n_steps)
+    def terms_of(m: nn.Module, idx: Tensor, aug_gen: torch.Generator) -> dict[str, Tensor]:
+        xb, yb = x_tr.take(idx), y_tr[idx].to(dev)
+        if augment is not None:
+            xb = augment(xb, aug_gen)
+        xb = xb.to(dev)
+        zt = None
+        if cache is not None:
+            zt = cache[idx.to(dev)]
+        elif teacher is not None:
+            with torch.inference_mode():
+                zt = teacher(xb)
+            zt = zt.clone()
+        return loss_fn(m(xb), zt, yb)
+
+    if peak_lr == "auto":
+        gen = keyed_generator(seed, "lr_range", "augment")
+        probe = lr_range_test(
+            model,
+            lambda m, idx: terms_of(m, idx, gen)["loss"],
+            probe_batches(len(x_tr), cfg.batch_size, cfg.lr_range_steps, seed),
+            lambda m: _make_optimizer(m, cfg),
+            lr_min=LR_BOUNDS[cfg.optimizer][0],
+            lr_max=LR_BOUNDS[cfg.optimizer][1],
+            safe_lr=SAFE_LR[cfg.optimizer],
+            max_lr=MAX_LR[cfg.optimizer],
+            grad_clip=cfg.grad_clip,
+            seed=key_seed(seed, "lr_range", "torch"),
+        )
+        peak_lr, lr_range = probe.lr, probe.to_dict()
+        if world > 1:  # every rank probed the same data; rank 0's choice holds
+            t = torch.tensor([peak_lr], dtype=torch.float64, device=dev)
+            torch.distributed.broadcast(t, 0)
+            peak_lr = t.item()
+        log.info("lr auto: %.4g (%s; loss diverged at %s)", peak_lr, probe.rule, probe.diverged_at)
+    if restore is None:
+        restore = {**cur, "model": cpu_clone(model.state_dict()), "optimizer": cpu_clone(opt.state_dict())}
+
+    def save() -> None:
+        if rank != 0:
+            return
+        b = cur["best"]
+        ck = {
+            "fingerprint": fingerprint,
+            "epoch": cur["epoch"],
+            "step": cur["epoch"] * n_steps,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "history": cur["history"],
+            "best_epoch": b["epoch"],
+            "best_acc": b["acc"],
+            "best_nll": b["nll"],
+            "best_state": b["state"],
+            "min_nll": cur["min_nll"],
+            "accuracy": cur["accuracy"],
+            "restore": None if restore["epoch"] == cur["epoch"] else restore,
+            "peak_lr": peak_lr,
+            "lr_range": lr_range,
+            "lr_scale": lr_scale,
+            "recoveries": recoveries,
+            "events": events,
+        }
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(ck, tmp)
+
+    bar = Progress(progress and rank == 0, cfg.epochs * n_steps, start_epoch * n_steps)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        epoch = start_epoch
+        while epoch < cfg.epochs:
             t0 = time.perf_counter()
             torch.manual_seed(key_seed(seed, "torch", epoch, rank))
             aug_gen = keyed_generator(seed, "augment", epoch, rank)
             model.train()
             sums: dict[str, float] = {}
+            problem, row, lr = None, None, 0.0
             for s, idx in enumerate(epoch_batches(len(x_tr), cfg, seed, epoch, rank, world)):
-                lr = lr_at(epoch * n_steps + s, cfg, n_steps)
+                lr = lr_at(epoch * n_steps + s, cfg, n_steps, peak_lr) * lr_scale
                 for g in opt.param_groups:
                     g["lr"] = lr
-                xb, yb = x_tr[idx], y_tr[idx].to(dev)
-                if augment is not None:
-                    xb = augment(xb, aug_gen)
-                xb = xb.to(dev)
-                zt = None
-                if cache is not None:
-                    zt = cache[idx.to(dev)]
-                elif teacher is not None:
-                    with torch.inference_mode():
-                        zt = teacher(xb)
-                    zt = zt.clone()
-                terms = loss_fn(net(xb), zt, yb)
+                terms = terms_of(net, idx, aug_gen)
                 values = torch.stack([v.detach().float() for v in terms.values()])
                 if world > 1:
                     torch.distributed.all_reduce(values)
                     values /= world
                 if not torch.isfinite(values).all():
-                    raise TrainingError(
+                    problem = (
                         f"loss became non-finite at epoch {epoch + 1} step {s + 1} "
-                        f"({', '.join(f'{k}={v:.4g}' for k, v in zip(terms, values.tolist(), strict=True))}); "
-                        f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}",
-                        "lower the learning rate, check the inputs for NaN/Inf, or add warm-up",
+                        f"({', '.join(f'{k}={v:.4g}' for k, v in zip(terms, values.tolist(), strict=True))})"
                     )
+                    break
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 for k, v in zip(terms, values.tolist(), strict=True):
                     sums[k] = sums.get(k, 0.0) + v
                 bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {values[-1]:.3f}")
-            if world > 1:  # BatchNorm statistics of rank 0 everywhere, so every rank evaluates the same model
-                for b in model.buffers():
-                    torch.distributed.broadcast(b, 0)
-            val = predict_logits(model, x_val)
-            val_acc = (val.argmax(1) == y_val).float().mean().item()
-            val_nll = F.cross_entropy(val, y_val).item()
-            n = max(1, n_steps)
-            row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
-            row.update(val_accuracy=val_acc, val_nll=val_nll, lr=lr, seconds=time.perf_counter() - t0)
-            history.append(row)
-            if (val_acc, -val_nll) > (best["acc"], -best["nll"]):
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = {"epoch": epoch + 1, "acc": val_acc, "nll": val_nll, "state": state}
+            if problem is None:
+                if world > 1:  # BatchNorm statistics of rank 0 everywhere, so every rank evaluates the same model
+                    for b in model.buffers():
+                        torch.distributed.broadcast(b, 0)
+                val = predict_logits(model, x_val)
+                val_acc = (val.argmax(1) == y_val).float().mean().item()
+                val_nll = F.cross_entropy(val, y_val).item()
+                row = {"epoch": epoch + 1, **{f"train_{k}": v / max(1, n_steps) for k, v in sums.items()}}
+                row.update(val_accuracy=val_acc, val_nll=val_nll, lr=lr, seconds=time.perf_counter() - t0)
+                bad = epoch_problem(
+                    val_acc,
+                    val_nll,
+                    best_nll=cur["min_nll"],
+                    start_accuracy=restore["accuracy"],
+                    num_classes=val.shape[1],
+                    n=len(val),
+                )
+                problem = None if bad is None else f"epoch {epoch + 1}: {bad}"
+            if problem is not None and recoveries < cfg.max_recoveries:
+                recoveries += 1
+                events.append(
+                    f"{problem}: restored the state after epoch {restore['epoch']} and lowered the peak lr "
+                    f"{peak_lr * lr_scale:.3g} -> {peak_lr * lr_scale * LR_FACTOR:.3g} "
+                    f"(recovery {recoveries}/{cfg.max_recoveries})"
+                )
+                lr_scale *= LR_FACTOR
+                log.warning("%s", events[-1])
+                model.load_state_dict(restore["model"])
+                opt.load_state_dict(cpu_clone(restore["optimizer"]))  # the optimizer keeps (and mutates) what it gets
+                cur = copy.deepcopy({k: v for k, v in restore.items() if k not in ("model", "optimizer")})
+                epoch = int(cur["epoch"])
+                save()
+                if world > 1:
+                    torch.distributed.barrier()
+                continue
+            if row is None:
+                raise TrainingError(
+                    f"{problem}{f' after {recoveries} recoveries' if recoveries else ''}; "
+                    f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}",
+                    "lower the learning rate (train.lr), check the inputs for NaN/Inf, or add warm-up",
+                )
+            if problem is not None:
+                events.append(f"{problem}; no recovery left (train.max_recoveries={cfg.max_recoveries}): kept")
+                log.warning("%s", events[-1])
+            cur["history"] = [*cur["history"], row]
+            if (val_acc, -val_nll) > (cur["best"]["acc"], -cur["best"]["nll"]):
+                state = cpu_clone(model.state_dict())
+                cur["best"] = {"epoch": epoch + 1, "acc": val_acc, "nll": val_nll, "state": state}
+            cur.update(epoch=epoch + 1, min_nll=min(cur["min_nll"], val_nll), accuracy=val_acc)
+            if problem is None and not at_chance(val_acc, val.shape[1], len(val)):  # a state worth going back to
+                restore = {**cur, "model": cpu_clone(model.state_dict()), "optimizer": cpu_clone(opt.state_dict())}
             log.info(
-                "epoch %d/%d loss %.4f val_acc %.4f val_nll %.4f",
+                "epoch %d/%d loss %.4f val_acc %.4f val_nll %.4f lr %.3g",
                 epoch + 1,
                 cfg.epochs,
                 row.get("train_loss", float("nan")),
                 val_acc,
                 val_nll,
+                lr,
             )
-            if rank == 0:
-                ck = {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "step": (epoch + 1) * n_steps,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(),
-                    "history": history,
-                    "best_epoch": best["epoch"],
-                    "best_acc": best["acc"],
-                    "best_nll": best["nll"],
-                    "best_state": best["state"],
-                }
-                with atomic_path(ckpt_path) as tmp:
-                    torch.save(ck, tmp)
+            save()
             if world > 1:
                 torch.distributed.barrier()
+            epoch += 1
     finally:
         bar.close()
 
+    best = cur["best"]
     if best["state"] is None:
         raise TrainingError(f"no epoch finished in {workdir}", "raise epochs")
     model.load_state_dict(best["state"])
@@ -374,13 +469,26 @@ def train_model(
         model=model,
         best_epoch=int(best["epoch"]),
         best_val_accuracy=float(best["acc"]),
-        history=history,
+        history=list(cur["history"]),
         resumed_from_epoch=start_epoch,
         seconds=time.perf_counter() - started,
+        lr=float(peak_lr),
+        lr_range=lr_range,
+        events=list(events),
+        recoveries=recoveries,
     )
     if rank == 0:
         atomic_write_json(workdir / RESULT, result.to_dict())
     return result
 
 
-__all__ = ["TrainResult", "epoch_batches", "key_seed", "keyed_generator", "lr_at", "model_device", "train_model"]
+__all__ = [
+    "TrainResult",
+    "epoch_batches",
+    "key_seed",
+    "keyed_generator",
+    "lr_at",
+    "model_device",
+    "probe_batches",
+    "train_model",
+]
