@@ -18,6 +18,7 @@ from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.pipeline import deploy_stages as deploy
+from edgecompress.pipeline import distill_stages as chain
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context, Stage, check_contained
 from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set, vet_artifacts
@@ -41,8 +42,8 @@ STATE = "run.json"
 STAGES: tuple[Stage, ...] = (
     train.DATA,
     train.TEACHER,
-    train.SEARCH,
-    train.DISTILL,
+    chain.SEARCH,
+    chain.DISTILL,
     train.CALIBRATE,
     deploy.EXPORT,
     deploy.BENCHMARK,

@@ -11,12 +11,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from edgecompress._io import atomic_path, sha256_file
-from edgecompress.errors import ConfigError, DataError, ModelError
+from edgecompress._io import sha256_file
+from edgecompress.errors import ConfigError, DataError
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
-from edgecompress.pipeline.results import CalibrateResult, DataResult, DistillResult, SearchResult, TeacherResult
+from edgecompress.pipeline.results import CalibrateResult, DataResult, DistillResult, TeacherResult
 from edgecompress.pipeline.rundir import StageDir
 
 if TYPE_CHECKING:
@@ -48,13 +46,13 @@ def rebuild(ctx: Context, spec: dict[str, Any], state: Path, splits: Splits) -> 
     return load_state(build(ctx, spec, splits), state)
 
 
-def _size(model: nn.Module, splits: Splits) -> dict[str, int]:
+def model_size(model: nn.Module, splits: Splits) -> dict[str, int]:
     from edgecompress.models import count_macs, count_params
 
     return {"params": int(count_params(model)), "macs": int(count_macs(model, splits.input_shape))}
 
 
-def _splits(ctx: Context) -> Splits:
+def splits_of(ctx: Context) -> Splits:
     if ctx.splits is None:
         raise ConfigError("the data stage has not run", "run the pipeline from the data stage")
     return ctx.splits
@@ -129,7 +127,7 @@ def _load_teacher(ctx: Context) -> nn.Module:
     """The user's teacher as configured (checkpoint, TorchScript or .pt2 program), or its untrained architecture."""
     from edgecompress.models import load_teacher
 
-    splits = _splits(ctx)
+    splits = splits_of(ctx)
     c, h, w = splits.input_shape
     return load_teacher(
         ctx.cfg.teacher,
@@ -143,7 +141,7 @@ def _load_teacher(ctx: Context) -> nn.Module:
 def _teacher_compute(ctx: Context, sd: StageDir) -> TeacherResult:
     from edgecompress.models import is_prunable, save_state, teacher_spec
 
-    cfg, splits = ctx.cfg.teacher, _splits(ctx)
+    cfg, splits = ctx.cfg.teacher, splits_of(ctx)
     spec_model = teacher_spec(cfg)
     model = _load_teacher(ctx)
     program = not is_prunable(model)  # TorchScript / torch.export: reloaded from the user's file, never pruned
@@ -173,226 +171,35 @@ def _teacher_compute(ctx: Context, sd: StageDir) -> TeacherResult:
     ctx.models["teacher"] = model
     test = metrics_of(predict_logits(model, splits.test.x), splits.test.y) if splits.test is not None else None
     spec = spec_model.model_dump(mode="json", exclude_none=True) if spec_model is not None and not program else None
-    return TeacherResult(spec=spec, **_size(model, splits), test=test, val_accuracy=val_accuracy(model, splits),
-                         events=events)  # fmt: skip
+    for event in events:
+        ctx.warn(f"teacher training: {event}")
+    res = TeacherResult(spec=spec, **model_size(model, splits), test=test, val_accuracy=val_accuracy(model, splits),
+                        events=events)  # fmt: skip
+    _check_teacher(ctx, res)
+    return res
+
+
+def _check_teacher(ctx: Context, res: TeacherResult) -> None:
+    """The teacher on val before it teaches: near chance stops the run (wrong classes, order or normalization);
+    far below the accuracy the user claims (``teacher.accuracy``) is a warning."""
+    from edgecompress.distill.gates import check_teacher
+
+    if res.val_accuracy is None:
+        return
+    claimed = getattr(ctx.cfg.teacher, "accuracy", None)
+    for warning in check_teacher(res.val_accuracy, splits_of(ctx).num_classes, claimed=claimed):
+        ctx.warn(warning)
 
 
 def _teacher_load(ctx: Context, sd: StageDir, res: TeacherResult) -> None:
+    _check_teacher(ctx, res)
     if res.spec is None:  # a program teacher: its file is the user's checkpoint (its hash is in the stage key)
         ctx.models["teacher"] = _load_teacher(ctx)
     else:
-        ctx.models["teacher"] = rebuild(ctx, res.spec, sd.path / "teacher.pt", _splits(ctx)).eval()
+        ctx.models["teacher"] = rebuild(ctx, res.spec, sd.path / "teacher.pt", splits_of(ctx)).eval()
 
 
 TEACHER = Stage("teacher", TeacherResult, key=_teacher_key, compute=_teacher_compute, load=_teacher_load)
-
-
-# -------------------------------------------------------------------------------------------- assistant search
-
-
-def _member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """A chain member: given by its own spec, or cut from the teacher by structured pruning."""
-    from edgecompress.models import prune_search
-
-    splits = _splits(ctx)
-    if member.model is not None:
-        return build(ctx, member.model, splits), dict(member.model)
-    spec = ctx.result("teacher", TeacherResult).spec
-    if spec is None:
-        raise ModelError(
-            "the teacher is a TorchScript / torch.export program: a student cannot be cut from it by pruning",
-            "give the student's architecture: distill.student.model (a family or a trusted factory)",
-        )
-    res = prune_search(ctx.models["teacher"], splits.input_shape, member.prune_ratio, round_to=member.round_to)
-    if res.warning():
-        ctx.warn(f"{member.name or 'student'}: {res.warning()}")
-    return res.model, spec
-
-
-def _mac_ratio(ctx: Context, model: nn.Module) -> float:
-    """``model``'s MACs relative to the teacher's."""
-    from edgecompress.models import count_macs
-
-    return count_macs(model, _splits(ctx).input_shape) / max(1, ctx.result("teacher", TeacherResult).macs)
-
-
-def _search_key(ctx: Context) -> dict[str, Any]:
-    dcfg = ctx.cfg.distill
-    return {
-        "distill": dcfg.model_dump(mode="json", exclude={"datafree"}),
-        "teacher": ctx.keys["teacher"],
-        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
-        "seed": ctx.cfg.seed,
-    }
-
-
-def _search_compute(ctx: Context, sd: StageDir) -> SearchResult:
-    from edgecompress.distill.chain import search_assistant
-    from edgecompress.models import prune_to_ratio
-
-    dcfg, splits = ctx.cfg.distill, _splits(ctx)
-    ratio = _mac_ratio(ctx, _member_model(ctx, dcfg.student)[0])
-    candidates = [c for c in dcfg.search_candidates if c > ratio]
-    if not candidates:
-        ctx.warn(
-            f"assistants: search found no candidate above the student's MAC ratio {ratio:.3f}; distilling directly"
-        )
-        return SearchResult()
-    teacher = ctx.models["teacher"]
-    best = search_assistant(
-        teacher,
-        lambda r: prune_to_ratio(teacher, splits.input_shape, r),
-        lambda: _member_model(ctx, dcfg.student)[0],
-        candidates,
-        splits,
-        dcfg,
-        workdir=sd.path,
-        seed=ctx.cfg.seed,
-        progress=ctx.progress,
-    )
-    return SearchResult(chosen_ratio=best.best_ratio, table=best.to_dict())
-
-
-SEARCH = Stage(
-    "search",
-    SearchResult,
-    key=_search_key,
-    compute=_search_compute,
-    applies=lambda ctx: ctx.cfg.distill.datafree is None and ctx.cfg.distill.assistants == "search",
-)
-
-
-# ------------------------------------------------------------------------------------------------------ distill
-
-
-def _plan_members(ctx: Context) -> list[tuple[str, nn.Module, dict[str, Any]]]:
-    from edgecompress.distill.chain import plan_assistant_ratios
-    from edgecompress.distill.config import MemberSpec
-
-    dcfg = ctx.cfg.distill
-    student, student_spec = _member_model(ctx, dcfg.student)
-    assistants: Any = dcfg.assistants
-    if assistants == "auto":
-        assistants = [
-            MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
-            for i, r in enumerate(plan_assistant_ratios(_mac_ratio(ctx, student), dcfg.n_assistants))
-        ]
-    elif assistants == "search":
-        found = ctx.result("search", SearchResult).chosen_ratio
-        assistants = [] if found is None else [MemberSpec(prune_ratio=found, name=f"ta-{found:.2f}")]
-    elif assistants == "none":
-        assistants = []
-    members = []
-    for i, m in enumerate(assistants):
-        model, spec = _member_model(ctx, m)
-        members.append((m.name or f"ta{i + 1}", model, spec))
-    members.append((dcfg.student.name or "student", student, student_spec))
-    return members
-
-
-def _distill_key(ctx: Context) -> dict[str, Any]:
-    return {
-        "distill": ctx.cfg.distill.model_dump(mode="json"),
-        "teacher": ctx.keys["teacher"],
-        "search": ctx.keys.get("search"),
-        "seed": ctx.cfg.seed,
-        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
-        "label_smoothing": ctx.cfg.teacher.label_smoothing,
-    }
-
-
-def _distill_compute(ctx: Context, sd: StageDir) -> DistillResult:
-    from edgecompress.distill import distill_chain
-    from edgecompress.models import save_state
-
-    if ctx.cfg.distill.datafree is not None:
-        return _datafree(ctx, sd)
-    dcfg, splits = ctx.cfg.distill, _splits(ctx)
-    members = _plan_members(ctx)
-    if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
-        dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
-    chain = distill_chain(
-        ctx.models["teacher"],
-        [(n, m) for n, m, _ in members],
-        splits,
-        dcfg,
-        workdir=sd.path / "chain",
-        seed=ctx.cfg.seed,
-        progress=ctx.progress,
-    )
-    student = chain.members[-1].model
-    save_state(student, sd.path / "student.pt")
-    for rec in chain.members[1:-1]:  # the assistants, kept for inspection and the report
-        save_state(rec.model, sd.path / f"{rec.name}.pt")
-    ctx.models["student"] = student
-    return DistillResult(
-        student_spec=members[-1][2],
-        chain=chain.to_json(),
-        member_specs={n: s for n, _, s in members},
-        student_val_accuracy=val_accuracy(student, splits),
-        teacher_val_accuracy=ctx.result("teacher", TeacherResult).val_accuracy,
-    )
-
-
-def _datafree(ctx: Context, sd: StageDir) -> DistillResult:
-    from edgecompress.distill.datafree import datafree_distill
-    from edgecompress.distill.datafree.grid import sample_grid
-    from edgecompress.models import save_state
-
-    splits = _splits(ctx)
-    teacher = ctx.models["teacher"]
-    student, spec = _member_model(ctx, ctx.cfg.distill.student)
-    val = (splits.val.x, splits.val.y) if splits.val is not None else None
-    pre = splits.preprocess
-    res = datafree_distill(
-        teacher,
-        student,
-        ctx.cfg.distill.datafree,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
-        seed=ctx.cfg.seed,
-        workdir=sd.path / "synthesis",
-        progress=ctx.progress,
-        val=val,
-        mean=pre.mean,
-        std=pre.std,
-    )
-    save_state(res.student, sd.path / "student.pt")
-    bank = sd.path / "bank.npy"  # synthesized samples: the INT8 calibration set of a data-free run
-    with atomic_path(bank) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, res.bank_x.numpy().astype(np.float32))
-    grid = sample_grid(
-        res.bank_x,
-        res.bank_y,
-        splits.num_classes,
-        sd.path / "samples.png",
-        mean=pre.mean,
-        std=pre.std,
-        class_names=splits.labels,
-    )
-    member: dict[str, Any] = {"name": "student", "role": "student", "teacher": "teacher", **_size(res.student, splits)}
-    if splits.test is not None:
-        t_logits = predict_logits(teacher, splits.test.x)
-        s_logits = predict_logits(res.student, splits.test.x)
-        member.update(metrics_of(s_logits, splits.test.y))
-        member["fidelity_agreement"] = float((t_logits.argmax(1) == s_logits.argmax(1)).mean())
-    ctx.models["student"] = res.student
-    return DistillResult(
-        student_spec=spec,
-        chain={"members": [member]},
-        datafree=res.summary(),
-        sample_grid=str(grid),
-        bank=str(bank),
-        student_val_accuracy=val_accuracy(res.student, splits),
-        teacher_val_accuracy=ctx.result("teacher", TeacherResult).val_accuracy,
-    )
-
-
-def _distill_load(ctx: Context, sd: StageDir, res: DistillResult) -> None:
-    ctx.models["student"] = rebuild(ctx, res.student_spec, sd.path / "student.pt", _splits(ctx))
-
-
-DISTILL = Stage("distill", DistillResult, key=_distill_key, compute=_distill_compute, load=_distill_load)
 
 
 # ---------------------------------------------------------------------------------------------------- calibrate
@@ -411,7 +218,7 @@ def _calibrate_compute(ctx: Context, sd: StageDir) -> CalibrateResult:
     from edgecompress.calibration import fit_temperature, reliability_diagram
     from edgecompress.models import save_state
 
-    ccfg, splits = ctx.cfg.calibration, _splits(ctx)
+    ccfg, splits = ctx.cfg.calibration, splits_of(ctx)
     model = ctx.models["student"]
     result = CalibrateResult()
     if ccfg.mbls is not None and splits.train is not None and splits.val is not None:
@@ -447,7 +254,7 @@ def _calibrate_compute(ctx: Context, sd: StageDir) -> CalibrateResult:
 
 
 def _calibrate_load(ctx: Context, sd: StageDir, res: CalibrateResult) -> None:
-    splits = _splits(ctx)
+    splits = splits_of(ctx)
     spec = ctx.result("distill", DistillResult).student_spec
     ctx.models["calibrated"] = fold(rebuild(ctx, spec, sd.path / "student.pt", splits), res.temperature, splits)
 

@@ -1,0 +1,270 @@
+"""The distillation half of the training stages: the teacher-assistant search and the distillation chain (or the
+data-free run), each gated on val before its student is used."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecompress._io import atomic_path
+from edgecompress.errors import ModelError
+from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
+from edgecompress.pipeline.results import DistillResult, SearchResult, TeacherResult
+from edgecompress.pipeline.rundir import StageDir
+from edgecompress.pipeline.train_stages import build, model_size, rebuild, splits_of, val_accuracy
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------------------------------- assistant search
+
+
+def _member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A chain member: given by its own spec, or cut from the teacher by structured pruning."""
+    from edgecompress.models import prune_search
+
+    splits = splits_of(ctx)
+    if member.model is not None:
+        return build(ctx, member.model, splits), dict(member.model)
+    spec = ctx.result("teacher", TeacherResult).spec
+    if spec is None:
+        raise ModelError(
+            "the teacher is a TorchScript / torch.export program: a student cannot be cut from it by pruning",
+            "give the student's architecture: distill.student.model (a family or a trusted factory)",
+        )
+    res = prune_search(ctx.models["teacher"], splits.input_shape, member.prune_ratio, round_to=member.round_to)
+    if res.warning():
+        ctx.warn(f"{member.name or 'student'}: {res.warning()}")
+    return res.model, spec
+
+
+def _mac_ratio(ctx: Context, model: nn.Module) -> float:
+    """``model``'s MACs relative to the teacher's."""
+    from edgecompress.models import count_macs
+
+    return count_macs(model, splits_of(ctx).input_shape) / max(1, ctx.result("teacher", TeacherResult).macs)
+
+
+def _search_key(ctx: Context) -> dict[str, Any]:
+    dcfg = ctx.cfg.distill
+    return {
+        "distill": dcfg.model_dump(mode="json", exclude={"datafree"}),
+        "teacher": ctx.keys["teacher"],
+        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
+        "seed": ctx.cfg.seed,
+    }
+
+
+def _search_compute(ctx: Context, sd: StageDir) -> SearchResult:
+    from edgecompress.distill.chain import search_assistant
+    from edgecompress.models import prune_to_ratio
+
+    dcfg, splits = ctx.cfg.distill, splits_of(ctx)
+    ratio = _mac_ratio(ctx, _member_model(ctx, dcfg.student)[0])
+    candidates = [c for c in dcfg.search_candidates if c > ratio]
+    if not candidates:
+        ctx.warn(
+            f"assistants: search found no candidate above the student's MAC ratio {ratio:.3f}; distilling directly"
+        )
+        return SearchResult()
+    teacher = ctx.models["teacher"]
+    best = search_assistant(
+        teacher,
+        lambda r: prune_to_ratio(teacher, splits.input_shape, r),
+        lambda: _member_model(ctx, dcfg.student)[0],
+        candidates,
+        splits,
+        dcfg,
+        workdir=sd.path,
+        seed=ctx.cfg.seed,
+        progress=ctx.progress,
+    )
+    return SearchResult(chosen_ratio=best.best_ratio, table=best.to_dict())
+
+
+SEARCH = Stage(
+    "search",
+    SearchResult,
+    key=_search_key,
+    compute=_search_compute,
+    applies=lambda ctx: ctx.cfg.distill.datafree is None and ctx.cfg.distill.assistants == "search",
+)
+
+
+# ------------------------------------------------------------------------------------------------------ distill
+
+
+def _plan_members(ctx: Context, dcfg: Any) -> list[tuple[str, nn.Module, dict[str, Any]]]:
+    from edgecompress.distill.chain import plan_assistant_ratios
+    from edgecompress.distill.config import MemberSpec
+
+    student, student_spec = _member_model(ctx, dcfg.student)
+    assistants: Any = dcfg.assistants
+    if assistants == "auto":
+        assistants = [
+            MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
+            for i, r in enumerate(plan_assistant_ratios(_mac_ratio(ctx, student), dcfg.n_assistants))
+        ]
+    elif assistants == "search":
+        found = ctx.result("search", SearchResult).chosen_ratio
+        assistants = [] if found is None else [MemberSpec(prune_ratio=found, name=f"ta-{found:.2f}")]
+    elif assistants == "none":
+        assistants = []
+    members = []
+    for i, m in enumerate(assistants):
+        model, spec = _member_model(ctx, m)
+        members.append((m.name or f"ta{i + 1}", model, spec))
+    members.append((dcfg.student.name or "student", student, student_spec))
+    return members
+
+
+def _distill_key(ctx: Context) -> dict[str, Any]:
+    return {
+        "distill": ctx.cfg.distill.model_dump(mode="json"),
+        "teacher": ctx.keys["teacher"],
+        "search": ctx.keys.get("search"),
+        "seed": ctx.cfg.seed,
+        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
+        "label_smoothing": ctx.cfg.teacher.label_smoothing,
+    }
+
+
+def _distill_compute(ctx: Context, sd: StageDir) -> DistillResult:
+    """The chain, then the quality gate on val; with ``on_gate_failure: escalate`` a student that fails it is
+    replaced by the next larger pruned one (MACs doubled) until one passes or none is left."""
+    from edgecompress.distill.gates import QualityGateError, escalate_ratio
+
+    dcfg = ctx.cfg.distill
+    if dcfg.datafree is not None:
+        return _datafree(ctx, sd)
+    member = dcfg.student
+    while True:
+        try:
+            return _distill_chain(ctx, sd, member)
+        except QualityGateError as exc:
+            ratio = member.prune_ratio
+            bigger = escalate_ratio(ratio) if dcfg.on_gate_failure == "escalate" and ratio is not None else None
+            if bigger is None:
+                raise
+            ctx.warn(f"student at prune_ratio {ratio:g} failed the quality gate ({exc.problem}); trying {bigger:g}")
+            member = member.model_copy(update={"prune_ratio": bigger})
+
+
+def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
+    from edgecompress.distill import distill_chain
+    from edgecompress.distill.gates import check_student
+    from edgecompress.models import save_state
+
+    dcfg, splits = ctx.cfg.distill, splits_of(ctx)
+    dcfg = dcfg.model_copy(update={"student": member})
+    members = _plan_members(ctx, dcfg)
+    if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
+        dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
+    first = member.prune_ratio == ctx.cfg.distill.student.prune_ratio
+    chain = distill_chain(
+        ctx.models["teacher"],
+        [(n, m) for n, m, _ in members],
+        splits,
+        dcfg,
+        workdir=sd.path / ("chain" if first else f"chain-{member.prune_ratio:g}"),
+        seed=ctx.cfg.seed,
+        progress=ctx.progress,
+    )
+    student = chain.members[-1].model
+    teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
+    student_val = val_accuracy(student, splits)
+    if student_val is not None and teacher_val is not None:
+        check_student(student_val, teacher_val, splits.num_classes, max_drop=dcfg.max_accuracy_drop,
+                      name=members[-1][0], prune_ratio=member.prune_ratio)  # fmt: skip
+    save_state(student, sd.path / "student.pt")
+    for rec in chain.members[1:-1]:  # the assistants, kept for inspection and the report
+        save_state(rec.model, sd.path / f"{rec.name}.pt")
+    for rec in chain.members[1:]:
+        for event in getattr(rec, "events", None) or []:
+            ctx.warn(f"{rec.name} training: {event}")
+    ctx.models["student"] = student
+    return DistillResult(
+        student_spec=members[-1][2],
+        chain=chain.to_json(),
+        member_specs={n: s for n, _, s in members},
+        student_val_accuracy=student_val,
+        teacher_val_accuracy=teacher_val,
+    )
+
+
+def _datafree(ctx: Context, sd: StageDir) -> DistillResult:
+    from edgecompress.distill.datafree import datafree_distill
+    from edgecompress.distill.datafree.grid import sample_grid
+    from edgecompress.models import save_state
+
+    splits = splits_of(ctx)
+    teacher = ctx.models["teacher"]
+    student, spec = _member_model(ctx, ctx.cfg.distill.student)
+    val = (splits.val.x, splits.val.y) if splits.val is not None else None
+    pre = splits.preprocess
+    res = datafree_distill(
+        teacher,
+        student,
+        ctx.cfg.distill.datafree,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        seed=ctx.cfg.seed,
+        workdir=sd.path / "synthesis",
+        progress=ctx.progress,
+        val=val,
+        mean=pre.mean,
+        std=pre.std,
+    )
+    save_state(res.student, sd.path / "student.pt")
+    bank = sd.path / "bank.npy"  # synthesized samples: the INT8 calibration set of a data-free run
+    with atomic_path(bank) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, res.bank_x.numpy().astype(np.float32))
+    grid = sample_grid(
+        res.bank_x,
+        res.bank_y,
+        splits.num_classes,
+        sd.path / "samples.png",
+        mean=pre.mean,
+        std=pre.std,
+        class_names=splits.labels,
+    )
+    member: dict[str, Any] = {
+        "name": "student",
+        "role": "student",
+        "teacher": "teacher",
+        **model_size(res.student, splits),
+    }
+    if splits.test is not None:
+        t_logits = predict_logits(teacher, splits.test.x)
+        s_logits = predict_logits(res.student, splits.test.x)
+        member.update(metrics_of(s_logits, splits.test.y))
+        member["fidelity_agreement"] = float((t_logits.argmax(1) == s_logits.argmax(1)).mean())
+    student_val = val_accuracy(res.student, splits)
+    teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
+    if student_val is not None and teacher_val is not None:
+        from edgecompress.distill.gates import check_student
+
+        check_student(student_val, teacher_val, splits.num_classes, max_drop=ctx.cfg.distill.max_accuracy_drop,
+                      prune_ratio=ctx.cfg.distill.student.prune_ratio)  # fmt: skip
+    ctx.models["student"] = res.student
+    return DistillResult(
+        student_spec=spec,
+        chain={"members": [member]},
+        datafree=res.summary(),
+        sample_grid=str(grid),
+        bank=str(bank),
+        student_val_accuracy=student_val,
+        teacher_val_accuracy=teacher_val,
+    )
+
+
+def _distill_load(ctx: Context, sd: StageDir, res: DistillResult) -> None:
+    ctx.models["student"] = rebuild(ctx, res.student_spec, sd.path / "student.pt", splits_of(ctx))
+
+
+DISTILL = Stage("distill", DistillResult, key=_distill_key, compute=_distill_compute, load=_distill_load)
