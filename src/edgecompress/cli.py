@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Protocol, overload
 
 import typer
 
@@ -253,6 +253,34 @@ def _report_lines(report: Path) -> list[str]:
     return lines
 
 
+class _ClickExit(Protocol):
+    """What :func:`main` reads of click's ``Exit`` (click's own or the copy typer ships)."""
+
+    exit_code: int
+
+
+class _ClickError(_ClickExit, Protocol):
+    """What :func:`main` uses of click's ``ClickException`` and its subclasses (UsageError, NoArgsIsHelpError)."""
+
+    def format_message(self) -> str: ...
+
+    def show(self) -> None: ...
+
+
+@overload
+def _click_types(name: Literal["Exit"]) -> tuple[type[_ClickExit], ...]: ...
+
+
+@overload
+def _click_types(
+    name: Literal["ClickException", "UsageError", "NoArgsIsHelpError"],
+) -> tuple[type[_ClickError], ...]: ...
+
+
+@overload
+def _click_types(name: Literal["Abort"]) -> tuple[type[Exception], ...]: ...
+
+
 def _click_types(name: str) -> tuple[type, ...]:
     """The exception class ``name`` of click and of the copy of click that typer ships (typer._click)."""
     import importlib
@@ -268,7 +296,7 @@ def _click_types(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: object, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -142,7 +142,7 @@ class Predictor:
                     "resize it first, or use predict_images(paths) which resizes",
                 )
             batch.append(_match_channels(to_contract(a, pre, source="image"), pre.channels))
-        x = np.stack(batch) * np.float32(pre.scale)
+        x: np.ndarray = np.stack(batch) * np.float32(pre.scale)
         x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
         if pre.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)

@@ -102,8 +102,8 @@ def read_raw(path: Path, pre: dict):
                 sys.exit(f"error: {path} has {img.mode} samples of unknown range — fix: save it as 8- or 16-bit PNG")
             else:
                 mode = pre.get("color_mode") or ("L" if channels == 1 else "RGB")
-                img = img.convert(mode).resize((pre["size"][1], pre["size"][0]), Image.BILINEAR)
-                x = np.asarray(img, dtype=np.uint8).astype(np.float32)
+                resized = img.convert(mode).resize((pre["size"][1], pre["size"][0]), Image.Resampling.BILINEAR)
+                x = np.asarray(resized, dtype=np.uint8).astype(np.float32)
                 x = lo + (x[:, :, None] if x.ndim == 2 else x) * ((hi - lo) / 255.0)
     x = x[:, :, :3] if x.shape[2] >= 3 else x[:, :, :1]
     if x.shape[2] != channels:

@@ -104,12 +104,14 @@ def load_folder_raw(
     n_workers = workers or default_workers()
     with ThreadPoolExecutor(n_workers) as pool:
         headers = list(pool.map(lambda f: _header(image_mod, f[0]), files))
+    checked: list[tuple[str, tuple[int, int]]] = []
     for h in headers:
         if isinstance(h, str):
             raise DataError(h, "remove or re-save that file")
-    modes = [h[0] for h in headers]  # type: ignore[index]
-    sizes = {}
-    for (path, _), (_, size) in zip(files, headers, strict=True):  # type: ignore[misc]
+        checked.append(h)
+    modes = [mode for mode, _ in checked]
+    sizes: dict[tuple[int, int], Path] = {}
+    for (path, _), (_, size) in zip(files, checked, strict=True):
         sizes.setdefault(size, path)
     if image_size is None and len(sizes) > 1:
         (s1, f1), (s2, f2) = list(sizes.items())[:2]

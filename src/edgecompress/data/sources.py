@@ -132,14 +132,14 @@ def input_contract(
     """
     notes: list[str] = []
     if np.issubdtype(x.dtype, np.integer) and x.dtype not in (np.uint8, np.uint16):
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi > 65535:
+        int_lo, int_hi = int(x.min()), int(x.max())
+        if int_lo < 0 or int_hi > 65535:
             raise DataError(
-                f"{what}: integer pixels span [{lo}, {hi}], outside 0..65535",
+                f"{what}: integer pixels span [{int_lo}, {int_hi}], outside 0..65535",
                 "store 8-bit images as uint8, 16-bit as uint16, other data as float32 with data.value_range",
             )
-        target = np.uint8 if hi <= 255 else np.uint16
-        notes.append(f"{what}: {x.dtype} pixels stored as {np.dtype(target).name} (values {lo}..{hi})")
+        target = np.uint8 if int_hi <= 255 else np.uint16
+        notes.append(f"{what}: {x.dtype} pixels stored as {np.dtype(target).name} (values {int_lo}..{int_hi})")
         x = x.astype(target)
     elif np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
         notes.append(f"{what}: {x.dtype} pixels stored as float32")

@@ -93,7 +93,7 @@ class Splits:
                 for arr in (split.raw, split.y):
                     h.update(f"{arr.dtype.str}{arr.shape}".encode())
                     for chunk in iter_chunks(arr, chunk_rows(arr, itemsize=1)):
-                        h.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                        h.update(np.ascontiguousarray(chunk).data.cast("B"))
             h.update(json.dumps(self.labels).encode())
             h.update(self.preprocess.model_dump_json().encode())
             self._fingerprint = h.hexdigest()
@@ -250,12 +250,14 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
     check_classes(raw.y, raw.labels, what)
     all_idx = np.arange(len(raw.y))
     if raw.x_test is not None:
-        raw.x_test, raw.y_test = check_arrays(raw.x_test, raw.y_test, f"{what} test", k)  # type: ignore[arg-type]
+        assert raw.y_test is not None, "the sources set x_test and y_test together"
+        raw.x_test, raw.y_test = check_arrays(raw.x_test, raw.y_test, f"{what} test", k)
         test_idx, pool = np.arange(len(raw.y_test)), all_idx
+        y_test_all = raw.y_test
     else:
         n_test = max(1, int(round(cfg.test_fraction * len(all_idx))))
         test_idx, pool = stratified_take(raw.y, all_idx, n_test, rng(_TEST))
-    y_test_all = raw.y_test if raw.x_test is not None else raw.y
+        y_test_all = raw.y
     if cfg.max_test is not None and len(test_idx) > cfg.max_test:
         test_idx, _ = stratified_take(y_test_all, test_idx, cfg.max_test, rng(_MAX_TEST), keep_one=False)
 
@@ -286,16 +288,21 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
     )
     if raw.x_test is not None:
         train, val, calib = _cut(raw.x, raw.y, [train_idx, val_idx, calib_idx], first)
-        (test,) = _cut(raw.x_test, raw.y_test, [test_idx], first)  # type: ignore[arg-type]
+        (test,) = _cut(raw.x_test, y_test_all, [test_idx], first)
     else:
         train, val, calib, test = _cut(raw.x, raw.y, [train_idx, val_idx, calib_idx, test_idx], first)
     raw.x = raw.x_test = None  # type: ignore[assignment]  # the splits hold the only references now
     stat_split = train if train is not None else val
     mean, std = _statistics(cfg, raw, stat_split.raw)  # type: ignore[union-attr]
     pre = Preprocess(**{**first.model_dump(), "mean": mean, "std": std})
-    parts = [None if s is None else ArraySplit(s.raw, s.y, pre) for s in (train, val, calib, test)]
+    train_s, val_s, calib_s, test_s = (
+        None if s is None else ArraySplit(s.raw, s.y, pre) for s in (train, val, calib, test)
+    )
     splits = Splits(
-        *parts,
+        train_s,
+        val_s,
+        calib_s,
+        test_s,
         labels=list(raw.labels),
         preprocess=pre,
         input_shape=(c, h, w),
