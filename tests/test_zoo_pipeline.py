@@ -48,7 +48,7 @@ def rgb_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(name: str, opts: dict, rgb_path: Path) -> PipelineConfig:
     data = {"dataset": "npz", "path": str(rgb_path)} if opts.get("rgb") else {"dataset": "digits"}
-    teacher: dict = {"model": {"factory": f"zoo_models:{name}"}, "train": {"epochs": 6}}
+    teacher: dict = {"model": {"factory": f"zoo_models:{name}"}, "train": {"epochs": 12}}
     if "output" in opts:
         teacher["output"] = opts["output"]
     return PipelineConfig.model_validate(
@@ -57,7 +57,7 @@ def _config(name: str, opts: dict, rgb_path: Path) -> PipelineConfig:
             "trust_factories": ["zoo_models"],
             "data": data | {"val_fraction": 0.15, "calib_size": 128, "test_fraction": 0.2},
             "teacher": teacher,
-            "distill": {"student": {"prune_ratio": 0.3}, "assistants": "none", "train": {"epochs": 6}},
+            "distill": {"student": {"prune_ratio": 0.3}, "assistants": "none", "train": {"epochs": 12}},
             "export": {"formats": FORMATS, "calib_samples": 128},
             "benchmark": {"devices": ["local"], "batch_sizes": [1], "min_time_s": 0.01, "repeats": 2},
         }
