@@ -274,7 +274,7 @@ def round_robin(
     always follows the same neighbour. Returns ``{(name, batch): [measure-result per round]}``.
     """
     if measure is None:
-        from edgecompress.devices.runtimes import measure
+        from edgecompress.devices.host_runtimes import measure
     out: dict[tuple[str, int], list[dict]] = {(e.name, b): [] for e in entries for b in inputs}
     timers = {e.name: CpuTimer(e.runtime) for e in entries}
     for r in range(rounds):

@@ -5,7 +5,7 @@ For a finished run directory this times, on the same CPU, in this one process an
 - the teacher in PyTorch FP32 eager (the baseline every speedup is relative to),
 - the teacher exported to ONNX FP32 in ONNX Runtime (separates "better runtime" from "smaller model"),
 - the calibrated student in PyTorch FP32 eager,
-- every student artifact of the run through its own runtime (``edgecompress.devices.runtimes.get_runtime``).
+- every student artifact of the run through its own runtime (``edgecompress.devices.host_runtimes.get_runtime``).
 
 Timing is the device harness ``edgecompress.devices.agent.measure`` (warm-up, minimum time, percentiles after
 outlier clipping), called round-robin: each round times every model once at every batch size, rotating the order,
@@ -69,7 +69,7 @@ def _teacher_onnx(run: LoadedRun, teacher: Any, folder: Path) -> Path:
 
 def build_entries(run: LoadedRun, *, threads: int | None, workdir: Path, teacher_onnx: bool = True) -> list[Entry]:
     """Load every model to time; the first entry is the PyTorch teacher (the reference)."""
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
     from edgecompress.models import count_macs
 
     from ._common import TorchRuntime
@@ -115,7 +115,7 @@ def build_entries(run: LoadedRun, *, threads: int | None, workdir: Path, teacher
 
 def evaluate_entries(entries: list[Entry], x: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
     """Accuracy / ECE / NLL of every entry on (x, y), through its own runtime."""
-    from edgecompress.devices.runtimes import classification_metrics
+    from edgecompress.devices.host_runtimes import classification_metrics
 
     out = {}
     for e in entries:

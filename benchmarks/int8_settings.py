@@ -96,7 +96,7 @@ def _ort_choice(run: LoadedRun) -> tuple[str, bool]:
 
 def build_variants(run: LoadedRun, folder: Path, *, threads: int | None) -> list[Entry]:
     """Quantize every variant into ``folder`` and load it; FP32 references first."""
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
     from edgecompress.export import onnx_export as ox
     from edgecompress.export import openvino_export as ovx
 

@@ -68,7 +68,7 @@ def peak_class(precision: str) -> str:
 
 def peak_entries(folder: Path, m: int, k: int, n: int, *, threads: int | None) -> list[Entry]:
     """Peak-GEMM models (FP32 and INT8) loaded in every CPU runtime that is installed."""
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
 
     files = {
         "fp32": save_model(gemm_fp32_model(m, k, n), folder / "gemm_fp32.onnx"),
@@ -123,7 +123,7 @@ def per_round_fraction(
 
 
 def run_roofline(args: argparse.Namespace) -> dict[str, Any]:
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
     from edgecompress.models import count_macs
     from edgecompress.pipeline.loaded import load_run
 

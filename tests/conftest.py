@@ -98,7 +98,7 @@ class RuntimeContract:
 
     @pytest.fixture(scope="class")
     def loaded(self, artifact: Path):  # noqa: ANN201 - a Runtime
-        from edgecompress.devices.runtimes import get_runtime
+        from edgecompress.devices.host_runtimes import get_runtime
 
         rt = get_runtime(self.runtime_name, **self.options)
         rt.load(artifact, threads=1)
@@ -132,7 +132,7 @@ class RuntimeContract:
         assert info["version"]
 
     def test_missing_file_is_a_clear_error(self, tmp_path: Path) -> None:
-        from edgecompress.devices.runtimes import get_runtime
+        from edgecompress.devices.host_runtimes import get_runtime
         from edgecompress.errors import DeviceError
 
         rt = get_runtime(self.runtime_name, **self.options)

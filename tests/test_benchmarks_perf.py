@@ -119,7 +119,7 @@ def _init(model, name: str) -> np.ndarray:  # noqa: ANN001
 
 
 def test_fp32_gemm_model_runs_and_is_correct(tmp_path: Path) -> None:
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
 
     m, k, n = 8, 32, 16
     model = c.gemm_fp32_model(m, k, n)
@@ -149,7 +149,7 @@ def test_int8_gemm_model_runs_as_an_integer_kernel(tmp_path: Path) -> None:
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-3, atol=1e-3)
     ops = {nd.op_type for nd in onnx.load(so.optimized_model_filepath).graph.node}
     assert ops & {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"}, ops
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
 
     rt = get_runtime("openvino")
     rt.load(path, threads=1)

@@ -6,7 +6,7 @@ Foundations are ``errors``, ``_io``, ``_schema``, ``_lazy``, ``measurements``, t
 (``edgecompress.config`` and each ``<subpackage>/config.py``, which compose one another). A module may import its
 own subpackage and anything in a lower layer; an import upward or sideways (into another package of the same layer)
 fails the test with its file:line. The doc's two exceptions: ``export`` may call the ``devices`` runtimes (the
-agent's, also served by ``devices.runtimes``) for parity and evaluation, and ``distill`` may call ``calibration``
+agent's, also served by ``devices.host_runtimes``) for parity and evaluation, and ``distill`` may call ``calibration``
 (and ``models``, which is below it anyway). ``devices/agent.py`` ships alone to devices, so it imports nothing of
 the package.
 
@@ -46,9 +46,9 @@ TOP_CLI = {"cli", "__main__"}
 # (importing package, imported module or package prefix): the doc's allowed sideways arrows
 EXCEPTIONS = {
     ("export", "edgecompress.devices.agent"),
-    ("export", "edgecompress.devices.runtimes"),
+    ("export", "edgecompress.devices.host_runtimes"),
     ("bundle", "edgecompress.devices.agent"),  # a bundle's predictor and run.py use the agent's runtimes
-    ("bundle", "edgecompress.devices.runtimes"),
+    ("bundle", "edgecompress.devices.host_runtimes"),
     ("devices", "edgecompress.calibration.metrics"),  # the one ECE rule: the host recomputes a device's metrics
     ("export", "edgecompress.calibration.metrics"),  # the one ECE rule: an artifact's metrics through its runtime
     ("foundations", "edgecompress.export.formats"),  # export's config checks names against the (plain) format table

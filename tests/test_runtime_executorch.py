@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INPUT_SHAPE, RuntimeContract, tiny_model, tiny_onnx
-from edgecompress.devices.runtimes import get_runtime
+from edgecompress.devices.host_runtimes import get_runtime
 from edgecompress.errors import MissingExtraError
 
 try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RuntimeContract, tiny_onnx
-from edgecompress.devices.runtimes import get_runtime
+from edgecompress.devices.host_runtimes import get_runtime
 from edgecompress.errors import DeviceError, MissingExtraError
 
 pytestmark = pytest.mark.gpu

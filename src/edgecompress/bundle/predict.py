@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def _get_runtime(name: str) -> Any:
-    """The runtime object for ``name`` (``edgecompress.devices.runtimes``, errors already user-facing)."""
-    from edgecompress.devices.runtimes import get_runtime
+    """The runtime object for ``name`` (``edgecompress.devices.host_runtimes``, errors already user-facing)."""
+    from edgecompress.devices.host_runtimes import get_runtime
 
     return get_runtime(name)
 

@@ -14,7 +14,7 @@ _LAZY: dict[str, str] = {
     "measure": "edgecompress.devices.agent",
     "summarize_times": "edgecompress.devices.agent",
     "classification_metrics": "edgecompress.devices.agent",
-    "get_runtime": "edgecompress.devices.runtimes",
+    "get_runtime": "edgecompress.devices.host_runtimes",
     "BenchmarkConfig": "edgecompress.devices.config",
     "DeviceProfile": "edgecompress.devices.config",
     "load_profile": "edgecompress.devices.profiles",

@@ -2,7 +2,7 @@
 
 This file is copied as-is to target devices (x86 servers, Jetsons, anything with Python), so it is deliberately
 self-contained: standard library + numpy + the runtime package it drives. It must never import ``edgecompress``.
-The package imports its runtimes and harness from here (``edgecompress.devices.runtimes``), so the numbers measured
+The package imports its runtimes and harness from here (``edgecompress.devices.host_runtimes``), so the numbers measured
 on the host and on a device come from the same code.
 
 CLI (prints one JSON object; errors are JSON with ``"ok": false`` and a non-zero exit code, never a traceback)::

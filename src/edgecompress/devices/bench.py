@@ -69,7 +69,7 @@ def _agent_args(artifact: Any, profile: DeviceProfile, cfg: BenchmarkConfig) -> 
 def _host_metrics(artifact: Any, eval_x: np.ndarray, eval_y: np.ndarray) -> dict[str, Any] | None:
     """Accuracy/calibration through the host's runtime, for devices that cannot run the agent (phones)."""
     from edgecompress.devices.agent import evaluate
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
 
     try:
         rt = get_runtime(_get(artifact, "runtime"))
@@ -128,12 +128,7 @@ def _row(
             return _error_row(artifact, profile, str(exc), attempts=outcome.attempts, failures=outcome.failures)
     cv = _latency_cv(res.bench)
     return BenchRow(
-        device=profile.name,
-        transport=profile.transport,
-        artifact=str(_get(artifact, "name")),
-        format=_get(artifact, "format"),
-        precision=_get(artifact, "precision"),
-        runtime=_get(artifact, "runtime"),
+        **_identity(artifact, profile),
         inference_precision=res.info.get("precision"),
         latency_ms=res.latency_ms,
         throughput={b: v for b, v in res.throughput.items() if v is not None},
@@ -208,16 +203,23 @@ def _run_device(
     return rows
 
 
+def _identity(artifact: Any, profile: DeviceProfile) -> dict[str, Any]:
+    """Which device and which artifact a row is about."""
+    return {
+        "device": profile.name,
+        "transport": profile.transport,
+        "artifact": str(_get(artifact, "name")),
+        "format": _get(artifact, "format"),
+        "precision": _get(artifact, "precision"),
+        "runtime": _get(artifact, "runtime"),
+    }
+
+
 def _error_row(
     artifact: Any, profile: DeviceProfile, error: str, *, attempts: int = 0, failures: Sequence[Any] = ()
 ) -> BenchRow:
     return BenchRow(
-        device=profile.name,
-        transport=profile.transport,
-        artifact=str(_get(artifact, "name")),
-        format=_get(artifact, "format"),
-        precision=_get(artifact, "precision"),
-        runtime=_get(artifact, "runtime"),
+        **_identity(artifact, profile),
         ok=False,
         error=error,
         attempts=attempts,

@@ -74,7 +74,7 @@ def run_artifact(
         ExportError: the runtime could not load or run the file.
     """
     from edgecompress.devices.agent import runtime_options
-    from edgecompress.devices.runtimes import get_runtime
+    from edgecompress.devices.host_runtimes import get_runtime
 
     step = max_batch or max(1, len(x))
     try:
