@@ -93,3 +93,17 @@ def test_round_to_reaches_the_pruned_student():
 
     widths = [m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths), widths
+
+
+def test_train_lr_is_auto_by_default_or_a_positive_number() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    cfg = TrainConfig()
+    assert cfg.lr == "auto" and cfg.grad_clip == 5.0 and cfg.max_recoveries == 3
+    assert TrainConfig(lr="1e-3").lr == 0.001  # YAML reads 1e-3 (no dot) as a string
+    assert TrainConfig(grad_clip=None).grad_clip is None
+    for bad in (-0.1, 0, "fast", True, float("nan")):
+        with pytest.raises(ValidationError, match="lr must be a positive number or 'auto'") as err:
+            TrainConfig(lr=bad)
+        assert err.value.error_count() == 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,7 +19,7 @@ class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1, description="Training epochs.")
     batch_size: int = Field(128, ge=1, description="Global batch size (split across processes under DDP).")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum or AdamW.")
-    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+    lr: float | Literal["auto"] = Field(
         "auto",
         description="Peak learning rate (after warm-up), or 'auto': chosen by a short seeded learning-rate range "
         "test on a copy of the model before training (Smith, 2017); the chosen rate is in the training result.",
@@ -43,6 +44,19 @@ class TrainConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
     augment: bool = Field(True, description="Random crop/flip of training batches (when an augment config is given).")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on optimizer steps per epoch (quick runs).")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:  # YAML reads 1e-3 (no dot) as a string
+            lr = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            lr = math.nan
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number or 'auto' (chosen by a range test), got {v!r}")
+        return lr
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
