@@ -93,7 +93,9 @@ def train_steps(
     """
     n = min(len(splits.train.y), steps * batch)
     keep = np.sort(np.random.default_rng([seed, steps]).permutation(len(splits.train.y))[:n])
-    splits = dataclasses.replace(splits, train=ArraySplit(splits.train.raw[keep], splits.train.y[keep], splits.train.preprocess))
+    splits = dataclasses.replace(
+        splits, train=ArraySplit(splits.train.raw[keep], splits.train.y[keep], splits.train.preprocess)
+    )
     cfg = TrainConfig(
         epochs=1, batch_size=batch, optimizer="adamw", lr=LR, weight_decay=0.0, warmup_epochs=0.3, augment=False,
         max_steps_per_epoch=steps,

@@ -67,7 +67,7 @@ def load_data(samples: int) -> tuple[NS, str]:
 
 def naive_kd(student: nn.Module, teacher: nn.Module, splits: NS, cfg: TrainConfig, loss: LossConfig, aug) -> None:
     """Plain loop: teacher forward with autograd on every step; same batches, schedule and loss as the trainer."""
-    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    x, y = torch.from_numpy(np.asarray(splits.train.x)), torch.from_numpy(splits.train.y)
     opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     kd = KDLoss(loss.temperature, loss.alpha)
     teacher.eval()

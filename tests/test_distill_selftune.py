@@ -59,7 +59,7 @@ def digits():
     torch.manual_seed(0)
     teacher = PlainCNN()
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
-    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    x, y = torch.from_numpy(np.asarray(splits.train.x)), torch.from_numpy(splits.train.y)
     g = torch.Generator().manual_seed(0)
     for _ in range(15):
         for idx in torch.randperm(len(x), generator=g).split(64):
@@ -164,7 +164,7 @@ def test_non_finite_loss_is_retried_then_reported(digits, tmp_path: Path) -> Non
 
 
 def test_lr_range_test_is_deterministic_and_leaves_the_model_alone(digits) -> None:
-    x, y = torch.from_numpy(digits.splits.train.x), torch.from_numpy(digits.splits.train.y)
+    x, y = torch.from_numpy(np.asarray(digits.splits.train.x)), torch.from_numpy(digits.splits.train.y)
     model = copy.deepcopy(digits.student)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -385,7 +385,8 @@ def test_nan_loss_stops_the_hop_and_keeps_the_last_checkpoint(tmp_path: Path) ->
     cfg["trust_factories"] = ["nanmod"]
     cfg["teacher"] = {
         "model": {"factory": "nanmod:build", "params": {"after": 3}},
-        "train": {"epochs": 2, "max_steps_per_epoch": 3, "batch_size": 32, "warmup_epochs": 0},
+        # no automatic recovery: this case is the hop that stops (recovery has its own tests in test_distill_selftune)
+        "train": {"epochs": 2, "max_steps_per_epoch": 3, "batch_size": 32, "warmup_epochs": 0, "max_recoveries": 0},
     }
     path = write_yaml(tmp_path / "cfg.yaml", cfg)
     out = tmp_path / "run"
