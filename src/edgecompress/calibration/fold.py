@@ -26,6 +26,8 @@ _MAX_CANDIDATES = 4  # Linear layers tried, from the last in module order backwa
 class TemperatureDivide(nn.Module):
     """``model(x) / T``: temperature scaling as an explicit division (T kept as a buffer, so it is exported)."""
 
+    temperature: Tensor  # buffer registered in __init__
+
     def __init__(self, model: nn.Module, temperature: float) -> None:
         super().__init__()
         self.model = model
@@ -58,6 +60,7 @@ def _linear_candidates(model: nn.Module, limit: int = _MAX_CANDIDATES) -> list[s
 def _scaled_copy(model: nn.Module, name: str, t: float) -> nn.Module:
     folded = copy.deepcopy(model)
     linear = folded.get_submodule(name)
+    assert isinstance(linear, nn.Linear)  # name comes from _linear_candidates
     with torch.no_grad():
         linear.weight.mul_(1.0 / t)
         if linear.bias is not None:
@@ -65,8 +68,8 @@ def _scaled_copy(model: nn.Module, name: str, t: float) -> nn.Module:
     return folded
 
 
-def _reference_inputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Tensor]:
-    ref = next(iter(model.parameters()), None)
+def _reference_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Tensor]:
+    ref: Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
     device = ref.device if ref is not None else torch.device("cpu")

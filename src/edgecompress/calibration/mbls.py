@@ -137,7 +137,7 @@ def mbls_finetune(
         raise CalibrationError("the model has no parameters to fine-tune", "pass a trainable nn.Module")
     device = params[0].device
     work = copy.deepcopy(model)
-    trainable = [p for p in work.parameters() if p.requires_grad]
+    trainable: list[Tensor] = [p for p in work.parameters() if p.requires_grad]
     if not trainable:  # a model frozen for inference: fine-tune all of it
         trainable = [p.requires_grad_(True) for p in work.parameters()]
     loss_fn = MbLSLoss(cfg.margin, cfg.weight)

@@ -238,6 +238,7 @@ def compute_metrics(
         p, y = _check_probs(probs, labels)
         log_p_true = np.log(np.maximum(p[np.arange(y.shape[0]), y], np.finfo(np.float64).tiny))
         return _metrics(p, log_p_true, y, n_bins)
+    assert logits is not None  # exactly one of logits/probs is given (checked above)
     z, y = _check_logits(logits, labels)
     log_p = log_softmax(z)
     return _metrics(np.exp(log_p), log_p[np.arange(y.shape[0]), y], y, n_bins)

@@ -144,8 +144,10 @@ def _evaluate(model: nn.Module, splits: Any) -> _Evaluated:
     )
 
 
-def _record(rec: MemberRecord, ev: _Evaluated, splits: Any, calibrate: bool) -> None:
+def _record(rec: MemberRecord, ev: _Evaluated, splits: Any, calibrate: bool) -> float:
+    """Fill ``rec`` with the metrics of ``ev``; returns its val accuracy."""
     y_val, y_test = _labels(splits, "val"), _labels(splits, "test")
+    assert y_val is not None  # distill_chain checks the val split first
     ev.temperature = fit_temperature(ev.val, y_val) if calibrate else 1.0
     rec.temperature = ev.temperature
     mv, mv_after = compute_metrics(ev.val, y_val), compute_metrics(ev.val / ev.temperature, y_val)
@@ -156,6 +158,7 @@ def _record(rec: MemberRecord, ev: _Evaluated, splits: Any, calibrate: bool) -> 
         rec.ece_before, rec.ece_after = mt["ece"], mt_after["ece"]
     rec.params = sum(p.numel() for p in ev.model.parameters())
     rec.macs = _count_macs(ev.model, tuple(splits.val.x.shape[1:]))
+    return mv["accuracy"]
 
 
 def _teaching(ev: _Evaluated, calibrate: bool) -> tuple[nn.Module, Tensor | None, Tensor]:
@@ -229,26 +232,34 @@ def distill_chain(
 
     t_ev = _evaluate(teacher, splits)
     t_rec = MemberRecord(name="teacher", role="teacher", model=teacher)
-    _record(t_rec, t_ev, splits, calibrate)
+    teacher_val_accuracy = _record(t_rec, t_ev, splits, calibrate)
     num_classes = int(t_ev.val.shape[1])
-    if gate and near_chance(t_rec.val_accuracy, num_classes):
+    if gate and near_chance(teacher_val_accuracy, num_classes):
         raise QualityGateError(
-            f"teacher val accuracy {100 * t_rec.val_accuracy:.1f} % on {num_classes} classes is near chance "
+            f"teacher val accuracy {100 * teacher_val_accuracy:.1f} % on {num_classes} classes is near chance "
             f"({100 / num_classes:.1f} %): it cannot teach",
             "check the class order (data.classes), the normalization (data.mean/std must match the teacher's "
             "training) and the checkpoint",
         )
-    records, assistants = [t_rec], []
+    records: list[MemberRecord] = [t_rec]
+    assistants: list[tuple[str, _Evaluated]] = []
     _, ref_test, _ = _teaching(t_ev, calibrate)  # the original teacher as it taught
-    current, weights = (t_rec.name, t_ev), None
+    current = (t_rec.name, t_ev)
+    weights: list[float] | None = None
     for i, (name, model) in enumerate(members):
         role = "student" if i == len(members) - 1 else "assistant"
         if role == "student" and cfg.ensemble and len(assistants) >= 1:
             teach_parts = [_teaching(ev, calibrate) for _, ev in assistants]
-            weights = fit_ensemble_weights([val for _, _, val in teach_parts], _labels(splits, "val"))
+            y_val = _labels(splits, "val")
+            assert y_val is not None  # checked at the top
+            weights = fit_ensemble_weights([val for _, _, val in teach_parts], y_val)
             teach: nn.Module = LogitEnsemble([m for m, _, _ in teach_parts], weights)
-            tests = [tst for _, tst, _ in teach_parts]
-            teach_test = None if tests[0] is None else sum(w * z for w, z in zip(weights, tests, strict=True))
+            tests = [tst for _, tst, _ in teach_parts if tst is not None]  # all or none: same splits
+            teach_test: Tensor | None = None
+            if len(tests) == len(teach_parts):
+                mixed = sum(w * z for w, z in zip(weights, tests, strict=True))
+                assert isinstance(mixed, Tensor)  # at least one assistant
+                teach_test = mixed
             teach_name = "ensemble(" + ",".join(n for n, _ in assistants) + ")"
             log.info("student learns from %s with weights %s (fitted on val)", teach_name, weights)
         else:
@@ -278,9 +289,10 @@ def distill_chain(
             lr=res.lr,
             events=list(res.events),
         )
-        _record(rec, ev, splits, calibrate)
+        val_accuracy = _record(rec, ev, splits, calibrate)
         rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started
         if ev.test is not None and ref_test is not None:
+            assert teach_test is not None  # every member is evaluated on the same splits
             f0, f1 = fidelity(ev.test, ref_test), fidelity(ev.test, teach_test)
             rec.fidelity_agreement, rec.fidelity_kl = f0["agreement"], f0["kl"]
             rec.teacher_agreement, rec.teacher_kl = f1["agreement"], f1["kl"]
@@ -288,7 +300,7 @@ def distill_chain(
         log.info("hop %d %s: val_acc %.4f test_acc %s", i + 1, name, rec.val_accuracy, rec.accuracy)
         records.append(rec)
         if gate and role == "assistant":  # a model below the gate must not teach the next hop
-            check_student(rec.val_accuracy, t_rec.val_accuracy, num_classes, max_drop=cfg.max_accuracy_drop, name=name)
+            check_student(val_accuracy, teacher_val_accuracy, num_classes, max_drop=cfg.max_accuracy_drop, name=name)
         if role == "assistant":
             assistants.append((name, ev))
         current = (name, ev)
@@ -332,7 +344,7 @@ def search_assistant(
     epochs = cfg.search_epochs
     train = cfg.train.model_copy(update={"epochs": epochs, "warmup_epochs": min(cfg.train.warmup_epochs, epochs)})
     short = cfg.model_copy(update={"train": train, "ensemble": False})
-    rows = []
+    rows: list[dict[str, float]] = []
     for ratio in sorted(candidates, reverse=True):
         torch.manual_seed(key_seed(seed, "search", float(ratio)))
         pair = [(f"ta-{ratio:g}", make_member(ratio)), ("student", student_factory())]
@@ -349,6 +361,7 @@ def search_assistant(
             gate=False,  # a short candidate run that misses the gate just scores low
         )
         ta, st = chain.members[1], chain.members[2]
+        assert ta.val_accuracy is not None and st.val_accuracy is not None  # distill_chain always records them
         rows.append(
             {"ratio": float(ratio), "ta_val_accuracy": ta.val_accuracy, "student_val_accuracy": st.val_accuracy}
         )

@@ -19,8 +19,8 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -57,13 +57,17 @@ class TemperatureScaled(nn.Module):
 class LogitEnsemble(nn.Module):
     """Weighted mixture of logits: z = Σ_k w_k · z_k (w ≥ 0, Σ w = 1), the target of a multi-TA student."""
 
+    weights: Tensor  # buffer registered in __init__
+
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | Tensor) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32).clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
+        mixed = sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
+        assert isinstance(mixed, Tensor)  # the chain builds an ensemble from at least one assistant
+        return mixed
 
 
 def fit_ensemble_weights(logits: Sequence[Tensor], labels: np.ndarray | Tensor, *, steps: int = 100) -> list[float]:

@@ -7,6 +7,8 @@ Every loss is ``(1 − α)·CE(y, softmax(z_s)) + α·(distillation term)``, plu
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -177,10 +179,22 @@ class BDKDLoss(_Base):
         return self._finish(student, labels, terms, distill)
 
 
+class _CommonLossArgs(TypedDict):
+    """Keyword arguments every loss takes (the CE smoothing and the MbLS margin term)."""
+
+    label_smoothing: float
+    mbls_margin: float | None
+    mbls_weight: float
+
+
 def build_loss(cfg: LossConfig | None, *, label_smoothing: float = 0.0, has_teacher: bool = True) -> nn.Module:
     """The loss module for ``cfg`` (None: cross-entropy). ``label_smoothing`` applies to the CE term."""
     cfg = cfg or LossConfig(kind="ce")
-    common = {"label_smoothing": label_smoothing, "mbls_margin": cfg.mbls_margin, "mbls_weight": cfg.mbls_weight}
+    common: _CommonLossArgs = {
+        "label_smoothing": label_smoothing,
+        "mbls_margin": cfg.mbls_margin,
+        "mbls_weight": cfg.mbls_weight,
+    }
     if cfg.kind != "ce" and not has_teacher:
         raise ConfigError(
             f"loss kind '{cfg.kind}' needs a teacher but none was given", "pass teacher= or use kind 'ce'"

@@ -17,6 +17,7 @@ optional flip) instead of kornia's random crop + flip.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,9 +77,8 @@ class FastDFKDSynthesizer:
             self.generator.reset_first_layer()
         fast = copy.deepcopy(self.generator).train()
         z = torch.randn(targets.shape[0], self.generator.z_dim, generator=self.gen).requires_grad_()
-        opt = torch.optim.Adam(
-            [{"params": fast.parameters()}, {"params": [z], "lr": self.lr_z}], lr=self.lr_g, betas=(0.5, 0.999)
-        )
+        groups: list[dict[str, Any]] = [{"params": fast.parameters()}, {"params": [z], "lr": self.lr_z}]
+        opt = torch.optim.Adam(groups, lr=self.lr_g, betas=(0.5, 0.999))
         best_loss, best_x, best_terms = float("inf"), None, {}
         for _ in range(self.k):
             x = fast(z)

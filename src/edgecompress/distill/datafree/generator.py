@@ -26,6 +26,9 @@ class Generator(nn.Module):
         mean, std: per-channel normalization of the teacher's inputs (default 0 and 1: the teacher takes [0, 1]).
     """
 
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         z_dim: int,

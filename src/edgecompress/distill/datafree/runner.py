@@ -348,7 +348,12 @@ def _synthesis_step(
         for _ in range(cfg.student_steps_per_batch)
     ]
     state.t_student += time.perf_counter() - t0
-    entry = {"batch": float(b), **terms, "synthesis_seconds": dt_synth, "bank": float(len(bank))}
+    entry: dict[str, float | None] = {
+        "batch": float(b),
+        **terms,
+        "synthesis_seconds": dt_synth,
+        "bank": float(len(bank)),
+    }
     entry["student_loss"] = float(np.mean(s_losses)) if s_losses else None
     state.history.append(entry)
     log.log(
