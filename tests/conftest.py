@@ -273,11 +273,14 @@ FIX = " — fix: "
 
 
 def tiny_config(**sections: Any) -> dict[str, Any]:
-    """examples/digits.yaml made fast: 1 epoch of 2 steps per hop, ONNX FP32 only, one tiny benchmark."""
+    """examples/digits.yaml made fast: 2 epochs of 12 steps per hop (a few seconds; the teacher reaches ~90 %, so the
+    quality gates pass; the student's allowed drop is widened: these are tests of mechanics, the gates have their
+    own), ONNX FP32 only, one tiny benchmark."""
     cfg = copy.deepcopy(DIGITS)
-    fast = {"epochs": 1, "max_steps_per_epoch": 2, "warmup_epochs": 0}
+    fast = {"epochs": 2, "max_steps_per_epoch": 12, "warmup_epochs": 0, "lr": 0.3}
     cfg["teacher"]["train"].update(fast)
     cfg["distill"]["train"].update(fast)
+    cfg["distill"]["max_accuracy_drop"] = 0.5
     cfg["export"]["formats"] = ["onnx:fp32"]
     cfg["benchmark"].update({"batch_sizes": [1], "min_time_s": 0.0, "repeats": 1, "eval_samples": 64})
     for key, value in sections.items():

@@ -64,6 +64,7 @@ def datafree_run(tmp_path_factory):
         "teacher": {"model": spec, "checkpoint": "teacher.pt"},
         "distill": {
             "student": {"prune_ratio": 0.3},
+            "max_accuracy_drop": 0.3,  # a data-free student at this budget is ~20 points below (the gate's own tests)
             "datafree": {"synthesis_batches": 12, "batch_size": 32, "k_inner_steps": 2, "bank_size": 512},
         },
         "export": {"formats": ["onnx:fp32", "onnx:int8"], "max_accuracy_drop": 0.05},

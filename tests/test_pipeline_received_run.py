@@ -22,9 +22,9 @@ CFG = {
     "name": "recv",
     "data": {"dataset": "digits", "val_fraction": 0.2, "calib_size": 64, "test_fraction": 0.2, "max_train": 500},
     "teacher": {"model": {"family": "cnn", "params": {"channels": [16, 32]}},
-                "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0}},
-    "distill": {"student": {"prune_ratio": 0.4}, "assistants": "none",
-                "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0}},
+                "train": {"epochs": 6, "batch_size": 32, "lr": 0.3, "warmup_epochs": 0}},
+    "distill": {"student": {"prune_ratio": 0.4}, "assistants": "none", "max_accuracy_drop": 0.5,
+                "train": {"epochs": 6, "batch_size": 32, "lr": 0.3, "warmup_epochs": 0}},
     "export": {"formats": ["onnx:fp32", "onnx:int8"], "calib_samples": 64, "max_accuracy_drop": 0.5},
     "benchmark": {"devices": ["local"], "batch_sizes": [1], "min_time_s": 0.01, "repeats": 2, "eval_samples": 64},
 }  # fmt: skip
