@@ -20,7 +20,8 @@ from edgecompress.data.splits import load_splits
 from edgecompress.distill.config import DistillConfig, TrainConfig
 from edgecompress.distill.evaluate import predict_logits
 from edgecompress.distill.gates import check_student, near_chance
-from edgecompress.distill.lr_range import lr_range_test
+from edgecompress.distill.lr_range import MARGIN, choose_lr, lr_range_test
+from edgecompress.distill.recovery import at_chance, epoch_problem, majority_share
 from edgecompress.distill.trainer import CHECKPOINT, train_model
 from edgecompress.errors import TrainingError
 
@@ -231,3 +232,39 @@ def test_lazy_split_views_are_read_per_batch_and_train_identically(digits, tmp_p
     sa, sb = runs[0].model.state_dict(), runs[1].model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sb)
     assert runs[0].lr == runs[1].lr
+
+
+def test_a_plain_cnn_from_scratch_leaves_chance_with_the_defaults(tmp_path: Path) -> None:
+    """Issue 14: a BN-free CNN from scratch sits on its plateau during the short range test (inconclusive); the safe
+    SGD rate 0.01 kept it at chance and recovery lowered it further. A network at chance gets the plateau rate."""
+    from zoo_models import plain_cnn
+
+    splits = load_splits(DataConfig(dataset="digits", val_fraction=0.15, test_fraction=0.2, calib_size=0), seed=0)
+    torch.manual_seed(1)
+    res = train_model(plain_cnn(), splits, TrainConfig(epochs=6), workdir=tmp_path, seed=1, progress=False)
+    assert res.lr_range is not None and res.lr_range["rule"] == "plateau"  # the probe saw no descent
+    assert res.recoveries == 0 and res.events == []
+    assert res.best_val_accuracy > 0.5  # chance is 0.1
+    assert _accuracy(res.model, splits.val) == pytest.approx(res.best_val_accuracy)
+
+
+def test_inconclusive_probe_rate_depends_on_whether_the_network_starts_at_chance() -> None:
+    flat = [2.30 + 0.001 * (i % 3) for i in range(40)]
+    lrs = [1e-4 * (1e5) ** (i / 39) for i in range(40)]
+    pretrained = choose_lr(lrs, flat, None, safe_lr=0.01, max_lr=0.1)
+    scratch = choose_lr(lrs, flat, None, safe_lr=0.01, max_lr=0.1, plateau_lr=0.1)
+    assert (pretrained.rule, pretrained.lr) == ("inconclusive", 0.01)
+    assert (scratch.rule, scratch.lr) == ("plateau", 0.1)
+    rising = [*flat[:30], *(2.30 * 1.2 for _ in range(10))]  # the loss rose from the 31st rate on
+    capped = choose_lr(lrs, rising, None, safe_lr=0.01, max_lr=0.1, plateau_lr=1.0)
+    assert capped.rule == "plateau" and capped.lr == pytest.approx(lrs[30] / MARGIN)
+
+
+def test_a_network_on_its_plateau_is_not_recovered() -> None:
+    # the repro of issue 14: one digit predicted for everything (14.8 % of 270), then 14.4 %: noise, not a collapse
+    majority = 40 / 270
+    kw = {"val_nll": 2.2975, "best_nll": 2.2975, "num_classes": 10, "n": 270, "majority": majority}
+    assert at_chance(0.148, 10, 270, majority)
+    assert epoch_problem(0.144, start_accuracy=0.148, **kw) is None
+    assert epoch_problem(0.144, start_accuracy=0.60, **kw) is not None  # a real collapse still is one
+    assert majority_share(torch.tensor([0, 1, 1, 2])) == 0.5

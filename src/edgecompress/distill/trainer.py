@@ -47,7 +47,7 @@ from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
 from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
 from edgecompress.distill.progress import Progress
-from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem
+from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem, left_chance, majority_share
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
 
@@ -114,9 +114,10 @@ def _make_augment(augment_cfg: Any) -> Augment | None:
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, peak: float | None = None) -> float:
     """Learning rate at optimizer step ``step``: linear warm-up to ``peak`` (default ``cfg.lr``), then cosine to 0
     (or constant)."""
-    peak = cfg.lr if peak is None else peak
-    if not isinstance(peak, int | float):
-        raise TypeError(f"lr_at needs a numeric peak learning rate, got {peak!r} (resolve lr: auto first)")
+    if peak is None:
+        if not isinstance(cfg.lr, int | float):
+            raise TypeError(f"lr_at needs a numeric peak learning rate, got {cfg.lr!r} (resolve lr: auto first)")
+        peak = float(cfg.lr)
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warm:
@@ -150,7 +151,8 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def probe_batches(n: int, batch_size: int, steps: int, seed: int) -> list[Tensor]:
     """``steps`` full index batches for the learning-rate range test, from permutations keyed by ``seed``."""
-    size, out, k = min(batch_size, n), [], 0
+    size, k = min(batch_size, n), 0
+    out: list[Tensor] = []
     while len(out) < steps:
         perm = torch.randperm(n, generator=keyed_generator(seed, "lr_range", k))
         out += [b for b in perm.split(size) if len(b) == size]
@@ -253,6 +255,8 @@ def train_model(
 
     # ``cur``: where the run stands (after cur["epoch"] epochs); ``restore``: the last good state, to go back to.
     ckpt_path = workdir / CHECKPOINT
+    majority = majority_share(y_val)  # the accuracy of a constant guess: the floor of "above chance"
+    from_scratch = False  # at chance before training (decides the rate of an inconclusive range test)
     ck = _load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if ck is not None:
         if ck.get("fingerprint") != fingerprint:
@@ -284,7 +288,9 @@ def train_model(
             "best": {"epoch": -1, "acc": -1.0, "nll": math.inf, "state": None},
         }
         restore = None
-        peak_lr, lr_range, lr_scale, recoveries, events = cfg.lr, None, 1.0, 0, []
+        from_scratch = at_chance(cur["accuracy"], z0.shape[1], len(y_val), majority)
+        peak_lr = math.nan if cfg.lr == "auto" else float(cfg.lr)  # nan: chosen by the range test below
+        lr_range, lr_scale, recoveries, events = None, 1.0, 0, []
     start_epoch = int(cur["epoch"])
 
     net: nn.Module = model
@@ -311,7 +317,7 @@ def train_model(
             zt = zt.clone()
         return loss_fn(m(xb), zt, yb)
 
-    if peak_lr == "auto":
+    if ck is None and cfg.lr == "auto":
         gen = keyed_generator(seed, "lr_range", "augment")
         probe = lr_range_test(
             model,
@@ -324,6 +330,8 @@ def train_model(
             max_lr=MAX_LR[cfg.optimizer],
             grad_clip=cfg.grad_clip,
             seed=key_seed(seed, "lr_range", "torch"),
+            # from scratch (at chance before training): an inconclusive probe is a plateau, left with a large rate
+            plateau_lr=MAX_LR[cfg.optimizer] if from_scratch else None,
         )
         peak_lr, lr_range = probe.lr, probe.to_dict()
         if world > 1:  # every rank probed the same data; rank 0's choice holds
@@ -351,7 +359,7 @@ def train_model(
             "best_state": b["state"],
             "min_nll": cur["min_nll"],
             "accuracy": cur["accuracy"],
-            "restore": None if restore["epoch"] == cur["epoch"] else restore,
+            "restore": None if restore is None or restore["epoch"] == cur["epoch"] else restore,
             "peak_lr": peak_lr,
             "lr_range": lr_range,
             "lr_scale": lr_scale,
@@ -410,6 +418,7 @@ def train_model(
                     start_accuracy=restore["accuracy"],
                     num_classes=val.shape[1],
                     n=len(val),
+                    majority=majority,
                 )
                 problem = None if bad is None else f"epoch {epoch + 1}: {bad}"
             if problem is not None and recoveries < cfg.max_recoveries:
@@ -443,7 +452,7 @@ def train_model(
                 state = cpu_clone(model.state_dict())
                 cur["best"] = {"epoch": epoch + 1, "acc": val_acc, "nll": val_nll, "state": state}
             cur.update(epoch=epoch + 1, min_nll=min(cur["min_nll"], val_nll), accuracy=val_acc)
-            if problem is None and not at_chance(val_acc, val.shape[1], len(val)):  # a state worth going back to
+            if problem is None and left_chance(val_acc, val.shape[1], len(val), majority):  # worth going back to
                 restore = {**cur, "model": cpu_clone(model.state_dict()), "optimizer": cpu_clone(opt.state_dict())}
             log.info(
                 "epoch %d/%d loss %.4f val_acc %.4f val_nll %.4f lr %.3g",
