@@ -15,12 +15,19 @@ if TYPE_CHECKING:
     from edgecompress.data.config import AugmentConfig
 
 
+def crop_pad_for(crop_pad: int | str, height: int, width: int) -> int:
+    """The crop padding in pixels: ``auto`` is one eighth of the smaller side, at least 1 (4 on 32x32, 1 on 8x8)."""
+    if crop_pad == "auto":
+        return max(1, round(min(height, width) / 8))
+    return int(crop_pad)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augment a batch ``[N, C, H, W]``; the same generator state gives the same output.
 
     Args:
         x: normalized images.
-        cfg: ``crop_pad`` (pixels, 0 = no crop) and ``hflip``.
+        cfg: ``crop_pad`` (pixels, 0 = no crop, ``auto`` = a size-relative pad) and ``hflip``.
         generator: a CPU ``torch.Generator``, e.g. seeded with ``seed * 100003 + epoch``.
 
     Returns:
@@ -30,7 +37,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         raise ValueError(f"augment_batch expects [N, C, H, W], got shape {tuple(x.shape)}")
     n, _, h, w = x.shape
     out = x
-    pad = int(cfg.crop_pad)
+    pad = crop_pad_for(cfg.crop_pad, h, w)
     if pad > 0 and n > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         di = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
