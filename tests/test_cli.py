@@ -56,3 +56,11 @@ def test_unknown_until_stage(tmp_path):
 def test_help():
     res = cli("--help")
     assert res.returncode == 0 and "demo" in res.stdout
+
+
+def test_cli_stage_names_are_the_pipelines() -> None:
+    """The CLI lists the stages without importing the pipeline (a light --help); they must be the pipeline's order."""
+    from edgecompress.cli import STAGES
+    from edgecompress.pipeline import STAGE_NAMES
+
+    assert tuple(STAGES) == STAGE_NAMES
