@@ -449,3 +449,17 @@ def digits_fields() -> dict:
         },
         "labels": [str(i) for i in range(10)],
     }
+
+
+def bn_net(width: int):  # noqa: ANN201 - a torch.nn.Module
+    """A conv-BN-ReLU net for 1x8x8 inputs and 4 classes (the chain and gate tests' members)."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, width, 3, padding=1),
+        torch.nn.BatchNorm2d(width),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * width, 4),
+    )

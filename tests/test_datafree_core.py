@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from conftest import bn_teacher
 from edgecompress.distill.datafree import (
     DataFreeConfig,
     Generator,
@@ -24,29 +25,8 @@ from edgecompress.errors import ModelError
 torch.set_num_threads(1)
 
 
-def _bn_teacher(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-    # give the BN layers non-trivial running statistics, as a trained teacher has
-    m.train()
-    with torch.no_grad():
-        for _ in range(5):
-            m(torch.rand(16, 1, 8, 8) * 2 + 0.5)
-    return m.eval()
-
-
 def test_inversion_loss_decreases_on_pixels() -> None:
-    teacher = _bn_teacher()
+    teacher = bn_teacher()
     before = copy.deepcopy(teacher.state_dict())
     targets = torch.arange(16) % 4
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
@@ -67,7 +47,7 @@ def test_inversion_loss_decreases_on_pixels() -> None:
 
 
 def test_bn_term_matches_formula() -> None:
-    teacher = _bn_teacher()
+    teacher = bn_teacher()
     x = torch.randn(8, 1, 8, 8)
     bn = teacher[1]
     with torch.no_grad():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import bn_net
 from edgecompress.distill.chain import distill_chain, plan_assistant_ratios, search_assistant
 from edgecompress.distill.config import DistillConfig, LossConfig, MemberSpec, TrainConfig
 from edgecompress.distill.trainer import train_model
@@ -27,23 +28,12 @@ def _split(n: int, seed: int) -> NS:
     return NS(x=(protos[y] + 0.6 * g.normal(size=(n, 1, 8, 8))).astype(np.float32), y=y)
 
 
-def _net(width: int) -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, width, 3, padding=1),
-        torch.nn.BatchNorm2d(width),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4 * width, 4),
-    )
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     splits = NS(train=_split(192, 1), val=_split(64, 2), test=_split(64, 3))
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, augment=False)
-    teacher = train_model(_net(16), splits, cfg, workdir=tmp_path_factory.mktemp("teacher"), seed=0, progress=False)
+    teacher = train_model(bn_net(16), splits, cfg, workdir=tmp_path_factory.mktemp("teacher"), seed=0, progress=False)
     return splits, teacher.model
 
 
@@ -55,7 +45,7 @@ def _cfg(**kw) -> DistillConfig:
 def test_chain_of_three_records_fidelity_and_resumes(setup, tmp_path: Path) -> None:
     splits, teacher = setup
     torch.manual_seed(1)
-    members = [("ta", _net(8)), ("student", _net(4))]
+    members = [("ta", bn_net(8)), ("student", bn_net(4))]
     res = distill_chain(teacher, members, splits, _cfg(), workdir=tmp_path, seed=0, progress=False)
     assert [m.role for m in res.members] == ["teacher", "assistant", "student"]
     assert [m.teacher for m in res.members] == [None, "teacher", "ta"]
@@ -78,7 +68,13 @@ def test_chain_of_three_records_fidelity_and_resumes(setup, tmp_path: Path) -> N
     # rerun: finished hops are loaded, not retrained, and give the same records
     torch.manual_seed(99)
     again = distill_chain(
-        teacher, [("ta", _net(8)), ("student", _net(4))], splits, _cfg(), workdir=tmp_path, seed=0, progress=False
+        teacher,
+        [("ta", bn_net(8)), ("student", bn_net(4))],
+        splits,
+        _cfg(),
+        workdir=tmp_path,
+        seed=0,
+        progress=False,
     )
     assert again.to_dict() == {
         **res.to_dict(),
@@ -92,7 +88,7 @@ def test_chain_of_three_records_fidelity_and_resumes(setup, tmp_path: Path) -> N
 def test_ensemble_of_assistants_and_label_smoothing_teacher(setup, tmp_path: Path, caplog) -> None:
     splits, teacher = setup
     torch.manual_seed(2)
-    members = [("ta1", _net(8)), ("ta2", _net(6)), ("student", _net(4))]
+    members = [("ta1", bn_net(8)), ("ta2", bn_net(6)), ("student", bn_net(4))]
     cfg = _cfg(
         assistants=[MemberSpec(prune_ratio=0.5), MemberSpec(prune_ratio=0.3)],
         ensemble=True,
@@ -113,8 +109,8 @@ def test_search_assistant_picks_best_by_val(setup, tmp_path: Path) -> None:
     widths = {0.5: 8, 0.25: 5}
     res = search_assistant(
         teacher,
-        lambda r: _net(widths[r]),
-        lambda: _net(4),
+        lambda r: bn_net(widths[r]),
+        lambda: bn_net(4),
         [0.25, 0.5],
         splits,
         _cfg(search_epochs=1),

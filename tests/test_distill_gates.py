@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from conftest import bn_net
 from edgecompress.distill.chain import distill_chain
 from edgecompress.distill.config import DistillConfig, TrainConfig
 from edgecompress.distill.gates import (
@@ -108,27 +109,18 @@ def _split(n: int, seed: int) -> NS:
     return NS(x=(protos[y] + 0.5 * g.normal(size=(len(y), 1, 8, 8))).astype(np.float32), y=y)
 
 
-def _net(width: int) -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, width, 3, padding=1),
-        torch.nn.BatchNorm2d(width),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4 * width, 4),
-    )
-
-
 def test_an_assistant_at_chance_does_not_teach(tmp_path: Path) -> None:
     splits = NS(train=_split(192, 1), val=_split(64, 2), test=_split(64, 3))
     torch.manual_seed(0)
     train = TrainConfig(epochs=3, batch_size=32, lr=0.1, augment=False)
-    teacher = train_model(_net(16), splits, train, workdir=tmp_path / "teacher", seed=0, progress=False).model
+    teacher = train_model(bn_net(16), splits, train, workdir=tmp_path / "teacher", seed=0, progress=False).model
     cfg = DistillConfig(
         student={"prune_ratio": 0.1}, train=train.model_copy(update={"epochs": 1}), max_accuracy_drop=1.0
     )
     with pytest.raises(QualityGateError, match=r"ta val accuracy 25.0 % is at chance \(25.0 % for 4 classes\)"):
-        distill_chain(teacher, [("ta", _Constant()), ("student", _net(4))], splits, cfg, workdir=tmp_path / "c", seed=0)
+        distill_chain(
+            teacher, [("ta", _Constant()), ("student", bn_net(4))], splits, cfg, workdir=tmp_path / "c", seed=0
+        )
     assert (tmp_path / "c" / "01-ta" / "record.json").exists()  # the failed hop is on record
     assert not (tmp_path / "c" / "02-student").exists()  # the student never learned from it
 
@@ -137,4 +129,4 @@ def test_a_teacher_at_chance_does_not_teach(tmp_path: Path) -> None:
     splits = NS(train=_split(64, 1), val=_split(64, 2), test=None)
     cfg = DistillConfig(student={"prune_ratio": 0.1}, train=TrainConfig(epochs=1, batch_size=32, lr=0.1))
     with pytest.raises(QualityGateError, match=r"teacher val accuracy 25.0 % on 4 classes is near chance"):
-        distill_chain(_Constant(), [("student", _net(4))], splits, cfg, workdir=tmp_path, seed=0, progress=False)
+        distill_chain(_Constant(), [("student", bn_net(4))], splits, cfg, workdir=tmp_path, seed=0, progress=False)

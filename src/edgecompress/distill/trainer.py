@@ -16,11 +16,8 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
 * Without augmentation the teacher sees each training sample unchanged every epoch, and in eval mode it is a pure
   function of its input, so its logits are computed once per sample (one batched ``inference_mode`` pass) and
   indexed per step. Valid for any number of epochs and across a resume.
-* With augmentation the views differ each epoch, so each step runs the teacher on its batch (under
-  ``inference_mode``, no autograd graph). Caching augmented views across epochs would be wrong; across *runs* with
-  the same (teacher, data, seed, batch size, augmentation) it would be valid but is not implemented.
-* Evaluation logits are computed in ``inference_mode`` in large batches; the chain caches each model's val/test
-  logits once per model.
+* With augmentation the views differ each epoch, so each step runs the teacher on its batch (``inference_mode``).
+* Evaluation logits are computed in ``inference_mode`` in large batches, once per model in a chain.
 """
 
 from __future__ import annotations
