@@ -250,3 +250,38 @@ def test_schedule_and_batches() -> None:
     shards = [epoch_batches(10, TrainConfig(batch_size=4), seed=0, epoch=0, rank=r, world=2) for r in range(2)]
     seen = torch.cat([torch.cat(s) for s in shards]).tolist()
     assert sorted(seen) == sorted(torch.cat(b[:2]).tolist())  # same global batches; the tail of 2 < 2·world dropped
+
+
+def test_precomputed_teacher_logits_match_running_the_teacher(helpers, tmp_path: Path) -> None:
+    """Logits computed once by the caller train the same student as the trainer's own cache; wrong rows are refused."""
+    from edgecompress.errors import DataError
+
+    s = helpers.splits()
+    torch.manual_seed(0)
+    teacher = helpers.Net(16).eval()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, augment=False)
+    torch.manual_seed(1)
+    init = helpers.Net(4)
+    own = train_model(copy.deepcopy(init), s, cfg, workdir=tmp_path / "own", seed=0, teacher=teacher, progress=False)
+    given = train_model(
+        copy.deepcopy(init),
+        s,
+        cfg,
+        workdir=tmp_path / "given",
+        seed=0,
+        teacher=teacher,
+        teacher_logits=predict_logits(teacher, s.train.x),
+        progress=False,
+    )
+    assert _same_weights(own.model, given.model)
+    with pytest.raises(DataError, match="teacher_logits has 10 rows"):
+        train_model(
+            copy.deepcopy(init),
+            s,
+            cfg,
+            workdir=tmp_path / "bad",
+            seed=0,
+            teacher=teacher,
+            teacher_logits=torch.zeros(10, 4),
+            progress=False,
+        )

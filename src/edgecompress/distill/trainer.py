@@ -194,6 +194,7 @@ def train_model(
     augment_cfg: Any = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    teacher_logits: Tensor | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``splits.train``, select the epoch with the best ``splits.val`` accuracy, return it loaded.
 
@@ -211,6 +212,9 @@ def train_model(
             used when ``cfg.augment`` is true.
         progress: show a progress bar (rich, only when stderr is a terminal; otherwise epochs are logged).
         device: default CUDA (``LOCAL_RANK``) when available, else CPU.
+        teacher_logits: ``teacher``'s logits on the train split, row i for sample i, as the teacher module passed
+            here computes them; used instead of running the teacher when there is no augmentation (callers that
+            train several students from one teacher compute them once).
 
     Raises:
         TrainingError: the loss became NaN/Inf and no recovery is left (names epoch and step; the last good
@@ -298,7 +302,13 @@ def train_model(
 
     cache = None
     if teacher is not None and augment is None and start_epoch < cfg.epochs:
-        cache = predict_logits(teacher, x_tr).to(dev)  # once per sample: valid because the inputs never change
+        if teacher_logits is not None and tuple(teacher_logits.shape[:1]) != (len(x_tr),):
+            raise DataError(
+                f"teacher_logits has {teacher_logits.shape[0]} rows for {len(x_tr)} training samples",
+                "pass the teacher's logits on exactly the train split, in its order",
+            )
+        # once per sample: valid because the inputs never change
+        cache = (teacher_logits if teacher_logits is not None else predict_logits(teacher, x_tr)).to(dev)
 
     def terms_of(m: nn.Module, idx: Tensor, aug_gen: torch.Generator) -> dict[str, Tensor]:
         xb, yb = x_tr.take(idx), y_tr[idx].to(dev)
