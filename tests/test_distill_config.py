@@ -36,14 +36,21 @@ def test_member_spec_errors(kwargs: dict, message: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n_assistants": 2}, "only used with assistants: auto"),
-        ({"ensemble": True}, "ensemble needs assistants"),
+        ({"n_assistants": 2}, "only used with assistants: planned or auto"),
+        ({"ensemble": True}, "ensemble needs a fixed set of assistants"),
+        ({"ensemble": True, "assistants": "auto"}, "ensemble needs a fixed set of assistants"),
         ({"ensemble": True, "assistants": [{"prune_ratio": 0.5}]}, "at least 2 assistants"),
-        ({"ensemble": True, "assistants": "auto", "n_assistants": 1}, "n_assistants >= 2"),
+        ({"ensemble": True, "assistants": "planned", "n_assistants": 1}, "n_assistants >= 2"),
+        ({"assistants": "planned", "loss": {"kind": "ce"}}, "ignores the teachers"),
+        ({"assistants": "search", "loss": {"kind": "auto"}}, "assistants: search does not run"),
+        ({"assistants": "auto", "datafree": {}}, "datafree distillation has no trials"),
+        ({"trials": {"kd_alphas": [0.0]}}, "kd_alphas"),
+        ({"trials": {"kd_temperatures": [-1]}}, "kd_temperatures"),
+        ({"trials": {"budget": 0}}, "greater than 0"),
         ({"assistants": [{"prune_ratio": 0.05}]}, "assistants sit between"),
         ({"search_candidates": [0.5, 1.0]}, "outside"),
         ({"assistants": "auto", "loss": {"kind": "ce"}}, "ignores the teachers"),
-        ({"loss": {"kind": "kl"}}, "'ce', 'kd', 'dist' or 'bdkd'"),
+        ({"loss": {"kind": "kl"}}, "'ce', 'kd', 'dist', 'bdkd' or 'auto'"),
         ({"train": {"epochs": 2, "warmup_epochs": 3}}, "warmup_epochs=3"),
         ({"trian": {}}, "Extra inputs"),
     ],
@@ -62,7 +69,19 @@ def test_valid_configs() -> None:
         loss=LossConfig(kind="bdkd", mbls_margin=10.0),
     )
     assert cfg.student.name == "tiny" and len(cfg.assistants) == 2
-    assert DistillConfig(assistants="auto", n_assistants=2, ensemble=True).n_assistants == 2
+    assert DistillConfig(assistants="planned", n_assistants=2, ensemble=True).n_assistants == 2
+
+
+def test_auto_means_decided_by_trials() -> None:
+    """`assistants: auto` and `loss.kind: auto` run the decide stage; the old fixed geometric plan is 'planned'.
+    A fixed chain with loss.kind auto is allowed: the loss is decided on the direct hop and the chain kept."""
+    assert DistillConfig(assistants="auto").decides and DistillConfig(loss={"kind": "auto"}).decides
+    assert not DistillConfig(assistants="planned").decides and not DistillConfig().decides
+    explicit = DistillConfig(assistants=[{"prune_ratio": 0.5}], loss={"kind": "auto"})
+    assert explicit.decides and explicit.trials.scratch
+    cfg = DistillConfig(assistants="auto", n_assistants=2)  # n_assistants shapes the planned candidate
+    assert cfg.trials.kd_temperatures == [1.0, 2.0, 4.0] and cfg.trials.kd_alphas == [0.5, 0.9]
+    assert 0 < cfg.trials.budget < 0.1 and cfg.trials.scratch_baseline is None
 
 
 def test_config_module_does_not_import_torch() -> None:

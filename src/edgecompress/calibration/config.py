@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgecompress._schema import StrictModel
 
@@ -62,6 +62,30 @@ class MbLSConfig(StrictModel):
 class CalibrationConfig(StrictModel):
     """How the final model is calibrated: optional MbLS fine-tune, then temperature scaling on the val split."""
 
+    method: Literal["ts", "mbls", "auto"] = Field(
+        "ts",
+        description="ts: temperature scaling alone; mbls: an MbLS fine-tune (the mbls section, defaults if absent) "
+        "then TS; auto: both compared on val — TS alone vs an MbLS fine-tune per margin in auto_margins, each "
+        "followed by TS — keeping the lowest val ECE (then NLL) among candidates within auto_max_accuracy_drop of "
+        "TS alone's val accuracy. None: mbls when an mbls section is given, else ts.",
+    )
+    auto_margins: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0], description="With method auto: the MbLS margins m tried."
+    )
+    auto_max_accuracy_drop: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="With method auto: an MbLS candidate losing more val accuracy than this (a fraction: 0.005 = "
+        "0.5 pt) against TS alone is not eligible.",
+    )
+    auto_max_train: int | None = Field(
+        4096,
+        ge=1,
+        description="With method auto: each MbLS candidate fine-tunes on a seeded subset of at most this many "
+        "training samples (mbls.finetune_epochs epochs; default 3 x 4096 samples, about 100 steps); None = all.",
+    )
+
     temperature_scaling: bool = Field(
         True, description="Fit one temperature T on the val split (Guo et al., 2017) and fold it into the graph."
     )
@@ -87,6 +111,31 @@ class CalibrationConfig(StrictModel):
         if v is False:
             return None
         return v
+
+    @field_validator("auto_margins")
+    @classmethod
+    def _margins(cls, v: list[float]) -> list[float]:
+        if not v or any(not (math.isfinite(m) and m > 0) for m in v):
+            raise ValueError(f"auto_margins {v} must be a non-empty list of finite margins > 0 (e.g. [5, 10])")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") is None:
+            data = {**data, "method": "mbls" if data.get("mbls") not in (None, False) else "ts"}
+        return data
+
+    @model_validator(mode="after")
+    def _method(self) -> CalibrationConfig:
+        if self.method == "ts" and self.mbls is not None:
+            raise ValueError("method 'ts' ignores the mbls section; set method: mbls (or auto), or remove mbls")
+        return self
+
+    @property
+    def mbls_settings(self) -> MbLSConfig:
+        """The MbLS fine-tune's settings: the mbls section, or its defaults."""
+        return self.mbls if self.mbls is not None else MbLSConfig()
 
     @field_validator("n_bins")
     @classmethod

@@ -71,8 +71,11 @@ class TrainConfig(StrictModel):
 class LossConfig(StrictModel):
     """The student's loss. Every kind is (1 − alpha)·CE + alpha·(distillation term); see ``distill.losses``."""
 
-    kind: Literal["ce", "kd", "dist", "bdkd"] = Field(
-        "kd", description="ce: labels only; kd: Hinton KD; dist: DIST correlation loss; bdkd: balanced fwd/rev KL."
+    kind: Literal["ce", "kd", "dist", "bdkd", "auto"] = Field(
+        "kd",
+        description="ce: labels only; kd: Hinton KD; dist: DIST correlation loss; bdkd: balanced fwd/rev KL; auto: "
+        "decided by short seeded trials on val (the pipeline's decide stage, see distill.trials) among scratch "
+        "(ce, no teacher), KD over trials.kd_temperatures x trials.kd_alphas, and DIST.",
     )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 − alpha.")
@@ -117,19 +120,75 @@ class MemberSpec(StrictModel):
         return self
 
 
+class TrialsConfig(StrictModel):
+    """The decide stage's trials (``assistants: auto`` / ``loss.kind: auto``): short, seeded, without augmentation.
+
+    Every trial trains a fresh copy of the student (or of an assistant) for ``budget`` x the final student's optimizer
+    steps (``train.epochs`` x steps per epoch), at least ``min_steps``, on a seeded subset of the training split just
+    large enough for those steps; the teacher's logits on that subset are computed once and reused by every trial.
+    Default cost: 8 loss trials (scratch, 6 KD, DIST) and 1-2 chain trials (an assistant, then its student) at
+    0.03 of the final steps each: about 0.3 of the final student's steps (a trial step costs about a final step:
+    both read cached teacher logits), plus one teacher pass over the subset. With little data (under ~700 final
+    steps) the ``min_steps`` floor dominates and the trials cost about as much as the final training (seconds).
+    """
+
+    budget: float = Field(
+        0.03,
+        gt=0,
+        le=1,
+        description="Optimizer steps of each trial, as a fraction of the final student's steps (default 0.03: "
+        "8 loss trials + up to 2 chain trials cost about 0.3 of the final training's steps).",
+    )
+    min_steps: int = Field(20, ge=1, description="At least this many optimizer steps per trial.")
+    kd_temperatures: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0], description="With loss.kind: auto: KD temperatures T tried."
+    )
+    kd_alphas: list[float] = Field(
+        default_factory=lambda: [0.5, 0.9], description="With loss.kind: auto: KD weights alpha tried (with every T)."
+    )
+    dist: bool = Field(True, description="With loss.kind: auto: DIST is a candidate.")
+    scratch: bool = Field(
+        True, description="Training on labels without a teacher (ce) is a candidate: a teacher must beat it to be used."
+    )
+    scratch_baseline: bool | None = Field(
+        None,
+        description="Also train the student on labels with the final budget (no teacher: cheap), report it beside "
+        "the distilled student and ship it if it is better on val; None = on when loss.kind or assistants is auto.",
+    )
+
+    @field_validator("kd_temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        if any(not (math.isfinite(t) and t > 0) for t in v):
+            raise ValueError(f"kd_temperatures {v} must all be finite and > 0 (e.g. [1, 2, 4])")
+        return v
+
+    @field_validator("kd_alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0 < a <= 1 for a in v):
+            raise ValueError(f"kd_alphas {v} must all be in (0, 1] (the weight of the KD term, e.g. [0.5, 0.9])")
+        return v
+
+
 class DistillConfig(StrictModel):
     """The teacher → assistants → student chain."""
 
     student: MemberSpec = Field(
         default_factory=lambda: MemberSpec(prune_ratio=0.1, name="student"), description="The final model."
     )
-    assistants: list[MemberSpec] | Literal["auto", "search", "none"] = Field(
+    assistants: list[MemberSpec] | Literal["auto", "planned", "search", "none"] = Field(
         "none",
-        description="Explicit assistants (largest first), 'auto' (pruned at geometric MAC ratios), "
-        "'search' (try search_candidates on a short budget) or 'none' (direct KD).",
+        description="Explicit assistants (largest first); 'auto': decided by trials on val (decide stage, see "
+        "trials) among direct KD, one assistant at the geometric mean MAC ratio of teacher and student, and the "
+        "planned path; 'planned' (pruned at geometric MAC ratios, no trial); 'search' (try search_candidates on a "
+        "short budget) or 'none' (direct KD).",
     )
     n_assistants: int | None = Field(
-        None, ge=0, description="With 'auto': number of assistants; None = one per ~4.5x of MAC gap."
+        None,
+        ge=0,
+        description="With 'planned' (and the planned candidate of 'auto'): number of assistants; None = one per ~4.5x "
+        "of MAC gap.",
     )
     search_candidates: list[float] = Field(
         default_factory=lambda: [0.5, 0.25], description="With 'search': assistant MAC ratios to try, each in (0, 1)."
@@ -145,6 +204,9 @@ class DistillConfig(StrictModel):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training of each member.")
     loss: LossConfig = Field(default_factory=LossConfig, description="The distillation loss of each hop.")
+    trials: TrialsConfig = Field(
+        default_factory=TrialsConfig, description="The trials that decide assistants: auto and loss.kind: auto."
+    )
     max_accuracy_drop: float = Field(
         0.05,
         ge=0,
@@ -171,14 +233,18 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
-        if self.n_assistants is not None and self.assistants != "auto":
-            raise ValueError("n_assistants is only used with assistants: auto; remove it or set assistants: auto")
+        if self.n_assistants is not None and self.assistants not in ("auto", "planned"):
+            raise ValueError(
+                "n_assistants is only used with assistants: planned or auto; remove it or set assistants: planned"
+            )
         if self.ensemble:
-            if self.assistants in ("none", "search"):
-                raise ValueError(f"ensemble needs assistants (explicit list or 'auto'), not '{self.assistants}'")
+            if self.assistants in ("none", "search", "auto"):
+                raise ValueError(
+                    f"ensemble needs a fixed set of assistants (explicit list or 'planned'), not '{self.assistants}'"
+                )
             if isinstance(self.assistants, list) and len(self.assistants) < 2:
                 raise ValueError("ensemble needs at least 2 assistants; add one or set ensemble: false")
-            if self.assistants == "auto" and self.n_assistants is not None and self.n_assistants < 2:
+            if self.assistants == "planned" and self.n_assistants is not None and self.n_assistants < 2:
                 raise ValueError("ensemble needs n_assistants >= 2; raise it or set ensemble: false")
         if self.student.prune_ratio is not None and isinstance(self.assistants, list):
             for a in self.assistants:
@@ -190,5 +256,19 @@ class DistillConfig(StrictModel):
         if self.on_gate_failure == "escalate" and self.student.prune_ratio is None:
             raise ValueError("on_gate_failure 'escalate' needs a pruned student (student.prune_ratio); or set 'stop'")
         if self.loss.kind == "ce" and self.assistants != "none":
-            raise ValueError("loss.kind 'ce' ignores the teachers; use kd/dist/bdkd or assistants: none")
+            raise ValueError("loss.kind 'ce' ignores the teachers; use kd/dist/bdkd/auto or assistants: none")
+        # loss.kind auto with an explicit list or 'planned' is allowed: the loss is decided on the direct hop and the
+        # given chain is kept (dropped only when scratch wins: then the student trains on labels alone)
+        if self.loss.kind == "auto" and self.assistants == "search":
+            raise ValueError(
+                "loss.kind 'auto' is decided by trials that assistants: search does not run; use assistants: auto "
+                "(trials the chain too) or a fixed loss.kind"
+            )
+        if self.datafree is not None and (self.loss.kind == "auto" or self.assistants == "auto"):
+            raise ValueError("datafree distillation has no trials: set a fixed loss.kind and assistants (not 'auto')")
         return self
+
+    @property
+    def decides(self) -> bool:
+        """Whether the decide stage runs trials (assistants or loss.kind is 'auto')."""
+        return self.datafree is None and (self.assistants == "auto" or self.loss.kind == "auto")

@@ -105,7 +105,7 @@ def _plan_members(ctx: Context, dcfg: Any) -> list[tuple[str, nn.Module, dict[st
 
     student, student_spec = _member_model(ctx, dcfg.student)
     assistants: Any = dcfg.assistants
-    if assistants == "auto":
+    if assistants == "planned":
         assistants = [
             MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
             for i, r in enumerate(plan_assistant_ratios(_mac_ratio(ctx, student), dcfg.n_assistants))
@@ -128,6 +128,7 @@ def _distill_key(ctx: Context) -> dict[str, Any]:
         "distill": ctx.cfg.distill.model_dump(mode="json"),
         "teacher": ctx.keys["teacher"],
         "search": ctx.keys.get("search"),
+        "decide": ctx.keys.get("decide"),
         "seed": ctx.cfg.seed,
         "augment": ctx.cfg.data.augment.model_dump(mode="json"),
         "label_smoothing": ctx.cfg.teacher.label_smoothing,
@@ -159,9 +160,10 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
     from edgecompress.distill import distill_chain
     from edgecompress.distill.gates import check_student
     from edgecompress.models import save_state
+    from edgecompress.pipeline.decide_stage import decided_config
 
     dcfg, splits = ctx.cfg.distill, splits_of(ctx)
-    dcfg = dcfg.model_copy(update={"student": member})
+    dcfg, decided = decided_config(ctx, dcfg.model_copy(update={"student": member}))
     members = _plan_members(ctx, dcfg)
     if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
         dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
@@ -178,6 +180,19 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
     student = chain.members[-1].model
     teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
     student_val = val_accuracy(student, splits)
+    baseline = None
+    if _wants_baseline(dcfg) and decided is not None and decided["scratch"]:
+        baseline = {"val_accuracy": student_val, "same_as_student": True, "shipped": True,
+                    **_test_metrics(student, splits)}  # fmt: skip
+    elif _wants_baseline(dcfg):
+        base_model, baseline = _scratch_baseline(ctx, sd, dcfg, member, len(members) - 1)
+        if student_val is not None and baseline["val_accuracy"] is not None and baseline["val_accuracy"] > student_val:
+            ctx.warn(
+                f"the student trained on labels alone beats the distilled one on val "
+                f"({100 * baseline['val_accuracy']:.2f} % vs {100 * student_val:.2f} %): shipping the scratch student"
+            )
+            baseline["shipped"] = True
+            student, student_val = base_model, baseline["val_accuracy"]
     if student_val is not None and teacher_val is not None:
         check_student(student_val, teacher_val, splits.num_classes, max_drop=dcfg.max_accuracy_drop,
                       name=members[-1][0], prune_ratio=member.prune_ratio)  # fmt: skip
@@ -194,7 +209,36 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
         member_specs={n: s for n, _, s in members},
         student_val_accuracy=student_val,
         teacher_val_accuracy=teacher_val,
+        decided=decided,
+        scratch_baseline=baseline,
     )
+
+
+def _wants_baseline(dcfg: Any) -> bool:
+    flag = dcfg.trials.scratch_baseline
+    return bool(dcfg.decides or dcfg.loss.kind == "auto") if flag is None else bool(flag)
+
+
+def _test_metrics(model: nn.Module, splits: Any) -> dict[str, Any]:
+    if splits.test is None:
+        return {"test": None}
+    return {"test": metrics_of(predict_logits(model, splits.test.x), splits.test.y)}
+
+
+def _scratch_baseline(ctx: Context, sd: StageDir, dcfg: Any, member: Any, hop: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The same student trained on labels alone (ce, no teacher) with the final budget and seed: the bar a
+    distilled student must clear."""
+    from edgecompress.distill import train_model
+    from edgecompress.distill.config import LossConfig
+    from edgecompress.distill.trainer import key_seed
+
+    splits = splits_of(ctx)
+    model, _ = _member_model(ctx, member)
+    res = train_model(model, splits, dcfg.train, workdir=sd.path / "scratch-baseline",
+                      seed=key_seed(ctx.cfg.seed, "hop", hop), loss=LossConfig(kind="ce"),
+                      progress=ctx.progress)  # fmt: skip
+    return res.model, {"val_accuracy": val_accuracy(res.model, splits), "same_as_student": False, "shipped": False,
+                       **_test_metrics(res.model, splits)}  # fmt: skip
 
 
 def _datafree(ctx: Context, sd: StageDir) -> DistillResult:

@@ -12,7 +12,7 @@ from typing import Any
 from edgecompress.export import Artifact
 from edgecompress.measurements import BenchRow
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.results import CalibrateResult, DistillResult, TeacherResult
+from edgecompress.pipeline.results import CalibrateResult, DecideResult, DistillResult, TeacherResult
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +125,60 @@ def environment() -> dict[str, Any]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             env[pkg] = metadata.version(pkg)
     return env
+
+
+def decision_entries(decide: DecideResult | None, distill: DistillResult, cal: CalibrateResult) -> list[dict[str, Any]]:
+    """The report's decisions: 'Why this chain' (the decide stage's trials) and 'Calibration' (method auto)."""
+    out: list[dict[str, Any]] = []
+    if decide is not None:
+        keys = ("name", "step", "val_accuracy", "val_ece", "val_nll", "seconds", "steps", "chosen")
+        notes = [
+            f"Each trial: {decide.trial_steps} optimizer steps per model trained, on {decide.subset} training samples "
+            f"without augmentation, same seed; the final student trains {decide.final_steps} steps. The trials took "
+            f"{decide.seconds:.1f} s in all."
+        ]
+        if decide.scratch:
+            notes.append("Scratch won: the shipped student is trained on labels (loss ce), without a teacher.")
+        out.append({"title": "Why this chain", "reason": decide.reason, "notes": notes,
+                    "rows": [{k: t.get(k) for k in keys} for t in decide.trials]})  # fmt: skip
+    if cal.candidates:
+        rows = [
+            {
+                "name": c["name"],
+                "step": "calibration",
+                "val_accuracy": c["val_accuracy"],
+                "val_ece": c["val_ece"],
+                "val_nll": c["val_nll"],
+                "chosen": c["chosen"],
+                "note": c.get("note") or f"T={c['temperature']:.3f}",
+            }  # fmt: skip
+            for c in cal.candidates
+        ]
+        out.append(
+            {
+                "title": "Calibration",
+                "reason": cal.reason or "",
+                "rows": rows,
+                "notes": ["Val metrics after temperature scaling fitted on val (the same for every candidate)."],
+            }
+        )
+    return out
+
+
+def scratch_baseline_entry(distill: DistillResult) -> dict[str, Any] | None:
+    """The scratch baseline (labels only, final budget) beside the shipped student, or None when not trained."""
+    b = distill.scratch_baseline
+    if b is None:
+        return None
+    members = distill.chain.get("members", [])
+    distilled = members[-1] if members else {}
+    shipped = bool(b.get("shipped"))
+    base_test = (b.get("test") or {}).get("accuracy")
+    return {
+        "baseline_val_accuracy": b.get("val_accuracy"),
+        "baseline_test_accuracy": base_test,
+        "student_val_accuracy": distill.student_val_accuracy,
+        "student_test_accuracy": base_test if shipped else distilled.get("accuracy"),
+        "shipped": "baseline" if shipped and not b.get("same_as_student") else "student",
+        "same_model": bool(b.get("same_as_student")),
+    }

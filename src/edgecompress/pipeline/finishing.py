@@ -19,6 +19,7 @@ from edgecompress.pipeline.results import (
     BenchmarkResult,
     CalibrateResult,
     DataResult,
+    DecideResult,
     DistillResult,
     ExportResult,
     StageResult,
@@ -103,6 +104,7 @@ def build_report(ctx: Context) -> Report:
     teacher = ctx.result("teacher", TeacherResult)
     distill = ctx.result("distill", DistillResult)
     cal = ctx.result("calibrate", CalibrateResult)
+    decide = ctx.results.get("decide")
     artifacts = ctx.result("export", ExportResult).artifacts
     bench = ctx.result("benchmark", BenchmarkResult).rows if "benchmark" in ctx.results else []
     device = cfg.benchmark.devices[0]
@@ -138,6 +140,8 @@ def build_report(ctx: Context) -> Report:
         figures={k: v for k, v in figures.items() if v},
         warnings=ctx.warnings,
         datafree=distill.datafree,
+        decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal),
+        scratch_baseline=entries.scratch_baseline_entry(distill),
     )
 
 

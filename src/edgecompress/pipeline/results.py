@@ -65,6 +65,14 @@ class DistillResult(StageResult):
     bank: str | None = None
     student_val_accuracy: float | None = None
     teacher_val_accuracy: float | None = None
+    decided: dict[str, Any] | None = Field(
+        None, description="What the decide stage chose and how the chain applied it (loss, assistants, scratch)."
+    )
+    scratch_baseline: dict[str, Any] | None = Field(
+        None,
+        description="The student trained on labels with the final budget: val_accuracy, test metrics, and "
+        "shipped (true when it beat the distilled student on val and replaced it).",
+    )
 
 
 class CalibrateResult(StageResult):
@@ -77,6 +85,13 @@ class CalibrateResult(StageResult):
     mbls_history: dict[str, Any] | None = None
     reliability_png: str | None = None
     ece_measured: bool = False
+    method: str = Field("ts", description="What was applied: ts, or mbls (an MbLS fine-tune, then TS).")
+    candidates: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="With calibration.method auto: each candidate (name, margin, val accuracy/ECE/NLL after TS, "
+        "eligible, chosen).",
+    )
+    reason: str | None = Field(None, description="Why this calibration was chosen (method auto).")
 
 
 class ExportResult(StageResult):
@@ -119,6 +134,7 @@ class RunState(BaseModel):
     calibrate: CalibrateResult
     export: ExportResult
     benchmark: BenchmarkResult | None = None
+    decide: DecideResult | None = None
 
     def stage_dir(self, name: str) -> str | None:
         """The folder recorded for stage ``name`` (the last record of that name), or None."""
@@ -126,3 +142,26 @@ class RunState(BaseModel):
             if rec.name == name:
                 return rec.output_dir
         return None
+
+
+class DecideResult(StageResult):
+    """The decide stage (``assistants: auto`` / ``loss.kind: auto``): every trial on val and the choice, with why."""
+
+    loss: dict[str, Any] = Field(description="The chosen LossConfig (kind ce: scratch won, no teacher).")
+    ratios: list[float] | None = Field(
+        None, description="The chosen assistants' MAC ratios, largest first ([]: direct); None keeps the config's."
+    )
+    scratch: bool = False
+    reason: str
+    trials: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="One per candidate: name, step (loss/chain), loss, ratios, val_accuracy, val_ece, val_nll, "
+        "seconds, steps, chosen.",
+    )
+    trial_steps: int = Field(0, description="Optimizer steps of each model trained in a trial.")
+    subset: int = Field(0, description="Training samples the trials use (a seeded subset of the train split).")
+    final_steps: int = Field(0, description="Optimizer steps of the final student, for comparison.")
+    seconds: float = 0.0
+
+
+RunState.model_rebuild()  # its decide field names DecideResult, defined after it

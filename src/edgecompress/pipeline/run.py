@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError, DeviceError
+from edgecompress.pipeline import decide_stage
 from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import distill_stages as chain
 from edgecompress.pipeline import train_stages as train
@@ -26,6 +27,7 @@ from edgecompress.pipeline.results import (
     BenchmarkResult,
     CalibrateResult,
     DataResult,
+    DecideResult,
     DistillResult,
     ExportResult,
     RunState,
@@ -43,6 +45,7 @@ STAGES: tuple[Stage, ...] = (
     train.DATA,
     train.TEACHER,
     chain.SEARCH,
+    decide_stage.DECIDE,
     chain.DISTILL,
     train.CALIBRATE,
     deploy.EXPORT,
@@ -137,6 +140,7 @@ def run_state(ctx: Context) -> RunState:
         calibrate=ctx.result("calibrate", CalibrateResult),
         export=ctx.result("export", ExportResult),
         benchmark=ctx.result("benchmark", BenchmarkResult),
+        decide=ctx.results.get("decide") if isinstance(ctx.results.get("decide"), DecideResult) else None,
     )
 
 
@@ -197,7 +201,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
     )
     ctx.stages = list(state.stages)
     ctx.warnings = list(state.warnings)
-    for name in ("data", "teacher", "search", "distill", "calibrate", "export"):
+    for name in ("data", "teacher", "search", "decide", "distill", "calibrate", "export"):
         res = getattr(state, name)
         if res is not None:
             ctx.results[name] = res

@@ -221,13 +221,22 @@ def _calibrate_compute(ctx: Context, sd: StageDir) -> CalibrateResult:
     ccfg, splits = ctx.cfg.calibration, splits_of(ctx)
     model = ctx.models["student"]
     result = CalibrateResult()
-    if ccfg.mbls is not None and splits.train is not None and splits.val is not None:
+    has_data = splits.train is not None and splits.val is not None and len(splits.val.y) > 0
+    if ccfg.method == "auto" and has_data:
+        from edgecompress.calibration.choose import choose_calibration
+
+        choice = choose_calibration(
+            model, splits.train.x, splits.train.y, splits.val.x, splits.val.y, ccfg, seed=ctx.cfg.seed
+        )
+        model, result.mbls_history = choice.model, choice.history
+        result.method, result.candidates, result.reason = choice.method, choice.rows(), choice.reason
+    elif ccfg.method == "mbls" and has_data:
         from edgecompress.calibration.mbls import mbls_finetune
 
         model, history = mbls_finetune(
-            model, splits.train.x, splits.train.y, splits.val.x, splits.val.y, ccfg.mbls, seed=ctx.cfg.seed
+            model, splits.train.x, splits.train.y, splits.val.x, splits.val.y, ccfg.mbls_settings, seed=ctx.cfg.seed
         )
-        result.mbls_history = history
+        result.mbls_history, result.method = history, "mbls"
     save_state(model, sd.path / "student.pt")
     has_val = splits.val is not None and len(splits.val.y) > 0
     if has_val:

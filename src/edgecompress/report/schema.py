@@ -91,6 +91,40 @@ class Recommendation(_Model):
     batch: int | None = None
 
 
+class DecisionRow(_Model):
+    """One candidate of a decision measured in the run (val metrics after its trial; fractions, NLL in nats)."""
+
+    name: str
+    step: str | None = Field(None, description="loss / chain (the decide stage) or calibration.")
+    val_accuracy: float | None = None
+    val_ece: float | None = None
+    val_nll: float | None = None
+    seconds: float | None = Field(None, description="The trial's training time.")
+    steps: int | None = Field(None, description="The trial's optimizer steps (every model it trained).")
+    chosen: bool = False
+    note: str = ""
+
+
+class Decision(_Model):
+    """A choice the run made by measurement: its candidates, the one chosen and why."""
+
+    title: str
+    reason: str
+    rows: list[DecisionRow] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class ScratchBaseline(_Model):
+    """The student trained on labels alone with the final budget, beside the shipped student (fractions)."""
+
+    baseline_val_accuracy: float | None = None
+    baseline_test_accuracy: float | None = None
+    student_val_accuracy: float | None = None
+    student_test_accuracy: float | None = None
+    shipped: Literal["student", "baseline"] = "student"
+    same_model: bool = Field(False, description="Scratch won the trials: the shipped student is this baseline.")
+
+
 class Report(_Model):
     """Everything a run measured, for ``report.json`` / ``report.md`` / ``report.html``."""
 
@@ -108,6 +142,10 @@ class Report(_Model):
     figures: dict[str, str] = Field(default_factory=dict, description="Figure name -> PNG path relative to the run.")
     warnings: list[str] = Field(default_factory=list)
     datafree: dict[str, Any] | None = None
+    decisions: list[Decision] = Field(
+        default_factory=list, description="Choices measured in the run: 'Why this chain', 'Calibration'."
+    )
+    scratch_baseline: ScratchBaseline | None = None
 
     @field_validator("environment", "datafree", mode="before")
     @classmethod
