@@ -214,11 +214,11 @@ def test_formats_all_reuses_training_and_covers_every_format(run_dir, tmp_path):
     assert "trtexec" in json.dumps(recipe)
 
 
-def test_assistants_auto_lists_every_chain_member(run_dir, tmp_path):
-    """`assistants: auto` on the same run: the teacher is reused, a TA is cut and trained, the chain is reported."""
+def test_assistants_planned_lists_every_chain_member(run_dir, tmp_path):
+    """`assistants: planned` on the same run: the teacher is reused, a TA is cut and trained, the chain is reported."""
 
     def edit(cfg: dict) -> None:
-        cfg["distill"].update(assistants="auto", n_assistants=1)
+        cfg["distill"].update(assistants="planned", n_assistants=1)
         cfg["export"]["formats"] = ["onnx:fp32"]
 
     res = _run(run_dir, _variant(tmp_path, edit))

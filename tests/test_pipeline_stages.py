@@ -57,7 +57,7 @@ def test_until_stops_at_every_stage_and_writes_nothing_past_it(tmp_path: Path) -
     cfg = _cfg()
     expected: set[str] = set()
     for name in STAGE_NAMES:
-        if name == "search":  # only with `assistants: search` (its own test below)
+        if name in ("search", "decide"):  # only with `assistants: search` / auto (their own tests below)
             continue
         run_pipeline(cfg, out, until=name, progress=False)
         expected.add(name)
@@ -97,3 +97,53 @@ def test_search_stage_is_content_addressed(tmp_path: Path) -> None:
     assert len(first) == 1 and len(second) == 2
     done = [json.loads((out / "stages" / n / "_done.json").read_text()) for n in second]
     assert all(d["chosen_ratio"] == 0.6 for d in done)
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def test_decide_stage_is_cached_keyed_and_its_choice_is_trained(tmp_path: Path) -> None:
+    """`assistants: auto` + `loss.kind: auto`: --until decide writes only up to it; a second run reuses it; a changed
+    trial config gets a new folder; the distill stage trains the decided loss and chain; the report shows the table."""
+    out = tmp_path / "run"
+    cfg = _cfg(assistants="auto", loss={"kind": "auto"}, trials={"min_steps": 8, "kd_temperatures": [1.0, 4.0]})
+    run_pipeline(cfg, out, until="decide", progress=False)
+    assert _written(out) == {"data", "teacher", "decide"}
+    run_pipeline(cfg, out, progress=False)
+    state = _state(out)
+    assert {s["name"]: s["cached"] for s in state["stages"]}["decide"] is True  # reused, not retrained
+    decide, distill = state["decide"], state["distill"]
+    names = [t["name"] for t in decide["trials"]]
+    assert names[:6] == ["scratch (ce)", "kd T=1 α=0.5", "kd T=1 α=0.9", "kd T=4 α=0.5", "kd T=4 α=0.9", "dist T=4"]
+    chosen = [t for t in decide["trials"] if t["chosen"]]
+    assert len(chosen) == 1 and distill["decided"]["choice"] == chosen[0]["name"]
+    roles = [m["role"] for m in distill["chain"]["members"]]
+    assert roles == ["teacher"] + ["assistant"] * len(decide["ratios"] or []) + ["student"]
+    assert distill["decided"]["loss"]["kind"] == decide["loss"]["kind"]
+    base = distill["scratch_baseline"]  # on by default with auto: the same student on labels, final budget
+    assert base is not None and base["test"]["accuracy"] is not None
+    report = (out / "report.md").read_text()
+    assert "## Why this chain" in report and "Scratch baseline" in report and chosen[0]["name"] in report
+    changed = _cfg(assistants="auto", loss={"kind": "auto"}, trials={"min_steps": 9, "kd_temperatures": [1.0, 4.0]})
+    run_pipeline(changed, out, until="decide", progress=False)
+    assert len(list((out / "stages").glob("decide-*"))) == 2
+
+
+def test_when_scratch_wins_the_student_is_trained_on_labels(tmp_path: Path) -> None:
+    """Scratch is the only candidate left (no KD grid, no DIST): it wins, the chain has no assistant, the student
+    trains with loss ce, and the report says so; the baseline is that same student (no second training)."""
+    out = tmp_path / "run"
+    trials = {"min_steps": 8, "kd_temperatures": [], "dist": False}
+    run_pipeline(_cfg(assistants="auto", loss={"kind": "auto"}, trials=trials), out, progress=False)
+    state = _state(out)
+    assert state["decide"]["scratch"] and [t["name"] for t in state["decide"]["trials"]] == ["scratch (ce)"]
+    distill = state["distill"]
+    assert distill["decided"]["loss"]["kind"] == "ce" and distill["decided"]["scratch"]
+    assert [m["role"] for m in distill["chain"]["members"]] == ["teacher", "student"]
+    assert distill["scratch_baseline"]["same_as_student"]
+    assert not list((out / "stages").glob("distill-*/scratch-baseline"))  # no second training
+    report = json.loads((out / "report.json").read_text())
+    assert report["scratch_baseline"]["same_model"] and report["scratch_baseline"]["shipped"] == "student"
+    assert any("Scratch won" in n for d in report["decisions"] for n in d["notes"])
+    assert any("scratch won the trials" in w for w in report["warnings"])

@@ -181,10 +181,10 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
     teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
     student_val = val_accuracy(student, splits)
     baseline = None
-    if _wants_baseline(dcfg) and decided is not None and decided["scratch"]:
+    if _wants_baseline(ctx.cfg.distill) and decided is not None and decided["scratch"]:
         baseline = {"val_accuracy": student_val, "same_as_student": True, "shipped": True,
                     **_test_metrics(student, splits)}  # fmt: skip
-    elif _wants_baseline(dcfg):
+    elif _wants_baseline(ctx.cfg.distill):
         base_model, baseline = _scratch_baseline(ctx, sd, dcfg, member, len(members) - 1)
         if student_val is not None and baseline["val_accuracy"] is not None and baseline["val_accuracy"] > student_val:
             ctx.warn(
@@ -215,8 +215,9 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
 
 
 def _wants_baseline(dcfg: Any) -> bool:
+    """Whether to train the scratch baseline: ``trials.scratch_baseline``, by default when the run decides."""
     flag = dcfg.trials.scratch_baseline
-    return bool(dcfg.decides or dcfg.loss.kind == "auto") if flag is None else bool(flag)
+    return bool(dcfg.decides) if flag is None else bool(flag)
 
 
 def _test_metrics(model: nn.Module, splits: Any) -> dict[str, Any]:
