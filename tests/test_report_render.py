@@ -195,3 +195,43 @@ def test_log_latency_axis_has_labelled_ticks(low: float, high: float, at_least: 
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
     plt.close(fig)
     assert len(labels) >= at_least, labels
+
+
+def test_decision_tables_and_scratch_baseline(tmp_path: Path) -> None:
+    """'Why this chain' and 'Calibration': every candidate with its val metrics and trial cost, the choice marked and
+    explained, and the scratch baseline's test accuracy beside the shipped student's (both formats, same numbers)."""
+    rows = [
+        {"name": "scratch (ce)", "step": "loss", "val_accuracy": 0.801, "val_ece": 0.04, "val_nll": 0.61,
+         "seconds": 1.25, "steps": 26},
+        {"name": "kd T=2 α=0.5", "step": "loss", "val_accuracy": 0.834, "val_ece": 0.03, "val_nll": 0.52,
+         "seconds": 1.5, "steps": 26, "chosen": True},
+        {"name": "1 TA (0.22) + kd T=2 α=0.5", "step": "chain", "val_accuracy": 0.829, "seconds": 3.0, "steps": 52},
+    ]  # fmt: skip
+    report = Report(
+        name="decide",
+        decisions=[
+            {"title": "Why this chain", "reason": "kd T=2 α=0.5 won", "rows": rows, "notes": ["Each trial: 26 steps"]},
+            {
+                "title": "Calibration",
+                "reason": "ts: lowest val ECE",
+                "rows": [
+                    {"name": "ts", "val_accuracy": 0.9, "val_ece": 0.012, "chosen": True},
+                    {"name": "mbls m=5 + ts", "val_accuracy": 0.88, "val_ece": 0.01, "note": "not eligible"},
+                ],
+            },
+        ],  # fmt: skip
+        scratch_baseline={"baseline_test_accuracy": 0.791, "student_test_accuracy": 0.826, "shipped": "student"},
+    )
+    out = write_report(report, tmp_path, plots=False)
+    md, page = out["md"].read_text(), out["html"].read_text()
+    assert "## Why this chain" in md and "## Calibration\n" in md
+    assert "| kd T=2 α=0.5 | loss | 83.40% | 3.00% | 0.520 | 1.5 | 26 | yes |" in md
+    assert "| 1 TA (0.22) + kd T=2 α=0.5 | chain | 82.90% | — | — | 3.0 | 52 |  |" in md
+    assert "Choice: kd T=2 α=0.5 won." in md and "| mbls m=5 + ts |" in md and "not eligible" in md
+    assert "test accuracy 79.10%" in md and "shipped student: test accuracy 82.60%" in md
+    for text in ("Why this chain", "83.40%", "79.10%", "not eligible"):
+        assert text in page
+    again = Report.model_validate(json.loads(out["json"].read_text()))
+    assert again.decisions[0].rows[1].chosen and again.scratch_baseline.shipped == "student"
+    with pytest.raises(ValidationError):
+        Report(name="x", scratch_baseline={"shipped": "teacher"})
