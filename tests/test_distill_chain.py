@@ -133,3 +133,14 @@ def test_plan_assistant_ratios() -> None:
     assert all(math.isclose(b / a, r[0]) for a, b in zip([1.0, *r], [*r, 0.01], strict=True))
     with pytest.raises(ConfigError, match="outside"):
         plan_assistant_ratios(1.5)
+
+
+def test_chain_refuses_an_undecided_loss(setup, tmp_path: Path) -> None:
+    """loss.kind auto is decided by trials first; given to the chain directly it is a one-line error."""
+    from conftest import one_line_message
+
+    splits, teacher = setup
+    cfg = _cfg().model_copy(update={"loss": LossConfig(kind="auto")})
+    with pytest.raises(ConfigError, match="decided by trials") as exc:
+        distill_chain(teacher, [("student", bn_net(4))], splits, cfg, workdir=tmp_path, seed=0, progress=False)
+    one_line_message(exc.value)

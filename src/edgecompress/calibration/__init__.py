@@ -27,14 +27,20 @@ _EXPORTS: dict[str, str] = {
     "TemperatureDivide": "fold",
     "WithProbabilities": "fold",
     "reliability_diagram": "plots",
+    "CalibrationCandidate": "choose",
+    "CalibrationChoice": "choose",
+    "choose_calibration": "choose",
 }
 
 __all__ = [
+    "CalibrationCandidate",
+    "CalibrationChoice",
     "CalibrationConfig",
     "MbLSConfig",
     "MbLSLoss",
     "TemperatureDivide",
     "WithProbabilities",
+    "choose_calibration",
     "compute_metrics",
     "compute_metrics_from_probs",
     "fit_temperature",
@@ -49,6 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgecompress.calibration.choose import CalibrationCandidate, CalibrationChoice, choose_calibration
     from edgecompress.calibration.config import CalibrationConfig, MbLSConfig
     from edgecompress.calibration.fold import TemperatureDivide, WithProbabilities, fold_temperature
     from edgecompress.calibration.mbls import MbLSLoss, margin_penalty, mbls_finetune

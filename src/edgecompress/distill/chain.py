@@ -222,6 +222,11 @@ def distill_chain(
     if getattr(splits, "val", None) is None:
         raise DataError("distill_chain needs a val split (temperature, selection)", "give data with a val split")
     loss = cfg.loss
+    if loss.kind == "auto":
+        raise ConfigError(
+            "loss.kind 'auto' reached distill_chain: it is decided by trials before the chain trains",
+            "decide it first (edgecompress.distill.decide.decide, the pipeline's decide stage) or give a fixed kind",
+        )
     if cfg.teacher_label_smoothing and loss.temperature > 1:
         log.warning(
             "the teacher was trained with label smoothing: distilling at T=1 instead of T=%g (Müller et al., 2019)",
