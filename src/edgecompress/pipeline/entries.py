@@ -70,6 +70,12 @@ def chain_entries(teacher: TeacherResult, distill: DistillResult, cal: Calibrate
         student["reliability_png"] = cal.reliability_png
     if not cal.ece_measured and student is not None:
         student["notes"] = ["ECE not measured (no labelled val set)"]
+    base = distill.scratch_baseline or {}
+    if student is not None and base.get("shipped") and not base.get("same_as_student"):
+        # the distilled student lost to the same student trained on labels: the row is the shipped (scratch) model
+        student.update(parent=None, fidelity_agreement=None, fidelity_kl=None)
+        student["notes"] = [*student.get("notes", []), "trained on labels alone (the scratch baseline beat the "
+                            "distilled student on val and was shipped)"]  # fmt: skip
     return entries
 
 

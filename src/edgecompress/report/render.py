@@ -282,7 +282,9 @@ def build_sections(report: Report) -> list[Section]:
                 paragraphs=[f"Total: {_fmt_s(total)} s."],
             )
         )
-    out += _decision_sections(report)
+    from edgecompress.report.decisions import decision_sections  # imports this module's Section and formatters
+
+    out += decision_sections(report)
     if report.datafree:
         out.append(_kv_section("Data-free distillation", report.datafree))
     images = [(name.replace("_", " "), rel) for name, rel in report.figures.items()]
@@ -291,55 +293,6 @@ def build_sections(report: Report) -> list[Section]:
         out.append(Section("Figures", images=list(dict.fromkeys(images))))
     if report.environment:
         out.append(_kv_section("Environment", report.environment))
-    return out
-
-
-def _decision_sections(report: Report) -> list[Section]:
-    """One table per decision measured in the run (candidates, val metrics, trial cost, the choice), and the
-    scratch baseline beside the shipped student."""
-    out = []
-    for d in report.decisions:
-        paragraphs = [f"Choice: {d.reason}."]
-        if d.title == "Why this chain" and report.scratch_baseline is not None:
-            b = report.scratch_baseline
-            paragraphs.append(
-                f"Scratch baseline (same student on labels alone, final budget): test accuracy "
-                f"{fmt_pct(b.baseline_test_accuracy)} (val {fmt_pct(b.baseline_val_accuracy)}); shipped "
-                f"{'student' if b.shipped == 'student' else 'scratch baseline'}: test accuracy "
-                f"{fmt_pct(b.student_test_accuracy)} (val {fmt_pct(b.student_val_accuracy)})"
-                + (" — scratch won the trials, so they are the same model." if b.same_model else ".")
-            )
-        out.append(
-            Section(
-                d.title,
-                headers=[
-                    "Candidate",
-                    "Step",
-                    "Val accuracy",
-                    "Val ECE",
-                    "Val NLL",
-                    "Trial s",
-                    "Trial steps",
-                    "Chosen",
-                    "Note",
-                ],  # fmt: skip
-                rows=[
-                    [
-                        r.name,
-                        fmt_text(r.step),
-                        fmt_pct(r.val_accuracy),
-                        fmt_pct(r.val_ece),
-                        fmt_float(r.val_nll),
-                        _fmt_s(r.seconds),
-                        fmt_count(r.steps),
-                        "yes" if r.chosen else "",
-                        r.note,
-                    ]  # fmt: skip
-                    for r in d.rows
-                ],
-                paragraphs=paragraphs + list(d.notes),
-            )
-        )
     return out
 
 
