@@ -9,6 +9,7 @@ MAC ratio of teacher and student vs the planned path (``plan_assistant_ratios``,
 
 Every trial uses the same seed and the same training subset, without augmentation, so each teacher's logits on the
 subset are computed once (one batched pass) and reused by every trial it teaches (``train_model(teacher_logits=)``).
+With ``train.lr: auto`` the first trial's range test picks the learning rate of every trial.
 Trials are cheap by construction: see ``TrialsConfig`` for the budget.
 """
 
@@ -195,6 +196,7 @@ def decide(
     hop_seed = key_seed(seed, "trial")
 
     def fit(name: str, model: nn.Module, loss: LossConfig, by: _Teacher | None) -> tuple[nn.Module, float, dict]:
+        nonlocal train
         started = time.perf_counter()
         res = train_model(
             model,
@@ -208,6 +210,8 @@ def decide(
             progress=progress,
             device=device,
         )
+        if train.lr == "auto" and res.lr is not None:  # one range test (the first trial's) serves every trial
+            train = train.model_copy(update={"lr": float(res.lr)})
         m = compute_metrics(predict_logits(res.model, data.val.x), y_val)
         return res.model, time.perf_counter() - started, m
 
