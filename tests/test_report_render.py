@@ -228,10 +228,22 @@ def test_decision_tables_and_scratch_baseline(tmp_path: Path) -> None:
     assert "| kd T=2 α=0.5 | loss | 83.40% | 3.00% | 0.520 | 1.5 | 26 | yes |" in md
     assert "| 1 TA (0.22) + kd T=2 α=0.5 | chain | 82.90% | — | — | 3.0 | 52 |  |" in md
     assert "Choice: kd T=2 α=0.5 won." in md and "| mbls m=5 + ts |" in md and "not eligible" in md
-    assert "test accuracy 79.10%" in md and "shipped student: test accuracy 82.60%" in md
+    assert "test accuracy 79.10%" in md and "shipped distilled student: test accuracy 82.60%" in md
     for text in ("Why this chain", "83.40%", "79.10%", "not eligible"):
         assert text in page
     again = Report.model_validate(json.loads(out["json"].read_text()))
     assert again.decisions[0].rows[1].chosen and again.scratch_baseline.shipped == "student"
     with pytest.raises(ValidationError):
         Report(name="x", scratch_baseline={"shipped": "teacher"})
+    # without a decision table (a fixed chain with trials.scratch_baseline: true) the baseline has its own section
+    alone = Report(
+        name="fixed",
+        scratch_baseline={
+            "baseline_test_accuracy": 0.9,
+            "distilled_test_accuracy": 0.85,
+            "distilled_val_accuracy": 0.86,
+            "shipped": "baseline",
+        },
+    )
+    md = write_report(alone, tmp_path / "alone", plots=False)["md"].read_text()
+    assert "## Scratch baseline" in md and "beat the distilled student (test 85.00%, val 86.00%)" in md

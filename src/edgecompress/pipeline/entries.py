@@ -185,6 +185,8 @@ def scratch_baseline_entry(distill: DistillResult) -> dict[str, Any] | None:
         "baseline_test_accuracy": base_test,
         "student_val_accuracy": distill.student_val_accuracy,
         "student_test_accuracy": base_test if shipped else distilled.get("accuracy"),
+        "distilled_val_accuracy": distilled.get("val_accuracy"),
+        "distilled_test_accuracy": distilled.get("accuracy"),
         "shipped": "baseline" if shipped and not b.get("same_as_student") else "student",
         "same_model": bool(b.get("same_as_student")),
     }

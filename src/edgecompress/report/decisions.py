@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgecompress.report.render import Section, _fmt_s, fmt_count, fmt_float, fmt_pct, fmt_text
-from edgecompress.report.schema import Report
+from edgecompress.report.schema import Report, ScratchBaseline
 
 
 def decision_sections(report: Report) -> list[Section]:
@@ -13,14 +13,7 @@ def decision_sections(report: Report) -> list[Section]:
     for d in report.decisions:
         paragraphs = [f"Choice: {d.reason}."]
         if d.title == "Why this chain" and report.scratch_baseline is not None:
-            b = report.scratch_baseline
-            paragraphs.append(
-                f"Scratch baseline (same student on labels alone, final budget): test accuracy "
-                f"{fmt_pct(b.baseline_test_accuracy)} (val {fmt_pct(b.baseline_val_accuracy)}); shipped "
-                f"{'student' if b.shipped == 'student' else 'scratch baseline'}: test accuracy "
-                f"{fmt_pct(b.student_test_accuracy)} (val {fmt_pct(b.student_val_accuracy)})"
-                + (" — scratch won the trials, so they are the same model." if b.same_model else ".")
-            )
+            paragraphs.append(_baseline_line(report.scratch_baseline))
         out.append(
             Section(
                 d.title,
@@ -52,4 +45,21 @@ def decision_sections(report: Report) -> list[Section]:
                 paragraphs=paragraphs + list(d.notes),
             )
         )
+    if report.scratch_baseline is not None and not any(d.title == "Why this chain" for d in report.decisions):
+        out.append(Section("Scratch baseline", paragraphs=[_baseline_line(report.scratch_baseline)]))
     return out
+
+
+def _baseline_line(b: ScratchBaseline) -> str:
+    """The scratch baseline's accuracy beside the shipped (and the distilled) student's."""
+    line = (
+        f"Scratch baseline (the same student on labels alone, final budget): test accuracy "
+        f"{fmt_pct(b.baseline_test_accuracy)} (val {fmt_pct(b.baseline_val_accuracy)})"
+    )
+    if b.same_model:
+        return line + "; scratch won the trials, so the shipped student is this model."
+    if b.shipped == "baseline":
+        return line + (f"; it beat the distilled student (test {fmt_pct(b.distilled_test_accuracy)}, val "
+                       f"{fmt_pct(b.distilled_val_accuracy)}) on val and was shipped instead.")  # fmt: skip
+    return line + (f"; shipped distilled student: test accuracy {fmt_pct(b.student_test_accuracy)} (val "
+                   f"{fmt_pct(b.student_val_accuracy)}).")  # fmt: skip

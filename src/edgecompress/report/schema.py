@@ -119,8 +119,10 @@ class ScratchBaseline(_Model):
 
     baseline_val_accuracy: float | None = None
     baseline_test_accuracy: float | None = None
-    student_val_accuracy: float | None = None
-    student_test_accuracy: float | None = None
+    student_val_accuracy: float | None = Field(None, description="The shipped student's (val).")
+    student_test_accuracy: float | None = Field(None, description="The shipped student's (test).")
+    distilled_val_accuracy: float | None = Field(None, description="The distilled student's, shipped or not (val).")
+    distilled_test_accuracy: float | None = Field(None, description="The distilled student's (test).")
     shipped: Literal["student", "baseline"] = "student"
     same_model: bool = Field(False, description="Scratch won the trials: the shipped student is this baseline.")
 
