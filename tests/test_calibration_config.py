@@ -51,3 +51,17 @@ def test_frozen() -> None:
     cfg = CalibrationConfig()
     with pytest.raises(ValidationError):
         cfg.n_bins = 10  # type: ignore[misc]
+
+
+def test_method_default_follows_the_mbls_section_and_auto_validates() -> None:
+    """method: none given -> mbls when an mbls section is, else ts (the old meaning); auto takes a margin grid."""
+    assert CalibrationConfig().method == "ts" and CalibrationConfig(mbls=True).method == "mbls"
+    cfg = CalibrationConfig(method="auto")
+    assert cfg.auto_margins == [5.0, 10.0] and cfg.auto_max_accuracy_drop == 0.005 and cfg.mbls_settings == MbLSConfig()
+    assert CalibrationConfig(method="mbls").mbls_settings == MbLSConfig()  # the section's defaults
+    with pytest.raises(ValidationError, match="method 'ts' ignores the mbls section"):
+        CalibrationConfig(method="ts", mbls={"margin": 5})
+    with pytest.raises(ValidationError, match="auto_margins"):
+        CalibrationConfig(method="auto", auto_margins=[])
+    with pytest.raises(ValidationError, match="Input should be 'ts', 'mbls' or 'auto'"):
+        CalibrationConfig(method="platt")

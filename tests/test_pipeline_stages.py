@@ -107,7 +107,10 @@ def test_decide_stage_is_cached_keyed_and_its_choice_is_trained(tmp_path: Path) 
     """`assistants: auto` + `loss.kind: auto`: --until decide writes only up to it; a second run reuses it; a changed
     trial config gets a new folder; the distill stage trains the decided loss and chain; the report shows the table."""
     out = tmp_path / "run"
+    from edgecompress.calibration.config import CalibrationConfig
+
     cfg = _cfg(assistants="auto", loss={"kind": "auto"}, trials={"min_steps": 8, "kd_temperatures": [1.0, 4.0]})
+    cfg = cfg.model_copy(update={"calibration": CalibrationConfig(method="auto")})
     run_pipeline(cfg, out, until="decide", progress=False)
     assert _written(out) == {"data", "teacher", "decide"}
     run_pipeline(cfg, out, progress=False)
@@ -125,6 +128,10 @@ def test_decide_stage_is_cached_keyed_and_its_choice_is_trained(tmp_path: Path) 
     assert base is not None and base["test"]["accuracy"] is not None
     report = (out / "report.md").read_text()
     assert "## Why this chain" in report and "Scratch baseline" in report and chosen[0]["name"] in report
+    cal = state["calibrate"]  # method auto: TS alone and MbLS (m = 5, 10) + TS, one chosen, shown in the report
+    assert [c["name"] for c in cal["candidates"]] == ["ts", "mbls m=5 + ts", "mbls m=10 + ts"]
+    assert sum(c["chosen"] for c in cal["candidates"]) == 1 and cal["reason"] and "## Calibration\n" in report
+    assert cal["method"] == ("ts" if cal["candidates"][0]["chosen"] else "mbls")
     changed = _cfg(assistants="auto", loss={"kind": "auto"}, trials={"min_steps": 9, "kd_temperatures": [1.0, 4.0]})
     run_pipeline(changed, out, until="decide", progress=False)
     assert len(list((out / "stages").glob("decide-*"))) == 2
