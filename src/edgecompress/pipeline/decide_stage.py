@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from edgecompress.pipeline.context import Context, Stage
-from edgecompress.pipeline.distill_stages import _mac_ratio, _member_model
+from edgecompress.pipeline.distill_stages import mac_ratio, member_model
 from edgecompress.pipeline.results import DecideResult
 from edgecompress.pipeline.rundir import StageDir
 from edgecompress.pipeline.train_stages import splits_of
@@ -36,15 +36,15 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
     dcfg, splits = ctx.cfg.distill, splits_of(ctx)
     if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
         dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
-    student, _ = _member_model(ctx, dcfg.student)
-    ratio = min(1.0, _mac_ratio(ctx, student))
+    student, _ = member_model(ctx, dcfg.student)
+    ratio = min(1.0, mac_ratio(ctx, student))
     built: dict[float, nn.Module] = {}
 
     def make_member(r: float | None) -> nn.Module:
         if r is None:
             return copy.deepcopy(student)
         if r not in built:
-            built[r] = _member_model(ctx, MemberSpec(prune_ratio=r, round_to=dcfg.student.round_to, name="ta"))[0]
+            built[r] = member_model(ctx, MemberSpec(prune_ratio=r, round_to=dcfg.student.round_to, name="ta"))[0]
         return copy.deepcopy(built[r])
 
     started = time.perf_counter()
@@ -90,9 +90,11 @@ def decided_config(ctx: Context, dcfg: Any) -> tuple[Any, dict[str, Any] | None]
     if res.scratch:
         update["assistants"] = "none"
     elif res.ratios is not None:
+        floor = dcfg.student.prune_ratio  # an escalated (larger) student keeps only the assistants above it
+        ratios = [r for r in res.ratios if floor is None or r > floor]
         update["assistants"] = [
             MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
-            for i, r in enumerate(res.ratios)
+            for i, r in enumerate(ratios)
         ]
     elif dcfg.assistants == "auto":  # cannot happen (auto always decides ratios); keep direct
         update["assistants"] = "none"

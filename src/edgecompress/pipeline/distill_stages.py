@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # -------------------------------------------------------------------------------------------- assistant search
 
 
-def _member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+def member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A chain member: given by its own spec, or cut from the teacher by structured pruning."""
     from edgecompress.models import prune_search
 
@@ -43,7 +43,7 @@ def _member_model(ctx: Context, member: Any) -> tuple[nn.Module, dict[str, Any]]
     return res.model, spec
 
 
-def _mac_ratio(ctx: Context, model: nn.Module) -> float:
+def mac_ratio(ctx: Context, model: nn.Module) -> float:
     """``model``'s MACs relative to the teacher's."""
     from edgecompress.models import count_macs
 
@@ -65,7 +65,7 @@ def _search_compute(ctx: Context, sd: StageDir) -> SearchResult:
     from edgecompress.models import prune_to_ratio
 
     dcfg, splits = ctx.cfg.distill, splits_of(ctx)
-    ratio = _mac_ratio(ctx, _member_model(ctx, dcfg.student)[0])
+    ratio = mac_ratio(ctx, member_model(ctx, dcfg.student)[0])
     candidates = [c for c in dcfg.search_candidates if c > ratio]
     if not candidates:
         ctx.warn(
@@ -76,7 +76,7 @@ def _search_compute(ctx: Context, sd: StageDir) -> SearchResult:
     best = search_assistant(
         teacher,
         lambda r: prune_to_ratio(teacher, splits.input_shape, r),
-        lambda: _member_model(ctx, dcfg.student)[0],
+        lambda: member_model(ctx, dcfg.student)[0],
         candidates,
         splits,
         dcfg,
@@ -103,12 +103,12 @@ def _plan_members(ctx: Context, dcfg: Any) -> list[tuple[str, nn.Module, dict[st
     from edgecompress.distill.chain import plan_assistant_ratios
     from edgecompress.distill.config import MemberSpec
 
-    student, student_spec = _member_model(ctx, dcfg.student)
+    student, student_spec = member_model(ctx, dcfg.student)
     assistants: Any = dcfg.assistants
     if assistants == "planned":
         assistants = [
             MemberSpec(prune_ratio=r, name=f"ta{i + 1}-{r:.2f}", round_to=dcfg.student.round_to)
-            for i, r in enumerate(plan_assistant_ratios(_mac_ratio(ctx, student), dcfg.n_assistants))
+            for i, r in enumerate(plan_assistant_ratios(mac_ratio(ctx, student), dcfg.n_assistants))
         ]
     elif assistants == "search":
         found = ctx.result("search", SearchResult).chosen_ratio
@@ -117,7 +117,7 @@ def _plan_members(ctx: Context, dcfg: Any) -> list[tuple[str, nn.Module, dict[st
         assistants = []
     members = []
     for i, m in enumerate(assistants):
-        model, spec = _member_model(ctx, m)
+        model, spec = member_model(ctx, m)
         members.append((m.name or f"ta{i + 1}", model, spec))
     members.append((dcfg.student.name or "student", student, student_spec))
     return members
@@ -234,7 +234,7 @@ def _scratch_baseline(ctx: Context, sd: StageDir, dcfg: Any, member: Any, hop: i
     from edgecompress.distill.trainer import key_seed
 
     splits = splits_of(ctx)
-    model, _ = _member_model(ctx, member)
+    model, _ = member_model(ctx, member)
     res = train_model(model, splits, dcfg.train, workdir=sd.path / "scratch-baseline",
                       seed=key_seed(ctx.cfg.seed, "hop", hop), loss=LossConfig(kind="ce"),
                       progress=ctx.progress)  # fmt: skip
@@ -249,7 +249,7 @@ def _datafree(ctx: Context, sd: StageDir) -> DistillResult:
 
     splits = splits_of(ctx)
     teacher = ctx.models["teacher"]
-    student, spec = _member_model(ctx, ctx.cfg.distill.student)
+    student, spec = member_model(ctx, ctx.cfg.distill.student)
     val = (splits.val.x, splits.val.y) if splits.val is not None else None
     pre = splits.preprocess
     res = datafree_distill(
