@@ -45,7 +45,8 @@ def architecture_hash(model: nn.Module, input_shape: tuple[int, int, int]) -> st
 def cut_candidates(
     teacher: nn.Module, input_shape: tuple[int, int, int], ratios: list[float], *, round_to: int | None
 ) -> tuple[list[tuple[Candidate, nn.Module]], list[str]]:
-    """The teacher (ratio 1) and one pruned copy per MAC ratio, largest first; duplicates by widths dropped.
+    """The teacher (ratio 1) and one pruned copy per MAC ratio, largest first; duplicates by widths dropped, and
+    ratios that reach their MACs only by breaking ``round_to`` in some layer skipped.
 
     Returns:
         ``(candidate record, model)`` pairs and warnings (a ratio pruning cannot reach is skipped with one line).
@@ -70,6 +71,9 @@ def cut_candidates(
             res = prune_search(teacher, input_shape, ratio, round_to=round_to)
         except ModelError as exc:
             notes.append(f"candidate at {ratio:.3g} of the MACs skipped: {exc.problem}")
+            continue
+        if res.relaxed:  # a layer below one multiple of round_to: off the kernels' block sizes, not a candidate
+            notes.append(f"candidate at {ratio:.3g} of the MACs skipped: {res.warning()}")
             continue
         w = widths(res.model)
         if tuple(w) in seen:  # a nearby ratio reached the same architecture
