@@ -22,7 +22,7 @@ from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import distill_stages as chain
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context, Stage, check_contained
-from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set, vet_artifacts
+from edgecompress.pipeline.finishing import BUNDLES, FinishResult, eval_set, vet_artifacts
 from edgecompress.pipeline.results import (
     BenchmarkResult,
     BudgetResult,
@@ -206,7 +206,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
     )
     ctx.stages = list(state.stages)
     ctx.warnings = list(state.warnings)
-    for name in ("data", "teacher", "search", "distill", "calibrate", "export"):
+    for name in ("data", "teacher", "budget", "search", "distill", "calibrate", "export"):
         res = getattr(state, name)
         if res is not None:
             ctx.results[name] = res
@@ -217,7 +217,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
     bench = ctx.cached(deploy.BENCHMARK)
     atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
     paths: dict[str, Path] = {}
-    for stage in (REPORT, BUNDLES):
+    for stage in (budget.REPORT, BUNDLES):
         res = ctx.uncached(stage)
         paths.update({k: Path(v) for k, v in res.paths.items()})
     if bench.rows and not any(row.ok for row in bench.rows):  # the report keeps the failed rows and their reasons
