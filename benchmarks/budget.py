@@ -25,6 +25,7 @@ Outputs ``budget.json`` and ``budget.md`` in ``--out`` (default ``runs/bench/bud
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import time
@@ -38,6 +39,7 @@ from ._experiments import load_fashion, machine_info, machine_line, markdown_tab
 
 log = logging.getLogger("budget")
 
+ROUNDS = 3  # alternating untrained / trained timings per candidate and format
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "budget.yaml"
 
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgecompress.budget import LatencyCache, ProbeSetup, architecture_hash, cut_candidates, measure_candidates
     from edgecompress.budget.choose import choose, fit_latency, with_predictions
+    from edgecompress.budget.measure import probe_configs
     from edgecompress.config import load_config
     from edgecompress.devices import benchmark_artifacts
     from edgecompress.distill import train_model
@@ -138,69 +141,68 @@ def main(argv: list[str] | None = None) -> int:
                        max_steps_per_epoch=mode.max_steps_per_epoch)  # fmt: skip
     rows: list[dict[str, Any]] = []
     cost: dict[str, dict[str, float]] = {}
+    probe_cfg = probe_configs(setup)[0]
+    contract = ExportContract(input_shape=splits.input_shape, num_classes=splits.num_classes)
     for (cand, model), rec in zip(cands, measured, strict=True):
         if cand.name == "teacher":
             continue
+        untrained = copy.deepcopy(model).eval()
         t1 = time.perf_counter()
-        trained = train_model(model.train(), splits, tcfg, workdir=out / "work" / "train" / cand.name, seed=0,
+        trained = train_model(model.train(), splits, tcfg, workdir=work / "train" / cand.name, seed=0,
                               loss=LossConfig(kind="ce"), progress=False).model.eval()  # fmt: skip
         t2 = time.perf_counter()
-        contract = ExportContract(input_shape=splits.input_shape, num_classes=splits.num_classes)
         arts = export_all(trained, contract=contract, formats=list(mode.formats), calib_x=np.asarray(splits.calib.x),
-                          out_dir=out / "work" / "final" / cand.name, cfg=export_cfg, val_x=np.asarray(splits.val.x),
+                          out_dir=work / "final" / cand.name, cfg=export_cfg, val_x=np.asarray(splits.val.x),
                           val_y=splits.val.y)  # fmt: skip
         t3 = time.perf_counter()
-        ok = [a.model_copy(update={"name": f"{cand.name}-{a.name}"}) for a in arts if a.ok]
-        bench = benchmark_artifacts(ok, [target.device], eval_x=None, eval_y=None, cfg=bench_cfg,
-                                    workdir=out / "work" / "final-bench")  # fmt: skip
+        # the same architecture untrained again (the probe's export), timed back to back with the trained one in
+        # alternating rounds, so the machine's load drifts cancel: does latency depend on the weights?
+        again = export_all(untrained, contract=contract, formats=list(mode.formats),
+                           calib_x=np.asarray(splits.calib.x), out_dir=work / "untrained" / cand.name, cfg=probe_cfg,
+                           val_x=np.asarray(splits.val.x)[:128], val_y=splits.val.y[:128])  # fmt: skip
+        batch = [
+            a.model_copy(update={"name": f"{cand.name}-{kind}-{a.name}-r{r}"})
+            for r in range(ROUNDS)
+            for kind, group in (("untrained", again), ("trained", arts))
+            for a in group
+            if a.ok
+        ]
         t4 = time.perf_counter()
-        cost[cand.name] = {"train_s": t2 - t1, "export_s": t3 - t2, "bench_s": t4 - t3}
-        by_name = {r.artifact: r for r in bench}
+        bench = benchmark_artifacts(batch, [target.device], eval_x=None, eval_y=None, cfg=bench_cfg,
+                                    workdir=work / "paired-bench")  # fmt: skip
+        t5 = time.perf_counter()
+        # the cost of this candidate on the "train every candidate" path: training, its export, its share of timing
+        cost[cand.name] = {"train_s": t2 - t1, "export_s": t3 - t2, "bench_s": (t5 - t4) / (2 * ROUNDS)}
+        p50 = {r.artifact: r.p50_at(target.batch_size) for r in bench if r.ok}
         for probe in rec.probes:
-            row = by_name.get(f"{cand.name}-{probe.format}-{probe.precision}")
-            final = row.p50_at(target.batch_size) if row is not None and row.ok else None
+            name = f"{probe.format}-{probe.precision}"
+            u = [p50.get(f"{cand.name}-untrained-{name}-r{r}") for r in range(ROUNDS)]
+            t = [p50.get(f"{cand.name}-trained-{name}-r{r}") for r in range(ROUNDS)]
+            final = _median(t)
             rows.append({
                 "candidate": cand.name, "macs": cand.macs, "mac_ratio": cand.mac_ratio, "pair": probe.pair,
                 "untrained_p50_ms": probe.p50_ms, "fit_p50_ms": probe.predicted_ms, "trained_p50_ms": final,
-                "untrained_cv": probe.cv, "trained_cv": row.latency_cv.get(target.batch_size) if row else None,
+                "untrained_again_p50_ms": _median(u), "untrained_cv": probe.cv,
                 "error_untrained": _rel_err(probe.p50_ms, final), "error_fit": _rel_err(probe.predicted_ms, final),
+                "error_paired": _rel_err(_median(u), final), "rounds_untrained": u, "rounds_trained": t,
             })  # fmt: skip
-        log.info("%s: trained %.1f s, exported %.1f s, timed %.1f s", cand.name, t2 - t1, t3 - t2, t4 - t3)
+        log.info("%s: trained %.1f s, exported %.1f s, paired timing %.1f s", cand.name, t2 - t1, t3 - t2, t5 - t4)
 
     every = sum(sum(v.values()) for v in cost.values())
     chosen = cost.get(choice.candidate) if choice is not None else None
     budget_path = search_s + sum(chosen.values()) if chosen else None
     med_untrained = _median([r["error_untrained"] for r in rows])
     med_fit = _median([r["error_fit"] for r in rows])
-    chosen_err = next((r["error_untrained"] for r in rows if choice and r["candidate"] == choice.candidate
-                       and r["pair"] == choice.pair), None)  # fmt: skip
+    med_paired = _median([r["error_paired"] for r in rows])
+    chosen_row = next((r for r in rows if choice and (r["candidate"], r["pair"]) == (choice.candidate, choice.pair)),
+                      {})  # fmt: skip
     table = markdown_table(
-        [
-            "candidate",
-            "MACs",
-            "of teacher",
-            "format",
-            "untrained p50 ms",
-            "fit p50 ms",
-            "trained p50 ms",
-            "error untrained %",
-            "error fit %",
-        ],  # fmt: skip
-        [
-            [
-                r["candidate"],
-                f"{r['macs']:,}",
-                f"{100 * r['mac_ratio']:.3g} %",
-                r["pair"],
-                _ms(r["untrained_p50_ms"]),
-                _ms(r["fit_p50_ms"]),
-                _ms(r["trained_p50_ms"]),
-                _pct(r["error_untrained"]),
-                _pct(r["error_fit"]),
-            ]
-            for r in rows
-        ],  # fmt: skip
-    )
+        ["candidate", "MACs", "of teacher", "format", "probe p50 ms (search)", "fit p50 ms",
+         "untrained p50 ms (paired)", "trained p50 ms (paired)", "error probe %", "error fit %", "error paired %"],
+        [[r["candidate"], f"{r['macs']:,}", f"{100 * r['mac_ratio']:.3g} %", r["pair"], _ms(r["untrained_p50_ms"]),
+          _ms(r["fit_p50_ms"]), _ms(r["untrained_again_p50_ms"]), _ms(r["trained_p50_ms"]),
+          _pct(r["error_untrained"]), _pct(r["error_fit"]), _pct(r["error_paired"])] for r in rows],
+    )  # fmt: skip
     capped = f" of at most {mode.max_steps_per_epoch} steps" if mode.max_steps_per_epoch else ""
     training = "one short epoch per candidate (a lower bound)" if mode_name == "quick" else "the example's training"
     md = "\n\n".join([
@@ -209,9 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {target.batch_size}; formats {', '.join(mode.formats)}).",
         machine_line(info),
         table,
-        f"Median error of the untrained probe against the trained artifact: **{_pct(med_untrained)} %** "
-        f"(fit: {_pct(med_fit)} %) over {len(rows)} candidate × format pairs"
-        + (f"; the example's choice ({choice.candidate} in {choice.pair}): {_pct(chosen_err)} %." if choice else "."),
+        f"Median |untrained − trained| / trained over {len(rows)} candidate × format pairs: timed back to back "
+        f"({ROUNDS} alternating rounds, medians) **{_pct(med_paired)} %**; the search's probe (timed minutes earlier) "
+        f"**{_pct(med_untrained)} %**; the fit **{_pct(med_fit)} %**"
+        + (f". The example's choice ({choice.candidate} in {choice.pair}): paired "
+           f"{_pct(chosen_row.get('error_paired'))} %, probe {_pct(chosen_row.get('error_untrained'))} %."
+           if choice else "."),
         f"Cost (wall seconds, this run): the search — cut, export and time {n_probes} untrained probes — "
         f"**{search_s:.0f} s**; training, exporting and timing every candidate ({training}): **{every:.0f} s**; the "
         f"budget path (search + the chosen candidate only): "
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ])  # fmt: skip
     payload = {"mode": mode_name, "machine": info, "rows": rows, "cost": cost, "search_s": search_s,
                "probes": n_probes, "every_candidate_s": every, "budget_path_s": budget_path,
-               "median_error_untrained": med_untrained, "median_error_fit": med_fit,
+               "median_error_untrained": med_untrained, "median_error_fit": med_fit, "median_error_paired": med_paired,
                "choice": choice.model_dump() if choice else None, "notes": notes,
                "fits": [f.model_dump() for f in fits]}  # fmt: skip
     j, m = write_outputs(out, "budget", payload, md)

@@ -7,6 +7,7 @@ the teacher are the very architectures the distill stage cuts again with the sam
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -64,7 +65,7 @@ def cut_candidates(
         params=int(count_params(teacher)),
         widths=widths(teacher),
     )
-    out.append((teacher_rec, teacher.eval()))
+    out.append((teacher_rec, copy.deepcopy(teacher).eval()))  # exporting sets eval mode: the run's teacher stays as is
     seen = {tuple(teacher_rec.widths)}
     for ratio in sorted(ratios, reverse=True):
         try:

@@ -51,7 +51,9 @@ class ProbeSetup:
     arch: str
 
 
-def _probe_configs(setup: ProbeSetup) -> tuple[ExportConfig, BenchmarkConfig]:
+def probe_configs(setup: ProbeSetup) -> tuple[ExportConfig, BenchmarkConfig]:
+    """The export and benchmark settings of a probe: the run's own, with the accuracy gate off (an untrained
+    candidate's accuracy means nothing), one INT8 range method, few calibration images, only the target batch."""
     export_cfg = setup.export_cfg.model_copy(
         update={
             "formats": [f"{f}:{p}" for f, p in setup.pairs],
@@ -75,7 +77,7 @@ def measure_candidates(cands: list[tuple[Candidate, nn.Module]], setup: ProbeSet
     from edgecompress.devices.profiles import load_profile
     from edgecompress.export import ExportContract, export_all
 
-    export_cfg, bench_cfg = _probe_configs(setup)
+    export_cfg, bench_cfg = probe_configs(setup)
     profile = load_profile(setup.device, [bench_cfg.profiles_dir])
     ident = device_identity(profile.model_dump(mode="json"), profile.threads or bench_cfg.threads)
     graph = {k: getattr(export_cfg, k) for k in _GRAPH_KEYS}

@@ -65,7 +65,7 @@ def _compute(ctx: Context, sd: StageDir) -> BudgetResult:
         batch_size=target.batch_size,
         pairs=target.format_pairs(ctx.cfg.export.format_pairs()),
         export_cfg=ctx.cfg.export,
-        bench_cfg=ctx.cfg.benchmark.model_copy(update={"profiles_dir": ctx.cfg.benchmark.profiles_dir}),
+        bench_cfg=ctx.cfg.benchmark,
         input_shape=splits.input_shape,
         num_classes=splits.num_classes,
         calib_x=np.asarray(splits.calib.x),
