@@ -1,6 +1,6 @@
 """Compress to a budget end to end on digits: the largest feasible candidate is the student, a second run on the
-same device measures nothing (the latency cache), and an impossible budget fails before any student is trained
-with the fastest measured latency in its one line."""
+same device measures nothing (the latency cache), an impossible budget fails before any student is trained with the
+fastest measured latency in its one line, and ``search: frontier`` distills k candidates and ships the best on val."""
 
 from __future__ import annotations
 
@@ -89,3 +89,20 @@ def test_budget_end_to_end(tmp_path: Path) -> None:
     message = str(info.value)
     assert "\n" not in message and f"{fastest:.4g} ms" in message
     assert "distill" not in _stages(third) and "budget" in _stages(third)
+    # 4. search: frontier — the two largest feasible candidates are distilled (the pipeline loops distill →
+    # benchmark), then the run goes back to the one more accurate on val (its stages cached) and ships it
+    fourth = tmp_path / "fourth"
+    run_pipeline(_cfg(cache, latency_ms=1000.0, search="frontier", frontier_k=2, max_accuracy_drop=1.0), fourth,
+                 progress=False)  # fmt: skip
+    state = json.loads((fourth / "run.json").read_text())
+    verdicts = state["budget"]["verdicts"]
+    two = sorted(students, key=lambda c: -c["macs"])[:2]
+    assert sorted(v["candidate"] for v in verdicts) == sorted(c["name"] for c in two) and all(
+        v["met"] for v in verdicts
+    )
+    best = max(verdicts, key=lambda v: (v["val_accuracy"], -v["p50_ms"]))
+    assert state["budget"]["choice"]["candidate"] == best["candidate"]
+    assert state["distill"]["chain"]["members"][-1]["macs"] == next(
+        c["macs"] for c in two if c["name"] == best["candidate"]
+    )
+    assert len([p for p in (fourth / "stages").iterdir() if p.name.startswith("distill-")]) == 2

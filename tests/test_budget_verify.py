@@ -41,11 +41,12 @@ def _ctx(tmp_path: Path, **target: object) -> Context:
     return ctx
 
 
-def _measured(ctx: Context, p50: float, accuracy: float = 0.9) -> None:
+def _measured(ctx: Context, p50: float, accuracy: float = 0.9, val: float | None = None) -> None:
     """The export and benchmark stages' results for the chosen artifact (as a finished run records them)."""
     metrics = {"accuracy": accuracy, "ece": 0.02}
     art = Artifact(name="onnx-fp32", format="onnx", precision="fp32", files=[], model_file=Path("m.onnx"),
-                   runtime="onnxruntime", size_bytes=1000, test_metrics=metrics)  # fmt: skip
+                   runtime="onnxruntime", size_bytes=1000, test_metrics=metrics,
+                   val_metrics={"accuracy": accuracy if val is None else val})  # fmt: skip
     row = BenchRow(device="local", artifact="onnx-fp32", format="onnx", precision="fp32",
                    latency_ms={1: {"p50": p50, "p90": p50 * 1.2}})  # fmt: skip
     ctx.results["export"] = ExportResult(artifacts=[art])
@@ -98,3 +99,18 @@ def test_a_failed_export_moves_to_the_next_feasible_pair(tmp_path: Path) -> None
     ctx.results["export"] = ExportResult(artifacts=[bad])
     assert verify(ctx) is True
     assert ctx.results["budget"].choice.candidate == "mid"
+
+
+def test_frontier_trains_k_candidates_and_ships_the_most_accurate_on_val(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, search="frontier", frontier_k=2)
+    _measured(ctx, p50=0.8, accuracy=0.88, val=0.90)  # big: met
+    assert verify(ctx) is True and ctx.results["budget"].choice.candidate == "mid"
+    _measured(ctx, p50=0.4, accuracy=0.95, val=0.85)  # mid: met, better on test but worse on val (test never selects)
+    assert verify(ctx) is True
+    res = ctx.results["budget"]
+    assert res.choice.candidate == "big" and "most accurate on val of 2" in res.choice.reason
+    assert ctx.cfg.distill.student.prune_ratio == 0.4
+    _measured(ctx, p50=0.8, accuracy=0.88, val=0.90)  # big again (its stages are cached): the loop ends
+    assert verify(ctx) is False
+    res = ctx.results["budget"]
+    assert sorted(v.candidate for v in res.verdicts) == ["big", "mid"] and all(v.met for v in res.verdicts)

@@ -128,7 +128,7 @@ def test_target_without_any_budget_is_one_line_naming_the_fix():
 @pytest.mark.parametrize(
     ("target", "expect"),
     [
-        ({"latency_ms": 1, "search": "frontier"}, "not supported yet; use search: largest"),
+        ({"latency_ms": 1, "search": "frontier", "frontier_k": 1}, "target.frontier_k"),
         ({"latency_ms": 1, "min_ratio": 0.5, "max_ratio": 0.2}, "must be below max_ratio"),
         ({"latency_ms": 1, "formats": ["onnx:int3"]}, "target.formats"),
         ({"latency_ms": -1}, "target.latency_ms"),

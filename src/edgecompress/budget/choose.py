@@ -156,6 +156,6 @@ def impossible(cands: list[Candidate], target: TargetConfig) -> BudgetError:
     return BudgetError(
         f"no candidate meets {budgets} on {target.device} at batch {target.batch_size}: the fastest measured p50 is "
         f"{fastest}{size}, before the {100 * target.margin:g} % margin",
-        f"relax the budget (latency_ms >= {probe.p50_ms * (1 + target.margin):.3g}), lower target.min_ratio, or add "
-        "a faster format (e.g. onnx:int8) to target.formats",
+        f"relax the budget (latency_ms >= {probe.p50_ms * (1 + target.margin):.3g}), lower target.min_ratio "
+        "(smaller candidates), or consider more formats (target.formats)",
     )

@@ -46,9 +46,12 @@ class TargetConfig(StrictModel):
         0.1, ge=0, lt=1, description="Noise margin: a candidate's measured p50 × (1 + margin) must meet the budget."
     )
     search: Literal["largest", "frontier"] = Field(
-        "largest", description="'largest': distill the largest feasible candidate. 'frontier': not supported yet."
+        "largest",
+        description="'largest': distill the largest feasible candidate (step down on a miss). 'frontier': distill the "
+        "frontier_k largest feasible candidates, report their accuracy against latency, ship the most accurate one "
+        "that met the budget.",
     )
-    frontier_k: int = Field(3, ge=1, le=10, description="With search: frontier, feasible candidates to train.")
+    frontier_k: int = Field(3, ge=2, le=10, description="With search: frontier, feasible candidates to train.")
     max_steps_down: int = Field(
         2, ge=0, le=10, description="When the final artifact misses the latency budget: smaller candidates to try."
     )
@@ -75,8 +78,6 @@ class TargetConfig(StrictModel):
             raise ValueError("target needs a budget: set at least one of latency_ms, size_kb or speedup")
         if self.min_ratio >= self.max_ratio:
             raise ValueError(f"target.min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")
-        if self.search == "frontier":
-            raise ValueError("target.search 'frontier' is not supported yet; use search: largest")
         return self
 
     def format_pairs(self, export_formats: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -81,7 +81,8 @@ class Verdict(_Record):
     p50_ms: float | None = None
     p90_ms: float | None = None
     size_bytes: int | None = None
-    accuracy: float | None = None
+    accuracy: float | None = Field(None, description="Test accuracy through the artifact's runtime (reported).")
+    val_accuracy: float | None = Field(None, description="Val accuracy through its runtime (frontier selection).")
     ece: float | None = None
     accuracy_drop: float | None = None
     met: bool = False

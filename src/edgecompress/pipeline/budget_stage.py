@@ -169,6 +169,7 @@ def _verdict(ctx: Context, res: BudgetResult) -> Verdict:
             "p90_ms": stats.p90,
             "size_bytes": art.size_bytes,
             "accuracy": acc,
+            "val_accuracy": (art.val_metrics or {}).get("accuracy"),
             "ece": ece,
             "accuracy_drop": drop,
             "met": not verdict.misses,
@@ -184,8 +185,11 @@ def verify(ctx: Context) -> bool:
     if not isinstance(res, BudgetResult) or target is None:
         return False
     verdict = _verdict(ctx, res)
-    res = res.model_copy(update={"verdicts": [*res.verdicts, verdict]})
+    earlier = [v for v in res.verdicts if (v.candidate, v.artifact) != (verdict.candidate, verdict.artifact)]
+    res = res.model_copy(update={"verdicts": [*earlier, verdict]})  # a cached rerun replaces its own verdict
     ctx.results["budget"] = res
+    if target.search == "frontier":
+        return _frontier_step(ctx, res, target)
     if verdict.met:
         log.info("budget: %s meets %s (p50 %.4g ms)", verdict.artifact, ", ".join(res.budgets), verdict.p50_ms)
         return False
@@ -205,6 +209,42 @@ def verify(ctx: Context) -> bool:
         f"stepped down after {verdict.artifact} of {verdict.candidate} missed; " + stepped.choice.reason
     )
     _apply(ctx, stepped)
+    return True
+
+
+def _frontier_step(ctx: Context, res: BudgetResult, target: Any) -> bool:
+    """``search: frontier``: train the next smaller feasible candidate until ``frontier_k`` are trained, then go back
+    to the most accurate one that met the budget (its stages are cached: the rerun only rewrites the records)."""
+    trained = {v.candidate for v in res.verdicts}
+    if len(trained) < target.frontier_k:
+        nxt = next(((c, p) for c, p in feasible(res.candidates, target) if c.name not in trained), None)
+        if nxt is not None:
+            cand, probe = nxt
+            log.info("budget frontier: %d of %d trained; next %s in %s", len(trained), target.frontier_k, cand.name,
+                     probe.pair)  # fmt: skip
+            stepped = res.model_copy(update={"choice": choice_of(cand, probe, target, len(res.feasible))})
+            stepped.choice.reason = (
+                f"frontier candidate {len(trained) + 1} of {target.frontier_k}: {stepped.choice.reason}"
+            )
+            _apply(ctx, stepped)
+            return True
+    met = [v for v in res.verdicts if v.met]
+    if not met:
+        ctx.warn(f"budget: none of the {len(trained)} frontier candidates met {', '.join(res.budgets)} after training")
+        return False
+    best = max(met, key=lambda v: (v.val_accuracy or 0.0, -(v.p50_ms or 0.0)))  # selected on val, never test
+    if best.candidate == res.choice.candidate:
+        return False
+    cand = next(c for c in res.candidates if c.name == best.candidate)
+    fmt, _, prec = best.artifact.partition("-")
+    probe = cand.probe(f"{fmt}:{prec}")
+    assert probe is not None
+    chosen = res.model_copy(update={"choice": choice_of(cand, probe, target, len(res.feasible))})
+    chosen.choice.reason = (
+        f"the most accurate on val of {len(met)} trained frontier candidates that met the budget "
+        f"(val accuracy {100 * (best.val_accuracy or 0):.2f} %, p50 {best.p50_ms:.4g} ms after training)"
+    )
+    _apply(ctx, chosen)
     return True
 
 
@@ -259,7 +299,7 @@ def summary(ctx: Context, res: BudgetResult) -> Any:
         )  # fmt: skip
         for f in res.fits
     ]
-    attempts = [BudgetAttempt(**v.model_dump()) for v in res.verdicts]
+    attempts = [BudgetAttempt(**v.model_dump(exclude={"val_accuracy"})) for v in res.verdicts]
     return BudgetSummary(
         device=res.device,
         batch_size=res.batch_size,
