@@ -114,3 +114,42 @@ def test_candidates_are_cut_from_the_teacher_with_rounded_widths():
         assert all(w % 8 == 0 for w in cand.widths[:-1]) and cand.widths[-1] == 10  # the classifier keeps its classes
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     assert architecture_hash(teacher, (1, 8, 8)) != architecture_hash(cands[1][1], (1, 8, 8))
+
+
+@pytest.mark.slow  # real exports and agent runs (~15 s on 2 shared cores)
+def test_measure_skips_what_the_device_refuses_and_a_second_pass_reads_the_cache(tmp_path: Path):
+    """Real export and agent timing of two tiny candidates on a local profile that accepts only ONNX FP32."""
+    import numpy as np
+    import torch
+
+    from edgecompress.budget.candidates import architecture_hash, cut_candidates
+    from edgecompress.budget.measure import ProbeSetup, measure_candidates
+    from edgecompress.devices.config import BenchmarkConfig
+    from edgecompress.export.config import ExportConfig
+    from edgecompress.models import ModelSpec, build_model
+
+    profile = tmp_path / "fp32-only.yaml"
+    profile.write_text("name: fp32-only\ntransport: local\nruntimes: [onnxruntime]\nformats: ['onnx:fp32']\n")
+    torch.manual_seed(0)
+    teacher = build_model(ModelSpec(family="cnn", params={"channels": [16, 32]}), in_channels=1, num_classes=10,
+                          input_size=(8, 8))  # fmt: skip
+    cands, _ = cut_candidates(teacher, (1, 8, 8), [0.3], round_to=8)
+    rng = np.random.default_rng(0)
+    setup = ProbeSetup(
+        device=str(profile), batch_size=1, pairs=[("onnx", "fp32"), ("onnx", "int8")],
+        export_cfg=ExportConfig(), bench_cfg=BenchmarkConfig(min_time_s=0.0, min_iters=3, repeats=2, warmup_iters=1),
+        input_shape=(1, 8, 8), num_classes=10, calib_x=rng.standard_normal((16, 1, 8, 8)).astype(np.float32),
+        val=None, workdir=tmp_path / "probes", cache=LatencyCache(tmp_path / "cache"),
+        arch=architecture_hash(teacher, (1, 8, 8)),
+    )  # fmt: skip
+    first, measured = measure_candidates(cands, setup)
+    assert measured == len(cands)  # one FP32 probe per candidate; INT8 never exported
+    for cand in first:
+        fp32, int8 = cand.probe("onnx:fp32"), cand.probe("onnx:int8")
+        assert fp32 is not None and fp32.ok and fp32.p50_ms > 0 and fp32.size_bytes > 0 and not fp32.cached
+        assert int8 is not None and not int8.ok and "does not accept onnx:int8" in int8.error
+    assert not any(p.name.startswith("onnx-int8") for p in (tmp_path / "probes").rglob("*"))
+    again, measured = measure_candidates(cands, setup)
+    assert measured == 0
+    assert [c.probe("onnx:fp32").p50_ms for c in again] == [c.probe("onnx:fp32").p50_ms for c in first]
+    assert all(c.probe("onnx:fp32").cached for c in again)

@@ -76,6 +76,7 @@ def measure_candidates(cands: list[tuple[Candidate, nn.Module]], setup: ProbeSet
     from edgecompress.devices import benchmark_artifacts
     from edgecompress.devices.profiles import load_profile
     from edgecompress.export import ExportContract, export_all
+    from edgecompress.export.formats import FORMATS
 
     export_cfg, bench_cfg = probe_configs(setup)
     profile = load_profile(setup.device, [bench_cfg.profiles_dir])
@@ -93,10 +94,17 @@ def measure_candidates(cands: list[tuple[Candidate, nn.Module]], setup: ProbeSet
     probes: dict[tuple[str, str], Probe] = {}
     keys: dict[tuple[str, str], str] = {}
     to_bench: list[tuple[str, str, Any]] = []
+    refused = [(f, p) for f, p in setup.pairs if not profile.accepts(f, p, FORMATS[f].runtime)]
+    for cand, _ in cands:  # never exported: the device would not run them
+        for fmt, prec in refused:
+            why = f"device {profile.name} does not accept {fmt}:{prec} (its profile's formats / runtimes)"
+            probes[cand.name, f"{fmt}:{prec}"] = Probe(format=fmt, precision=prec, ok=False, error=why)
     for cand, model in cands:
         missing = []
         for fmt, prec in setup.pairs:
             pair = f"{fmt}:{prec}"
+            if (fmt, prec) in refused:
+                continue
             key = LatencyCache.key(arch=setup.arch, widths=cand.widths, pair=pair, device=ident,
                                    batch=setup.batch_size, graph=graph)  # fmt: skip
             keys[cand.name, pair] = key
