@@ -24,7 +24,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # the pipeline's stage order (edgecompress.pipeline.STAGE_NAMES; a test keeps them equal, the CLI stays light)
-STAGES = ["data", "teacher", "search", "distill", "calibrate", "export", "benchmark", "report", "bundles"]
+STAGES = ["data", "teacher", "budget", "search", "distill", "calibrate", "export", "benchmark", "report", "bundles"]
 
 
 def _console():
