@@ -47,7 +47,7 @@ def _stages(out: Path) -> set[str]:
 
 def test_budget_end_to_end(tmp_path: Path) -> None:
     from edgecompress.budget import BudgetError
-    from edgecompress.pipeline import run_pipeline
+    from edgecompress.pipeline import bench_run, run_pipeline
 
     cache = tmp_path / "latency-cache"
     # 1. everything feasible: the largest student candidate is chosen; nothing trained past the budget stage
@@ -80,6 +80,10 @@ def test_budget_end_to_end(tmp_path: Path) -> None:
     report = (second / "report.md").read_text()
     assert "## Compress to a budget" in report and chosen["name"] in report
     assert (second / "figures" / "budget_latency.png").stat().st_size > 0
+    bench_run(second, devices=["local"])  # `edgecompress bench RUN` keeps the budget record and its report section
+    again = json.loads((second / "run.json").read_text())
+    assert again["budget"]["choice"] == state["budget"]["choice"]
+    assert "## Compress to a budget" in (second / "report.md").read_text()
 
     # 3. an impossible budget: one line with the fastest measured latency, before any student is trained
     third = tmp_path / "third"
