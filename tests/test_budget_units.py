@@ -42,6 +42,14 @@ def test_fit_recovers_a_power_law_and_predicts_each_candidate():
             assert p.predicted_ms == pytest.approx(p.p50_ms)
 
 
+def test_fit_keeps_the_line_when_latency_is_linear_in_macs():
+    cands = [_cand(f"c{m}", m, {"onnx:fp32": 0.02 + 1e-7 * m}) for m in (5_000, 25_000, 100_000, 400_000, 1_000_000)]
+    (fit,) = fit_latency(cands)
+    assert fit.kind == "linear" and fit.slope == pytest.approx(1e-7) and fit.intercept == pytest.approx(0.02)
+    assert fit.max_rel_residual == pytest.approx(0.0, abs=1e-9)
+    assert fit_latency(_grid())[0].kind == "power"
+
+
 def test_choice_is_the_largest_candidate_meeting_the_budget_with_the_margin():
     cands = _grid()
     # c100000 in int8 runs at 0.005 * 10 = 0.05 ms: with a 10 % margin 0.055 > 0.052; c25000 fp32 = 0.05 also misses

@@ -1,8 +1,9 @@
 """Fit latency against MACs per format, judge each (candidate, format) against the budgets, pick the largest.
 
-The fit is least squares on ``log p50 = a + b · log MACs`` per (format, precision): latency of small CNNs grows
-sub-linearly in MACs (fixed per-call overhead dominates the smallest ones), which a power law follows over the
-whole grid where a straight line ``a + b · MACs`` misses the small end; the residuals are reported with it. The
+The fit is least squares per (format, precision), of a power law ``log p50 = a + b · log MACs`` and of a line
+``p50 = a + b · MACs``; the one with the smaller relative residuals is kept and reported with them. Small CNNs on a
+CPU usually follow the power law (a fixed per-call cost dominates the smallest ones, which a line through the large
+ones misses); larger, compute-bound ones follow the line. The
 choice uses each candidate's own measured p50 (the fit is the curve in the report and the prediction checked by
 ``benchmarks/budget.py``): a candidate meets the latency budget when ``p50 × (1 + margin) <= latency_ms``.
 """
@@ -23,35 +24,44 @@ class BudgetError(ConfigError):
     kind = "budget"
 
 
+def _least_squares(pts: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(intercept, slope) of y = a + b·x, or None when the x values do not vary."""
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if n < 2 or sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    return my - slope * mx, slope
+
+
+def _fit_one(fmt: str, prec: str, pts: list[tuple[int, float]], kind: str) -> LatencyFit | None:
+    if kind == "power":
+        ab = _least_squares([(math.log(max(m, 1)), math.log(t)) for m, t in pts])
+    else:
+        ab = _least_squares([(float(m), t) for m, t in pts])
+    if ab is None:
+        return None
+    fit = LatencyFit(format=fmt, precision=prec, kind=kind, intercept=ab[0], slope=ab[1], points=len(pts),  # type: ignore[arg-type]
+                     rms_log_residual=0.0, max_rel_residual=0.0)  # fmt: skip
+    logs = [math.log(t / fit.predict(m)) for m, t in pts]
+    return fit.model_copy(update={"rms_log_residual": math.sqrt(sum(r * r for r in logs) / len(logs)),
+                                  "max_rel_residual": max(abs(math.exp(r) - 1) for r in logs)})  # fmt: skip
+
+
 def fit_latency(cands: list[Candidate]) -> list[LatencyFit]:
-    """One power-law fit per (format, precision) with at least two measured candidates of distinct MACs."""
-    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    """One fit per (format, precision) with at least two measured candidates of distinct MACs: the power law or the
+    line, whichever has the smaller RMS of log(measured / fitted) (ties: the power law)."""
+    points: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for cand in cands:
         for p in cand.probes:
             if p.ok and p.p50_ms and p.p50_ms > 0:
-                points[p.format, p.precision].append((math.log(max(cand.macs, 1)), math.log(p.p50_ms)))
+                points[p.format, p.precision].append((cand.macs, p.p50_ms))
     fits = []
     for (fmt, prec), pts in points.items():
-        xs, ys = [x for x, _ in pts], [y for _, y in pts]
-        n = len(pts)
-        mx, my = sum(xs) / n, sum(ys) / n
-        sxx = sum((x - mx) ** 2 for x in xs)
-        if n < 2 or sxx == 0:
-            continue
-        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-        intercept = my - slope * mx
-        res = [y - (intercept + slope * x) for x, y in pts]
-        fits.append(
-            LatencyFit(
-                format=fmt,
-                precision=prec,
-                intercept=intercept,
-                slope=slope,
-                points=n,
-                rms_log_residual=math.sqrt(sum(r * r for r in res) / n),
-                max_rel_residual=max(abs(math.exp(r) - 1) for r in res),
-            )
-        )
+        tried = [f for f in (_fit_one(fmt, prec, pts, k) for k in ("power", "linear")) if f is not None]
+        if tried:
+            fits.append(min(tried, key=lambda f: f.rms_log_residual - (1e-9 if f.kind == "power" else 0.0)))
     return fits
 
 

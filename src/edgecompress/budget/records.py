@@ -5,6 +5,8 @@ Plain pydantic (no torch), so the pipeline's stage result and the latency cache 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -47,19 +49,23 @@ class Candidate(_Record):
 
 
 class LatencyFit(_Record):
-    """p50 latency against MACs for one (format, precision): ``log p50 = a + b · log MACs`` by least squares."""
+    """p50 latency against MACs for one (format, precision), by least squares: a power law
+    ``log p50 = a + b · log MACs`` (``kind: power``) or a line ``p50 = a + b · MACs`` (``kind: linear``)."""
 
     format: str
     precision: str
+    kind: Literal["power", "linear"] = "power"
     intercept: float
     slope: float
     points: int
-    rms_log_residual: float = Field(description="Root mean square of the residuals of log p50 (≈ relative error).")
+    rms_log_residual: float = Field(description="Root mean square of log(measured / fitted) (≈ relative error).")
     max_rel_residual: float = Field(description="Largest |measured / fitted − 1| over the candidates.")
 
     def predict(self, macs: int) -> float:
         import math
 
+        if self.kind == "linear":
+            return max(self.intercept + self.slope * macs, 1e-9)
         return math.exp(self.intercept + self.slope * math.log(max(macs, 1)))
 
 

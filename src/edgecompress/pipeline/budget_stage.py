@@ -292,6 +292,7 @@ def summary(ctx: Context, res: BudgetResult) -> Any:
     fits = [
         BudgetFitLine(
             pair=f"{f.format}:{f.precision}",
+            kind=f.kind,
             intercept=f.intercept,
             slope=f.slope,
             rms_log_residual=f.rms_log_residual,

@@ -36,9 +36,10 @@ class BudgetProbeRow(_Row):
 
 
 class BudgetFitLine(_Row):
-    """``p50 = exp(intercept) · MACs^slope`` for one format, and its residuals."""
+    """``p50 = exp(intercept) · MACs^slope`` (power) or ``intercept + slope · MACs`` (linear) for one format."""
 
     pair: str
+    kind: str = "power"
     intercept: float
     slope: float
     rms_log_residual: float
@@ -77,6 +78,12 @@ class BudgetSummary(_Row):
     notes: list[str] = Field(default_factory=list)
 
 
+def _fitted(fit: BudgetFitLine, macs: float) -> float:
+    if fit.kind == "linear":
+        return max(fit.intercept + fit.slope * macs, 1e-9)
+    return math.exp(fit.intercept) * macs**fit.slope
+
+
 def _points(fraction: float | None) -> str:
     return DASH if fraction is None else f"{100 * fraction:.2f}"
 
@@ -98,7 +105,8 @@ def latency_curve_plot(summary: BudgetSummary, path: Path) -> Path:
         if fit is not None and macs:
             lo, hi = min(macs), max(macs)
             xs = [lo * (hi / lo) ** (k / 40) for k in range(41)] if hi > lo else [lo]
-            ax.plot(xs, [math.exp(fit.intercept) * x**fit.slope for x in xs], "-", color=line.get_color(), alpha=0.6)
+            ys = [_fitted(fit, x) for x in xs]
+            ax.plot(xs, ys, "-" if fit.kind == "power" else "--", color=line.get_color(), alpha=0.6)
     for p in summary.probes:
         if p.chosen and p.measured_ms:
             ax.plot([p.macs], [p.measured_ms], "o", ms=14, mfc="none", mec="black", label=f"chosen: {p.candidate}")
