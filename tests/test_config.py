@@ -97,3 +97,57 @@ def test_relative_paths_resolve_against_config(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(data))
     assert load_config(p).teacher.checkpoint == tmp_path / "teacher.pt"
+
+
+# ------------------------------------------------------------------------------------------------ target (budget)
+
+
+def _with_target(**target: object) -> dict:
+    data = _digits()
+    data["target"] = target
+    return data
+
+
+def test_target_section_defaults_and_grid():
+    cfg = parse_config(_with_target(latency_ms=0.5), source="x.yaml")
+    t = cfg.target
+    assert t is not None and t.device == "local" and t.batch_size == 1 and t.round_to == 8 and t.search == "largest"
+    ratios = t.ratios()
+    assert len(ratios) == t.candidates and ratios[0] == pytest.approx(t.max_ratio)
+    assert ratios[-1] == pytest.approx(t.min_ratio)
+    steps = [a / b for a, b in zip(ratios, ratios[1:], strict=False)]
+    assert max(steps) == pytest.approx(min(steps))  # geometric
+    assert t.format_pairs(cfg.export.format_pairs()) == cfg.export.format_pairs()  # default: the export formats
+
+
+def test_target_without_any_budget_is_one_line_naming_the_fix():
+    message = _error(_with_target(device="local"))
+    assert "target" in message and "latency_ms, size_kb or speedup" in message
+
+
+@pytest.mark.parametrize(
+    ("target", "expect"),
+    [
+        ({"latency_ms": 1, "search": "frontier", "frontier_k": 1}, "target.frontier_k"),
+        ({"latency_ms": 1, "min_ratio": 0.5, "max_ratio": 0.2}, "must be below max_ratio"),
+        ({"latency_ms": 1, "formats": ["onnx:int3"]}, "target.formats"),
+        ({"latency_ms": -1}, "target.latency_ms"),
+        ({"speedup": 0.5}, "target.speedup"),
+        ({"latency_ms": 1, "margin": 1.5}, "target.margin"),
+    ],
+)
+def test_bad_target_values(target: dict, expect: str):
+    assert expect in _error(_with_target(**target))
+
+
+def test_target_needs_a_pruned_student():
+    data = _with_target(latency_ms=1)
+    data["distill"]["student"] = {"model": {"family": "cnn", "params": {"channels": [8, 8]}}}
+    assert "distill.student.prune_ratio" in _error(data)
+
+
+def test_target_cache_dir_resolves_against_the_config(tmp_path):
+    data = _with_target(latency_ms=1, cache_dir="latency-cache")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).target.cache_dir == (tmp_path / "latency-cache").resolve()

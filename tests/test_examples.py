@@ -1,7 +1,8 @@
 """Every config in ``examples/`` runs as shipped (in a quick mode), and the packaged presets equal their examples.
 
-Quick mode changes only budgets — epochs, steps, sample counts, synthesis batches, timing — and keeps the formats
-to ONNX Runtime (FP32 + INT8); everything else (dataset, models, pruning, losses, calibration, the data-free
+Quick mode changes only budgets — epochs, steps, sample counts, synthesis batches, timing, the number of budget
+candidates (``target:``, measured into a latency cache in the test's folder) — and keeps the formats to ONNX Runtime
+(FP32 + INT8); everything else (dataset, models, pruning, losses, calibration, the data-free
 teacher and val set from the documented first step) is the example's own. A new file in ``examples/`` is picked up
 here; one whose first step is not known to this test fails it rather than being skipped.
 """
@@ -34,6 +35,7 @@ QUICK: dict[str, Any] = {
         "datafree": {"synthesis_batches": 3, "batch_size": 16, "k_inner_steps": 1, "bank_size": 64},
     },
     "export": {"formats": ["onnx:fp32", "onnx:int8"], "calib_samples": 64, "max_accuracy_drop": 1.0},
+    "target": {"candidates": 3, "cache_dir": "latency-cache"},
     "benchmark": {"batch_sizes": [1], "min_time_s": 0.0, "min_iters": 1, "warmup_iters": 1, "repeats": 1,
                   "eval_samples": 64},
 }  # fmt: skip
@@ -60,6 +62,8 @@ def quick(raw: dict[str, Any]) -> dict[str, Any]:
         datafree.update(QUICK["distill"]["datafree"])
     if "distill" in out:  # a budget this small is not judged by the quality gate (the gate has its own tests)
         out["distill"]["max_accuracy_drop"] = 1.0
+    if "target" in out:  # relative: resolved against the test's folder, so no run touches ~/.cache
+        out["target"] = {**out["target"], **QUICK["target"]}
     out["export"] = {**out.get("export", {}), **QUICK["export"]}
     out["benchmark"] = {**out.get("benchmark", {}), **QUICK["benchmark"], "devices": ["local"]}
     return out
@@ -110,6 +114,9 @@ def test_quick_mode_keeps_what_the_example_says() -> None:
         assert fast["distill"].get("student") == raw["distill"].get("student")
         assert fast["distill"].get("loss") == raw["distill"].get("loss")
         assert fast.get("calibration") == raw.get("calibration")
+        if "target" in raw:  # the budget itself (device, latency, accuracy) is the example's
+            keep = ("device", "batch_size", "latency_ms", "size_kb", "speedup", "max_accuracy_drop", "margin")
+            assert {k: fast["target"].get(k) for k in keep} == {k: raw["target"].get(k) for k in keep}
 
 
 def test_datafree_example_normalization_is_the_teachers() -> None:

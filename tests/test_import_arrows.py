@@ -36,6 +36,7 @@ LAYER = {
     "devices": 2,
     "report": 2,
     "bundle": 2,
+    "budget": 2.5,  # composes models, export and devices; the pipeline calls it
     "pipeline": 3,
     "cli": 4,
 }

@@ -24,7 +24,19 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # the pipeline's stage order (edgecompress.pipeline.STAGE_NAMES; a test keeps them equal, the CLI stays light)
-STAGES = ["data", "teacher", "search", "distill", "calibrate", "export", "benchmark", "report", "bundles"]
+STAGES = [
+    "data",
+    "teacher",
+    "budget",
+    "search",
+    "decide",
+    "distill",
+    "calibrate",
+    "export",
+    "benchmark",
+    "report",
+    "bundles",
+]
 
 
 def _console():

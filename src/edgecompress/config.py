@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgecompress._schema import StrictModel
+from edgecompress.budget.config import TargetConfig
 from edgecompress.bundle.config import BundleConfig
 from edgecompress.calibration.config import CalibrationConfig
 from edgecompress.data.config import DataConfig
@@ -109,6 +110,11 @@ class PipelineConfig(StrictModel):
         description="Modules whose factories this config may import ('pkg.mod' allows 'pkg.mod:fn' and its "
         "submodules). A config is trusted like code only where the user says so: here or with --trust-factory.",
     )
+    target: TargetConfig | None = Field(
+        None,
+        description="Compress to a budget: a device and a latency / size / speed-up target; the pipeline measures "
+        "candidate students there before training and distills the largest that meets it (sets the student).",
+    )
 
     @field_validator("trust_factories")
     @classmethod
@@ -126,6 +132,11 @@ class PipelineConfig(StrictModel):
             raise ValueError("data.dataset 'none' (data-free) needs teacher.checkpoint: there is no data to train on")
         if datafree and self.distill.datafree is None:
             raise ValueError("data.dataset 'none' needs a distill.datafree section (use {} for the defaults)")
+        if self.target is not None:
+            if datafree:
+                raise ValueError("target (compress to a budget) needs a dataset: remove target or give data.dataset")
+            if self.distill.student.prune_ratio is None:
+                raise ValueError("target chooses the student by pruning: use distill.student.prune_ratio, not model")
         return self
 
 
@@ -173,6 +184,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
         updates["data"] = cfg.data.model_copy(update={"path": fix(cfg.data.path)})
     if cfg.teacher.checkpoint is not None:
         updates["teacher"] = cfg.teacher.model_copy(update={"checkpoint": fix(cfg.teacher.checkpoint)})
+    if cfg.target is not None and not cfg.target.cache_dir.expanduser().is_absolute():
+        updates["target"] = cfg.target.model_copy(update={"cache_dir": fix(cfg.target.cache_dir)})
     return cfg.model_copy(update=updates) if updates else cfg
 
 

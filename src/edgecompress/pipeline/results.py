@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgecompress.budget.records import Candidate, Choice, LatencyFit, Verdict
 from edgecompress.export import Artifact
 from edgecompress.measurements import BenchRow
 
@@ -135,6 +136,7 @@ class RunState(BaseModel):
     export: ExportResult
     benchmark: BenchmarkResult | None = None
     decide: DecideResult | None = None
+    budget: BudgetResult | None = None
 
     def stage_dir(self, name: str) -> str | None:
         """The folder recorded for stage ``name`` (the last record of that name), or None."""
@@ -164,4 +166,21 @@ class DecideResult(StageResult):
     seconds: float = 0.0
 
 
-RunState.model_rebuild()  # its decide field names DecideResult, defined after it
+class BudgetResult(StageResult):
+    """Compress to a budget (``target:``): the candidates measured before training, the fits, the choice, and the
+    final artifact of each attempt measured on the target after training (filled in after the benchmark stage)."""
+
+    device: str
+    batch_size: int
+    budgets: list[str]
+    teacher_p50_ms: float | None = None
+    candidates: list[Candidate]
+    fits: list[LatencyFit]
+    choice: Choice
+    feasible: list[str] = Field(default_factory=list, description="'candidate pair' of every feasible probe, ranked.")
+    measured_now: int = Field(0, description="Probes measured in this run (0 when all came from the latency cache).")
+    notes: list[str] = Field(default_factory=list)
+    verdicts: list[Verdict] = Field(default_factory=list, description="Filled after the benchmark stage.")
+
+
+RunState.model_rebuild()  # its ``decide`` and ``budget`` fields name classes defined after it

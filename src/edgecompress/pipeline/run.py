@@ -17,14 +17,16 @@ from pydantic import ValidationError
 from edgecompress._io import atomic_write_json, atomic_write_text, sha256_json
 from edgecompress.config import PipelineConfig, dump_config, load_config
 from edgecompress.errors import ConfigError, DeviceError
+from edgecompress.pipeline import budget_stage as budget
 from edgecompress.pipeline import decide_stage
 from edgecompress.pipeline import deploy_stages as deploy
 from edgecompress.pipeline import distill_stages as chain
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context, Stage, check_contained
-from edgecompress.pipeline.finishing import BUNDLES, REPORT, FinishResult, eval_set, vet_artifacts
+from edgecompress.pipeline.finishing import BUNDLES, FinishResult, eval_set, vet_artifacts
 from edgecompress.pipeline.results import (
     BenchmarkResult,
+    BudgetResult,
     CalibrateResult,
     DataResult,
     DecideResult,
@@ -44,13 +46,14 @@ STATE = "run.json"
 STAGES: tuple[Stage, ...] = (
     train.DATA,
     train.TEACHER,
+    budget.BUDGET,
     chain.SEARCH,
     decide_stage.DECIDE,
     chain.DISTILL,
     train.CALIBRATE,
     deploy.EXPORT,
     deploy.BENCHMARK,
-    REPORT,
+    budget.REPORT,  # the plain report, plus the budget section when the run has a target
     BUNDLES,
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
@@ -96,7 +99,8 @@ def run_pipeline(
     """
     last = stage_index(until, "--until")
     first = stage_index(from_, "--from")
-    check_devices(cfg.benchmark.devices, cfg.benchmark.profiles_dir)  # fail before any work, not after training
+    target = [cfg.target.device] if cfg.target is not None else []
+    check_devices([*cfg.benchmark.devices, *target], cfg.benchmark.profiles_dir)  # fail before any work
     run = RunDir(out)
     run.prepare()
     import torch
@@ -111,9 +115,10 @@ def run_pipeline(
         recompute=STAGE_NAMES[first:] if first is not None else (),
     )
     paths: dict[str, Path] = {}
-    for i, stage in enumerate(STAGES):
-        if last is not None and i > last:
-            break
+    i = 0
+    while i < len(STAGES) and (last is None or i <= last):
+        stage = STAGES[i]
+        i += 1
         if not stage.applies(ctx):
             continue
         if stage.cached:
@@ -123,6 +128,9 @@ def run_pipeline(
             if isinstance(res, FinishResult):
                 paths.update({k: Path(v) for k, v in res.paths.items()})
         if stage.name == "benchmark":
+            if budget.verify(ctx):  # the final artifact missed the budget: redo distill → benchmark one size down
+                i = STAGE_NAMES.index("distill")
+                continue
             atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
     return paths
 
@@ -141,6 +149,7 @@ def run_state(ctx: Context) -> RunState:
         export=ctx.result("export", ExportResult),
         benchmark=ctx.result("benchmark", BenchmarkResult),
         decide=ctx.results.get("decide") if isinstance(ctx.results.get("decide"), DecideResult) else None,
+        budget=ctx.results.get("budget") if isinstance(ctx.results.get("budget"), BudgetResult) else None,
     )
 
 
@@ -201,7 +210,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
     )
     ctx.stages = list(state.stages)
     ctx.warnings = list(state.warnings)
-    for name in ("data", "teacher", "search", "decide", "distill", "calibrate", "export"):
+    for name in ("data", "teacher", "budget", "search", "decide", "distill", "calibrate", "export"):
         res = getattr(state, name)
         if res is not None:
             ctx.results[name] = res
@@ -212,7 +221,7 @@ def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Colle
     bench = ctx.cached(deploy.BENCHMARK)
     atomic_write_json(run.root / STATE, run_state(ctx).model_dump(mode="json"))
     paths: dict[str, Path] = {}
-    for stage in (REPORT, BUNDLES):
+    for stage in (budget.REPORT, BUNDLES):
         res = ctx.uncached(stage)
         paths.update({k: Path(v) for k, v in res.paths.items()})
     if bench.rows and not any(row.ok for row in bench.rows):  # the report keeps the failed rows and their reasons

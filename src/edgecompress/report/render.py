@@ -447,11 +447,15 @@ def _make_plots(report: Report, run_dir: Path) -> dict[str, str]:
     return figures
 
 
-def write_report(report: Report, run_dir: Path, *, plots: bool = True) -> dict[str, Path]:
+def write_report(
+    report: Report, run_dir: Path, *, plots: bool = True, extra_sections: list[Section] | None = None
+) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``report.html`` (and the plots) into ``run_dir``.
 
     The latency–accuracy plot (when there are benchmarks) and the chain size plot (when chain members have accuracy
     and size) are drawn into ``run_dir/figures/`` and added to ``report.figures`` unless already there.
+
+    ``extra_sections`` (e.g. the budget section, :mod:`edgecompress.report.budget`) go before the stage times.
 
     Returns:
         ``{"json", "md", "html"}`` plus one entry per figure name -> absolute paths.
@@ -461,6 +465,8 @@ def write_report(report: Report, run_dir: Path, *, plots: bool = True) -> dict[s
     if plots:
         report = report.model_copy(update={"figures": _make_plots(report, run_dir)})
     sections = build_sections(report)
+    at = next((i for i, sec in enumerate(sections) if sec.title == "Stage times"), len(sections))
+    sections[at:at] = extra_sections or []
     out = {
         "json": atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2) + "\n"),
         "md": atomic_write_text(run_dir / "report.md", render_markdown(report, sections)),
