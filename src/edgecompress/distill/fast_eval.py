@@ -57,12 +57,12 @@ def frozen_runner(model: nn.Module, probe: Tensor) -> Runner | None:
         import onnxruntime as ort
     except ImportError:
         return None
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    frozen = frozen.to(memory_format=torch.contiguous_format)
     probe = probe.float().contiguous()
     try:
+        frozen = copy.deepcopy(model).eval()  # a program teacher may refuse a copy: then eager
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        frozen = frozen.to(memory_format=torch.contiguous_format)
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -124,8 +124,8 @@ def channels_last_ok(model: nn.Module, probe: Tensor) -> bool:
     """Whether ``model`` can train in channels-last layout: CPU, 4-D input, and a forward in NHWC works (on a copy)."""
     if model_device(model).type != "cpu" or probe.ndim != 4 or len(probe) < 2:
         return False
-    trial = copy.deepcopy(model).to(memory_format=torch.channels_last)
     try:
+        trial = copy.deepcopy(model).to(memory_format=torch.channels_last)
         with torch.inference_mode():  # eval mode: no BatchNorm update, no dropout draw from the global RNG
             trial.eval()
             trial(probe.contiguous(memory_format=torch.channels_last))
