@@ -6,7 +6,9 @@ its BatchNorm statistics set on real images, exported to ONNX and quantized with
 512 calibration images, the thin stem kept in float). The INT8 peak GEMM (``[128x512] @ [512x512]``, as in
 ``benchmarks.roofline``) and every FP32/INT8 student are timed round-robin with CPU time (``process_time``, one
 thread); a fraction is the median over rounds of ``achieved / peak`` measured in the same round. Speed does not
-depend on the weights' values, so the students are untrained; accuracy is not measured here.
+depend on the weights' values, so the students are untrained; accuracy is not measured here. ``--openvino`` also
+times each student's OpenVINO INT8 IR (the pipeline's ``quantize_ir``, NNCF) in the same rounds (latency only: a
+width that suits ONNX Runtime may not suit OpenVINO).
 
     python -m benchmarks.int8_widths --widths 8-8-16-16-40-40,8-16-16-16-40-40,16-16-16-16-40-40 \\
         --profile 8-8-16-16-40-40,8-16-16-16-40-40 --threads 1 --rounds 5
@@ -98,6 +100,20 @@ def _student(widths: list[int], images: np.ndarray, folder: Path, calib: np.ndar
     return fp32, int8, _macs(model)
 
 
+class _OpenVINO:
+    """An OpenVINO CPU request with ``run(None, feed)`` like an ORT session (same settings as the device agent)."""
+
+    def __init__(self, xml: Path, threads: int) -> None:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self._request = compiled.create_infer_request()
+
+    def run(self, _outputs: Any, feed: dict[str, np.ndarray]) -> Any:
+        self._request.infer({0: next(iter(feed.values()))})
+        return [self._request.get_output_tensor(0).data]
+
+
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.25)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--openvino", action="store_true", help="also time OpenVINO INT8 IRs (NNCF) of each student")
     args = ap.parse_args(argv)
     import os
 
@@ -132,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         fp32, int8, macs = _student(widths, images[:2048], folder, calib)
         for prec, path in (("fp32", fp32), ("int8", int8)):
             sessions[f"{spec} {prec}"] = (_session(path, args.threads), {"input": x}, macs * args.batch)
+        if args.openvino:
+            from edgecompress.export.openvino_export import quantize_ir
+
+            xml = folder / f"{spec}-ov-int8.xml"
+            quantize_ir(fp32, xml, calib, method="minmax")
+            sessions[f"{spec} openvino-int8"] = (_OpenVINO(xml, args.threads), {"input": x}, macs * args.batch)
     for sess, feed, _ in sessions.values():
         for _ in range(10):
             sess.run(None, feed)
@@ -149,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {source}; batch {args.batch}; threads {args.threads}; {args.rounds} rounds (CPU time)")
     print(f"load average after the run: {[round(v, 2) for v in os.getloadavg()]}")
     print(f"ONNX Runtime INT8 peak GEMM {PEAK}: {statistics.median(peak_rate) / 1e9:.1f} GMAC/s (median of rounds)\n")
-    print("| student widths | precision | MACs/image | CPU ms per batch | GMAC/s | fraction of ORT INT8 peak |")
+    print("| student widths | artifact | MACs/image | CPU ms per batch | GMAC/s | fraction of ORT INT8 peak |")
     print("|---|---|---|---|---|---|")
     for k, (_, _, macs) in sessions.items():
         if k == "peak-int8":
@@ -157,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         spec, prec = k.split()
         frac = statistics.median(macs / t / p for t, p in zip(secs[k], peak_rate, strict=True))
         med = statistics.median(secs[k])
+        shown = f"{100 * frac:.1f} %" if prec != "openvino-int8" else "— (ORT's peak)"
         print(
             f"| [{spec.replace('-', ', ')}] | {prec} | {macs / args.batch / 1e6:.2f} M | {med * 1e3:.3f} | "
-            f"{macs / med / 1e9:.1f} | {100 * frac:.1f} % |"
+            f"{macs / med / 1e9:.1f} | {shown} |"
         )
     for spec in filter(None, args.profile.split(",")):
         prof = profile_ort(folder / f"{spec}-int8.onnx", x, threads=args.threads, runs=60, workdir=folder)
