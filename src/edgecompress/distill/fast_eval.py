@@ -40,6 +40,11 @@ MIN_ROWS = 1024  # below this many rows an export (~0.5 s for the demo teacher) 
 Runner = Callable[[Tensor], Tensor]
 
 
+def set_layout(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """``model.to(memory_format=...)`` in place (4-D parameters and buffers change their strides, not their values)."""
+    return model.to(memory_format=memory_format)  # type: ignore[call-overload]  # accepted at runtime, not in stubs
+
+
 def frozen_runner(model: nn.Module, probe: Tensor) -> Runner | None:
     """An ONNX Runtime function computing ``model``'s eval-mode logits, or None when that is not safe here.
 
@@ -62,14 +67,14 @@ def frozen_runner(model: nn.Module, probe: Tensor) -> Runner | None:
         frozen = copy.deepcopy(model).eval()  # a program teacher may refuse a copy: then eager
         for p in frozen.parameters():
             p.requires_grad_(False)
-        frozen = frozen.to(memory_format=torch.contiguous_format)
+        set_layout(frozen, torch.contiguous_format)
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 frozen,
                 (probe,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file-like object is accepted (TorchScript exporter)
                 dynamo=False,
                 input_names=["x"],
                 output_names=["logits"],
@@ -125,7 +130,8 @@ def channels_last_ok(model: nn.Module, probe: Tensor) -> bool:
     if model_device(model).type != "cpu" or probe.ndim != 4 or len(probe) < 2:
         return False
     try:
-        trial = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        trial = copy.deepcopy(model)
+        set_layout(trial, torch.channels_last)
         with torch.inference_mode():  # eval mode: no BatchNorm update, no dropout draw from the global RNG
             trial.eval()
             trial(probe.contiguous(memory_format=torch.channels_last))
@@ -135,4 +141,13 @@ def channels_last_ok(model: nn.Module, probe: Tensor) -> bool:
     return True
 
 
-__all__ = ["BATCH", "MIN_ROWS", "PARITY_RTOL", "Runner", "channels_last_ok", "fast_logits", "frozen_runner"]
+__all__ = [
+    "BATCH",
+    "MIN_ROWS",
+    "PARITY_RTOL",
+    "Runner",
+    "channels_last_ok",
+    "fast_logits",
+    "frozen_runner",
+    "set_layout",
+]

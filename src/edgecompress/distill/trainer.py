@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from edgecompress._io import atomic_path, atomic_write_json, sha256_json
 from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
-from edgecompress.distill.fast_eval import Runner, channels_last_ok, fast_logits, frozen_runner
+from edgecompress.distill.fast_eval import Runner, channels_last_ok, fast_logits, frozen_runner, set_layout
 from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
 from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
+_make_augment, _make_optimizer = make_augment, make_optimizer  # the old private names (now in distill.steps)
 
 
 @dataclass
@@ -182,10 +183,10 @@ def train_model(
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
-    probe = x_tr.rows(0, min(8, len(x_tr))).to(dev)
-    layout = torch.channels_last if fast and channels_last_ok(model, probe) else torch.contiguous_format
-    model.to(memory_format=layout)
-    teacher_run = frozen_runner(teacher, probe) if fast and teacher is not None and augment is not None else None
+    sample = x_tr.rows(0, min(8, len(x_tr))).to(dev)
+    layout = torch.channels_last if fast and channels_last_ok(model, sample) else torch.contiguous_format
+    set_layout(model, layout)
+    teacher_run = frozen_runner(teacher, sample) if fast and teacher is not None and augment is not None else None
 
     def logits(m: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
         return fast_logits(m, x, runner=runner) if fast else predict_logits(m, x)
@@ -428,7 +429,7 @@ def train_model(
             epoch += 1
     finally:
         bar.close()
-        model.to(memory_format=torch.contiguous_format)  # callers (pruning, export) get the usual layout
+        set_layout(model, torch.contiguous_format)  # callers (pruning, export) get the usual layout
 
     best = cur["best"]
     if best["state"] is None:
