@@ -16,19 +16,20 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
 * Without augmentation the teacher sees each training sample unchanged every epoch, and in eval mode it is a pure
   function of its input, so its logits are computed once per sample (one batched ``inference_mode`` pass) and
   indexed per step. Valid for any number of epochs and across a resume.
-* With augmentation the views differ each epoch, so each step runs the teacher on its batch (``inference_mode``).
-* Evaluation logits are computed in ``inference_mode`` in large batches, once per model in a chain.
+* With augmentation the views differ each epoch, so each step runs the teacher on its batch — on CPU through a
+  frozen ONNX Runtime graph of it (BN folded, fused kernels; checked against eager, ``distill.fast_eval``).
+* Evaluation logits (val each epoch, the untrained reference, the cache) go through the same frozen graph when the
+  split has >= ``fast_eval.MIN_ROWS`` rows, else eager ``inference_mode``. On CPU the trained model runs channels-last.
+  All of these are pure functions of their inputs, so seeding and resumes stay bit-identical; ``fast=False`` is eager.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,21 @@ from torch import Tensor, nn
 from edgecompress._io import atomic_path, atomic_write_json, sha256_json
 from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
+from edgecompress.distill.fast_eval import Runner, channels_last_ok, fast_logits, frozen_runner, set_layout
 from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
 from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
 from edgecompress.distill.progress import Progress
 from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem, left_chance, majority_share
+from edgecompress.distill.steps import (
+    epoch_batches,
+    key_seed,
+    keyed_generator,
+    lr_at,
+    make_augment,
+    make_optimizer,
+    probe_batches,
+)
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
 
@@ -52,7 +63,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
-Augment = Callable[[Tensor, torch.Generator], Tensor]
+_make_augment, _make_optimizer = make_augment, make_optimizer  # the old private names (now in distill.steps)
 
 
 @dataclass
@@ -83,78 +94,6 @@ class TrainResult:
             "events": self.events,
             "history": self.history,
         }
-
-
-def key_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived from ``seed`` and ``keys`` (stable across processes and Python versions)."""
-    digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def keyed_generator(seed: int, *keys: object) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by ``key_seed(seed, *keys)``."""
-    return torch.Generator().manual_seed(key_seed(seed, *keys))
-
-
-def _make_augment(augment_cfg: Any) -> Augment | None:
-    if augment_cfg is None:
-        return None
-    if callable(augment_cfg):
-        return augment_cfg
-    if not getattr(augment_cfg, "crop_pad", 0) and not getattr(augment_cfg, "hflip", False):
-        return None
-    from edgecompress.data.augment import augment_batch  # one definition of the augmentation for the package
-
-    return lambda x, g: augment_batch(x, augment_cfg, g)
-
-
-def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, peak: float | None = None) -> float:
-    """Learning rate at optimizer step ``step``: linear warm-up to ``peak`` (default ``cfg.lr``), then cosine to 0
-    (or constant)."""
-    if peak is None:
-        if not isinstance(cfg.lr, int | float):
-            raise TypeError(f"lr_at needs a numeric peak learning rate, got {cfg.lr!r} (resolve lr: auto first)")
-        peak = float(cfg.lr)
-    total = cfg.epochs * steps_per_epoch
-    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warm:
-        return peak * (step + 1) / warm
-    if cfg.schedule == "constant" or total <= warm:
-        return peak
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
-
-
-def epoch_batches(n: int, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
-    """This rank's index batches for ``epoch``: a global permutation keyed by (seed, epoch), cut into global batches
-    of ``batch_size``, each strided over the ranks (a tail batch too small for BatchNorm on every rank is dropped)."""
-    perm = torch.randperm(n, generator=keyed_generator(seed, "shuffle", epoch))
-    batches = list(perm.split(cfg.batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2 * world:
-        batches.pop()
-    if cfg.max_steps_per_epoch is not None:
-        batches = batches[: cfg.max_steps_per_epoch]
-    return [b[rank::world] for b in batches]
-
-
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer (its learning rate is set per step); no weight decay on biases and norms."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=0.0)
-
-
-def probe_batches(n: int, batch_size: int, steps: int, seed: int) -> list[Tensor]:
-    """``steps`` full index batches for the learning-rate range test, from permutations keyed by ``seed``."""
-    size, k = min(batch_size, n), 0
-    out: list[Tensor] = []
-    while len(out) < steps:
-        perm = torch.randperm(n, generator=keyed_generator(seed, "lr_range", k))
-        out += [b for b in perm.split(size) if len(b) == size]
-        k += 1
-    return out[:steps]
 
 
 def _dist_context(device: torch.device) -> tuple[int, int]:
@@ -195,6 +134,7 @@ def train_model(
     progress: bool = True,
     device: str | torch.device | None = None,
     teacher_logits: Tensor | None = None,
+    fast: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``splits.train``, select the epoch with the best ``splits.val`` accuracy, return it loaded.
 
@@ -215,6 +155,9 @@ def train_model(
         teacher_logits: ``teacher``'s logits on the train split, row i for sample i, as the teacher module passed
             here computes them; used instead of running the teacher when there is no augmentation (callers that
             train several students from one teacher compute them once).
+        fast: on CPU, run inference (teacher, val, logit cache) through a frozen ONNX Runtime graph checked against
+            eager, and train in channels-last layout (``distill.fast_eval``; each falls back to eager NCHW when
+            unsafe). False: eager NCHW throughout (the reference for comparisons).
 
     Raises:
         TrainingError: the loss became NaN/Inf and no recovery is left (names epoch and step; the last good
@@ -234,12 +177,20 @@ def train_model(
     x_val, y_val = split_arrays(splits, "val")
     if len(x_tr) < 2 * world:
         raise DataError(f"train split has {len(x_tr)} samples for {world} process(es)", "give at least 2 per process")
-    augment = _make_augment(augment_cfg) if cfg.augment else None
+    augment = make_augment(augment_cfg) if cfg.augment else None
     n_steps = len(epoch_batches(len(x_tr), cfg, seed, 0, 0, world))
 
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
+    sample = x_tr.rows(0, min(8, len(x_tr))).to(dev)
+    layout = torch.channels_last if fast and channels_last_ok(model, sample) else torch.contiguous_format
+    set_layout(model, layout)
+    teacher_run = frozen_runner(teacher, sample) if fast and teacher is not None and augment is not None else None
+
+    def logits(m: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
+        return fast_logits(m, x, runner=runner) if fast else predict_logits(m, x)
+
     fingerprint = sha256_json(
         {
             "train": cfg.model_dump(mode="json"),
@@ -252,7 +203,7 @@ def train_model(
             "augment": None if augment is None else repr(augment_cfg),
         }
     )
-    opt = _make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg)
 
     # ``cur``: where the run stands (after cur["epoch"] epochs); ``restore``: the last good state, to go back to.
     ckpt_path = workdir / CHECKPOINT
@@ -279,7 +230,7 @@ def train_model(
         recoveries, events = int(ck["recoveries"]), list(ck["events"])
         log.info("resuming %s at epoch %d/%d", workdir, cur["epoch"], cfg.epochs)
     else:
-        z0 = predict_logits(model, x_val)  # the untrained state: the first reference for NLL and chance
+        z0 = logits(model, x_val)  # the untrained state: the first reference for NLL and chance
         nll0 = F.cross_entropy(z0, y_val).item()
         cur = {
             "epoch": 0,
@@ -308,7 +259,7 @@ def train_model(
                 "pass the teacher's logits on exactly the train split, in its order",
             )
         # once per sample: valid because the inputs never change
-        cache = (teacher_logits if teacher_logits is not None else predict_logits(teacher, x_tr)).to(dev)
+        cache = (teacher_logits if teacher_logits is not None else logits(teacher, x_tr)).to(dev)
 
     def terms_of(m: nn.Module, idx: Tensor, aug_gen: torch.Generator) -> dict[str, Tensor]:
         xb, yb = x_tr.take(idx), y_tr[idx].to(dev)
@@ -318,11 +269,13 @@ def train_model(
         zt = None
         if cache is not None:
             zt = cache[idx.to(dev)]
+        elif teacher_run is not None:  # the teacher sees this augmented batch, through its frozen graph
+            zt = teacher_run(xb).to(dev)
         elif teacher is not None:
             with torch.inference_mode():
                 zt = teacher(xb)
             zt = zt.clone()
-        return loss_fn(m(xb), zt, yb)
+        return loss_fn(m(xb.contiguous(memory_format=layout)), zt, yb)
 
     if ck is None and cfg.lr == "auto":
         gen = keyed_generator(seed, "lr_range", "augment")
@@ -330,7 +283,7 @@ def train_model(
             model,
             lambda m, idx: terms_of(m, idx, gen)["loss"],
             probe_batches(len(x_tr), cfg.batch_size, cfg.lr_range_steps, seed),
-            lambda m: _make_optimizer(m, cfg),
+            lambda m: make_optimizer(m, cfg),
             lr_min=LR_BOUNDS[cfg.optimizer][0],
             lr_max=LR_BOUNDS[cfg.optimizer][1],
             safe_lr=SAFE_LR[cfg.optimizer],
@@ -413,7 +366,7 @@ def train_model(
                 if world > 1:  # BatchNorm statistics of rank 0 everywhere, so every rank evaluates the same model
                     for b in model.buffers():
                         torch.distributed.broadcast(b, 0)
-                val = predict_logits(model, x_val)
+                val = logits(model, x_val)
                 val_acc = (val.argmax(1) == y_val).float().mean().item()
                 val_nll = F.cross_entropy(val, y_val).item()
                 row = {"epoch": epoch + 1, **{f"train_{k}": v / max(1, n_steps) for k, v in sums.items()}}
@@ -476,6 +429,7 @@ def train_model(
             epoch += 1
     finally:
         bar.close()
+        set_layout(model, torch.contiguous_format)  # callers (pruning, export) get the usual layout
 
     best = cur["best"]
     if best["state"] is None:
