@@ -160,12 +160,13 @@ def impossible(cands: list[Candidate], target: TargetConfig) -> BudgetError:
             "check the device profile and target.formats (the device must accept them)",
         )
     cand, probe = min(measured, key=lambda cp: cp[1].p50_ms)  # type: ignore[arg-type,return-value]
-    fastest = f"{probe.p50_ms:.4g} ms ({cand.name}, {100 * cand.mac_ratio:.3g} % of the teacher's MACs, {probe.pair})"
+    p50 = probe.p50_ms or 0.0  # measured pairs only: ``ok`` probes always carry a p50
+    fastest = f"{p50:.4g} ms ({cand.name}, {100 * cand.mac_ratio:.3g} % of the teacher's MACs, {probe.pair})"
     smallest = min((p.size_bytes for _, p in measured if p.size_bytes), default=None)
     size = f", smallest artifact {smallest / 1024:.4g} KiB" if smallest and target.size_kb is not None else ""
     return BudgetError(
         f"no candidate meets {budgets} on {target.device} at batch {target.batch_size}: the fastest measured p50 is "
         f"{fastest}{size}, before the {100 * target.margin:g} % margin",
-        f"relax the budget (latency_ms >= {probe.p50_ms * (1 + target.margin):.3g}), lower target.min_ratio "
+        f"relax the budget (latency_ms >= {p50 * (1 + target.margin):.3g}), lower target.min_ratio "
         "(smaller candidates), or consider more formats (target.formats)",
     )

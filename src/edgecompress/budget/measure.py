@@ -145,6 +145,7 @@ def measure_candidates(cands: list[tuple[Candidate, nn.Module]], setup: ProbeSet
                 why = row.failure if row is not None else f"{setup.device} does not accept {pair}"
                 probes[name, pair] = Probe(format=fmt, precision=prec, ok=False, error=why)
                 continue
+            assert row is not None  # stats come from an ok row
             probe = Probe(format=fmt, precision=prec, p50_ms=stats.p50, p90_ms=stats.p90,
                           cv=row.latency_cv.get(setup.batch_size), size_bytes=art.size_bytes)  # fmt: skip
             setup.cache.put(keys[name, pair], probe)

@@ -237,9 +237,9 @@ def _frontier_step(ctx: Context, res: BudgetResult, target: Any) -> bool:
         return False
     cand = next(c for c in res.candidates if c.name == best.candidate)
     fmt, _, prec = best.artifact.partition("-")
-    probe = cand.probe(f"{fmt}:{prec}")
-    assert probe is not None
-    chosen = res.model_copy(update={"choice": choice_of(cand, probe, target, len(res.feasible))})
+    best_probe = cand.probe(f"{fmt}:{prec}")
+    assert best_probe is not None
+    chosen = res.model_copy(update={"choice": choice_of(cand, best_probe, target, len(res.feasible))})
     chosen.choice.reason = (
         f"the most accurate on val of {len(met)} trained frontier candidates that met the budget "
         f"(val accuracy {100 * (best.val_accuracy or 0):.2f} %, p50 {best.p50_ms:.4g} ms after training)"
