@@ -126,3 +126,11 @@ def test_train_lr_is_auto_by_default_or_a_positive_number() -> None:
         with pytest.raises(ValidationError, match="lr must be a positive number or 'auto'") as err:
             TrainConfig(lr=bad)
         assert err.value.error_count() == 1
+
+
+def test_kd_defaults_to_the_measured_temperature_and_dist_keeps_its_papers() -> None:
+    from edgecompress.distill.config import LossConfig
+
+    assert LossConfig().temperature == 2.0  # docs/results.md: T = 2 beat T = 4 and labels alone for a small student
+    assert LossConfig(kind="dist").temperature == 4.0
+    assert LossConfig(kind="dist", temperature=1.0).temperature == 1.0

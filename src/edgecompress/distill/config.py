@@ -77,12 +77,25 @@ class LossConfig(StrictModel):
         "decided by short seeded trials on val (the pipeline's decide stage, see distill.trials) among scratch "
         "(ce, no teacher), KD over trials.kd_temperatures x trials.kd_alphas, and DIST.",
     )
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
+    temperature: float = Field(
+        2.0,
+        gt=0,
+        description="Softmax temperature T of the distillation term. Default 2 for KD (measured: a 1.4k-parameter "
+        "Fashion-MNIST student, 3 seeds, 80.4 % at T = 2 vs 78.7 % at T = 4 and 79.2 % on labels alone; "
+        "docs/results.md), 4 for DIST (its paper's setting) when not given.",
+    )
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 − alpha.")
     dist_beta: float = Field(1.0, ge=0, description="DIST weight of the inter-class (per-sample) relation.")
     dist_gamma: float = Field(1.0, ge=0, description="DIST weight of the intra-class (per-class) relation.")
     mbls_margin: float | None = Field(None, gt=0, description="MbLS logit margin m; None disables the margin term.")
     mbls_weight: float = Field(0.1, ge=0, description="MbLS weight λ of the margin penalty.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_temperature(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "temperature" not in data and data.get("kind") == "dist":
+            return {**data, "temperature": 4.0}
+        return data
 
 
 class MemberSpec(StrictModel):

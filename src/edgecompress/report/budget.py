@@ -201,13 +201,14 @@ def budget_sections(summary: BudgetSummary, *, curve: str | None = None) -> list
             ],
         ),
         Section(
-            "Latency fits (log p50 = a + b · log MACs)",
-            headers=["Format", "a", "b", "RMS log residual", "Max |relative residual|"],
+            "Latency fits (power: p50 ms = e^a · MACs^b; linear: p50 ms = a + b · MMACs; the better fit is kept)",
+            headers=["Format", "Fit", "a", "b", "RMS log residual", "Max |relative residual|"],
             rows=[
                 [
                     f.pair,
-                    f"{f.intercept:.3f}",
-                    f"{f.slope:.3f}",
+                    f.kind,
+                    f"{f.intercept:.4g}",
+                    f"{f.slope:.4g}" if f.kind == "power" else f"{f.slope * 1e6:.4g}",
                     f"{f.rms_log_residual:.3f}",
                     fmt_pct(f.max_rel_residual, 1),
                 ]  # fmt: skip
