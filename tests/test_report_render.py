@@ -247,3 +247,17 @@ def test_decision_tables_and_scratch_baseline(tmp_path: Path) -> None:
     )
     md = write_report(alone, tmp_path / "alone", plots=False)["md"].read_text()
     assert "## Scratch baseline" in md and "beat the distilled student (test 85.00%, val 86.00%)" in md
+
+
+def test_recommendation_ranks_at_the_targets_batch_size_when_given() -> None:
+    """A run with a `target:` at batch 1 must not be recommended the artifact that is fastest only at batch 32."""
+    rows = [
+        BenchRow(device="x", artifact="small_batch_fast", latency_ms={1: {"p50": 1.0}, 32: {"p50": 10.0}},
+                 accuracy=0.9, ece=0.02),
+        BenchRow(device="x", artifact="large_batch_fast", latency_ms={1: {"p50": 2.0}, 32: {"p50": 5.0}},
+                 accuracy=0.9, ece=0.02),
+    ]  # fmt: skip
+    assert recommend(rows, reference_accuracy=0.9)[0]["artifact"] == "large_batch_fast"
+    rec = recommend(rows, reference_accuracy=0.9, batch=1)[0]
+    assert (rec["artifact"], rec["batch"]) == ("small_batch_fast", 1)
+    assert recommend(rows, reference_accuracy=0.9, batch=8)[0]["artifact"] == "large_batch_fast"  # not measured at 8

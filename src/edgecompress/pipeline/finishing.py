@@ -124,6 +124,7 @@ def build_report(ctx: Context) -> Report:
             max_accuracy_drop=cfg.export.max_accuracy_drop,
             max_ece=ref["ece"] + ECE_SLACK if ref.get("ece") is not None else None,
             reference_label=label,
+            batch=cfg.target.batch_size if cfg.target is not None else None,
         )
         if ref.get("accuracy") is not None
         else []

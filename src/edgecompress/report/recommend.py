@@ -19,6 +19,7 @@ def recommend(
     max_ece: float | None = None,
     by: Literal["auto", "throughput"] = "auto",
     reference_label: str = "reference",
+    batch: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per device, the fastest artifact whose accuracy and ECE meet the bounds, with the reason.
 
@@ -37,6 +38,8 @@ def recommend(
         max_ece: largest allowed expected calibration error, as a fraction; None for no bound.
         by: "auto" (p50 at the largest common batch, else throughput) or "throughput".
         reference_label: what the reference is, for the reason text (e.g. "FP32 student on the same 2000 images").
+        batch: rank by p50 at this batch size instead of the largest common one, where every qualifying artifact
+            was measured at it (a run with a ``target:`` ranks at the target's batch size).
 
     Returns:
         One dict per device, in order of first appearance: ``device``, ``artifact`` (None when nothing qualifies),
@@ -72,7 +75,7 @@ def recommend(
                 }
             )
             continue
-        out.append(_pick(device, ok, bounds, by))
+        out.append(_pick(device, ok, bounds, by, batch))
     return out
 
 
@@ -94,12 +97,12 @@ def _disqualify(row: BenchRow, floor: float, max_ece: float | None) -> str | Non
     return None
 
 
-def _pick(device: str, ok: list[BenchRow], bounds: str, by: str) -> dict[str, Any]:
+def _pick(device: str, ok: list[BenchRow], bounds: str, by: str, prefer: int | None) -> dict[str, Any]:
     common = set.intersection(*(set(r.latency_ms) for r in ok)) if by == "auto" else set()
     batch: int | None
     value: float
     if common:
-        largest = max(common)
+        largest = prefer if prefer in common else max(common)
         ranked = sorted(ok, key=lambda r: r.latency_ms[largest].p50)
         batch, metric, value = largest, "p50_ms", ranked[0].latency_ms[largest].p50
         speed = f"lowest p50 latency at batch {largest}: {_fmt_ms(value)}"
