@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgecompress.report.budget import BudgetAttempt
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -79,17 +81,10 @@ class Choice(_Record):
     reason: str
 
 
-class Verdict(_Record):
-    """The final artifact of one attempt, measured on the target after training, against the budgets."""
+class Verdict(BudgetAttempt):
+    """The final artifact of one attempt, measured on the target after training, against the budgets (the report's
+    attempt row, plus what the frontier selection and the step-down read)."""
 
-    candidate: str
-    artifact: str
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    size_bytes: int | None = None
     accuracy: float | None = Field(None, description="Test accuracy through the artifact's runtime (reported).")
     val_accuracy: float | None = Field(None, description="Val accuracy through its runtime (frontier selection).")
-    ece: float | None = None
-    accuracy_drop: float | None = None
-    met: bool = False
     misses: list[str] = Field(default_factory=list, description="One line per budget missed.")
