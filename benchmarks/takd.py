@@ -129,7 +129,8 @@ KD_SETTING = (4.0, 0.9)  # (T, α) of every KD hop (assistants included); from b
 
 @dataclass(frozen=True)
 class Budget:
-    """Data and training budget of one mode."""
+    """Data and training budget of one mode: the teacher and the assistants train ``teacher_epochs``, students
+    ``epochs`` (auto's trials a quarter of that)."""
 
     max_train: int
     max_test: int | None
@@ -211,7 +212,7 @@ class Teachers:
             row, model = train_student(
                 model,
                 self.splits,
-                train_config(self.budget.epochs),
+                train_config(self.budget.teacher_epochs),
                 workdir=self.workdir / "assistants" / "-".join(lineage),
                 seed=0,
                 loss=self.loss,
@@ -395,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         md = "\n\n".join(
             [
                 f"`{cmd}` ({status}{mode} budget: train {len(splits.train)}, val {len(splits.val)}, test "
-                f"{len(splits.test)} Fashion-MNIST images; teacher {budget.teacher_epochs} epochs, assistants and "
-                f"students {budget.epochs} epochs, auto's trials {trial_epochs}; KD T = {kd[0]:g}, α = {kd[1]:g} on "
-                f"every KD hop; DIST T = {DIST_LOSS['temperature']:g}, α = {DIST_LOSS['alpha']:g}; {budget.seeds} "
-                f"seeds; {minutes:.1f} min wall in this invocation).",
+                f"{len(splits.test)} Fashion-MNIST images; teacher {budget.teacher_epochs} epochs, assistants "
+                f"{budget.teacher_epochs}, students {budget.epochs} epochs, auto's trials {trial_epochs}; "
+                f"KD T = {kd[0]:g}, α = {kd[1]:g} on every KD hop; DIST T = {DIST_LOSS['temperature']:g}, "
+                f"α = {DIST_LOSS['alpha']:g}; {budget.seeds} seeds; {minutes:.1f} min wall in this invocation).",
                 machine_line(info),
                 *(gap_markdown(g, GAPS[g], rows[g], trials[g], methods) for g in gaps),
                 members_table(splits, teachers),
