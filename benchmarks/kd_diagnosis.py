@@ -17,7 +17,7 @@ c = (1 − α') / (1 − α); SGD (momentum, decoupled clip) on c·L with learni
 gradient-clip norm g·c takes the same steps as on L with η, λ, g (see ``no_t2_variant``).
 
     python -m benchmarks.kd_diagnosis --quick    # a smoke run: tiny data, 1 seed, ~2 min
-    python -m benchmarks.kd_diagnosis            # 3 seeds, 10,800 train images, student 20 epochs (~60 min, 1 thread)
+    python -m benchmarks.kd_diagnosis            # 3 seeds, 10,800 train images, student 15 epochs (~60 min, 1 thread)
 
 The teachers are shared with ``python -m benchmarks.takd --budget converge`` (same data, same folder). Outputs
 ``kd_diagnosis.json`` / ``.md`` in ``--out`` (default ``runs/bench/kd-diagnosis[-quick]``), rewritten after every
@@ -242,30 +242,35 @@ def main(argv: list[str] | None = None) -> int:
         }
         return write_outputs(out, "kd_diagnosis", payload, md)
 
-    def run(batch: list[Setting]) -> None:
-        for s in batch:
-            for seed in range(budget.seeds):
-                t0 = time.perf_counter()
-                rows.append(run_setting(s, teachers, splits, budget, seed, out))
-                r = rows[-1]
-                log.info(
-                    "%-34s seed %d val %.4f test %.4f (%.0f s)",
-                    s.name,
-                    seed,
-                    r["val_accuracy"],
-                    r["accuracy"],
-                    time.perf_counter() - t0,
-                )
-                report(done=False)
+    def run(batch: list[Setting], *, seed_major: bool) -> None:
+        """Phase A seed by seed (a one-seed grid early), phase B setting by setting (complete rows if cut off)."""
+        order = (
+            [(s, k) for k in range(budget.seeds) for s in batch]
+            if seed_major
+            else [(s, k) for s in batch for k in range(budget.seeds)]
+        )
+        for s, seed in order:
+            t0 = time.perf_counter()
+            rows.append(run_setting(s, teachers, splits, budget, seed, out))
+            r = rows[-1]
+            log.info(
+                "%-34s seed %d val %.4f test %.4f (%.0f s)",
+                s.name,
+                seed,
+                r["val_accuracy"],
+                r["accuracy"],
+                time.perf_counter() - t0,
+            )
+            report(done=False)
 
-    run(settings)
+    run(settings, seed_major=True)
     best = best_kd(rows, settings)
     log.info("best KD setting on val: %s", best.name)
     ls = train_teacher(splits, budget.teacher_epochs, tdir / "teacher-ls", label_smoothing=0.1)
     teachers["ls"] = as_teacher("LS-0.1 teacher", ls, splits)
     phase_b = follow_up(best)
     settings += phase_b
-    run(phase_b)
+    run(phase_b, seed_major=False)
     j, m = report(done=True)
     print(m.read_text())
     print(f"wrote {j} and {m}", file=sys.stderr)

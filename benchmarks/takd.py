@@ -142,7 +142,7 @@ class Budget:
 BUDGETS = {
     "quick": Budget(max_train=3000, max_test=2000, teacher_epochs=5, epochs=5, seeds=2),
     "full": Budget(max_train=4000, max_test=3000, teacher_epochs=10, epochs=10, seeds=3),
-    "converge": Budget(max_train=12000, max_test=None, teacher_epochs=15, epochs=20, seeds=3),
+    "converge": Budget(max_train=12000, max_test=None, teacher_epochs=15, epochs=15, seeds=3),
 }
 
 
