@@ -113,7 +113,8 @@ class Gap:
     def describe(self, method: str) -> str:
         if METHODS[method].loss == "ce":
             return "CE on labels only, no teacher"
-        names = [n.upper() if n.startswith("ta") else n for n in (*self.lineage(method), "student")]
+        lineage = self.lineage(method)[len(self.teacher) - 1 :]  # from the gap's teacher on
+        names = [n.upper() if n.startswith("ta") else n for n in (*lineage, "student")]
         return " → ".join(names) + (" (DIST)" if METHODS[method].loss == "dist" else "")
 
 
@@ -329,7 +330,12 @@ def gap_markdown(
         for t in trials
     ]
     parts = [
-        f"#### Gap {name}: teacher {' → '.join(gap.teacher)}",
+        f"#### Gap {name}: "
+        + (
+            "the 10-conv teacher"
+            if len(gap.teacher) == 1
+            else f"{gap.teacher[-1].upper()} as the teacher (distilled: {' → '.join(gap.teacher)})"
+        ),
         markdown_table(["method", "path", "seeds", *RESULT_HEADERS], body),
         per_seed_table(rows, "method", names),
         markdown_table(["seed", *(f"{m} trial val %" for m in methods), "auto picked", "trials s"], trial_rows),

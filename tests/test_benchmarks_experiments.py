@@ -86,7 +86,8 @@ def test_takd_method_registry_and_gaps(takd):
     gap = takd.GAPS["58x"]
     assert gap.lineage("takd-path") == ("teacher", "ta8", "ta6", "ta4")
     assert gap.describe("takd-1ta") == "teacher → TA6 → student"
-    assert takd.GAPS["22x"].describe("dist") == "teacher → TA8 → student (DIST)"
+    assert takd.GAPS["22x"].describe("dist") == "TA8 → student (DIST)"
+    assert takd.GAPS["22x"].describe("takd-path") == "TA8 → TA6 → TA4 → student"
     assert takd.parse_methods("all") == list(takd.METHODS)
     assert takd.parse_methods("kd, dist") == ["kd", "dist"]
     with pytest.raises(ConfigError):
