@@ -133,7 +133,8 @@ def test_kd_diagnosis_settings(diag):
     best = diag.best_kd(rows, grid)
     assert best.name == "kd T=4 α=0.9"  # highest val among the with-T² KD settings (the no-T² ones are not candidates)
     follow = [s.name for s in diag.follow_up(best)]
-    assert len(follow) == len(set(follow)) == 7
+    assert len(follow) == len(set(follow)) == 9
+    assert "kd T=4 α=0.9 lr 0.03" in follow and "kd T=4 α=0.9 lr auto" in follow
     assert {"kd T=1 α=0.9 LS teacher", "kd T=4 α=0.9 LS teacher", "scratch 2x epochs"} <= set(follow)
 
 
