@@ -202,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
     splits = load_fashion(max_train=budget.max_train, max_test=budget.max_test, calib_size=0, seed=0)
     ce = train_teacher(splits, budget.teacher_epochs, tdir / "teacher")
-    teachers = {
-        "ts": as_teacher("teacher", ce, splits),
-        "raw": as_teacher("teacher (raw)", ce, splits, calibrate=False),
-    }
+    ts = as_teacher("teacher", ce, splits)
+    raw = replace(ts, name="teacher (raw)", module=ce, temperature=1.0)  # the same logits, times T
+    raw.train_logits, raw.test_logits = ts.train_logits * ts.temperature, ts.test_logits * ts.temperature
+    teachers = {"ts": ts, "raw": raw}
     cmd = "python -m benchmarks.kd_diagnosis" + (" --quick" if args.quick else "")
     rows: list[dict[str, Any]] = []
     settings = grid()
