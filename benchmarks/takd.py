@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=list(BUDGETS), default="full", help="data / epochs / seeds (see BUDGETS)")
     ap.add_argument("--quick", action="store_true", help="same as --budget quick")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
+    ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: the budget's; same assistants)")
     ap.add_argument("--methods", default="all", help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--gaps", default="all", help=f"comma-separated subset of: {', '.join(GAPS)}")
     ap.add_argument("--kd-temperature", type=float, default=KD_SETTING[0], help="T of every KD hop")
@@ -376,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode = "quick" if args.quick else args.budget
     budget = BUDGETS[mode]
-    budget = Budget(budget.max_train, budget.max_test, budget.teacher_epochs, budget.epochs, args.seeds or budget.seeds)
+    epochs = args.epochs or budget.epochs
+    budget = Budget(budget.max_train, budget.max_test, budget.teacher_epochs, epochs, args.seeds or budget.seeds)
+    stem = "takd" if args.epochs is None else f"takd-{epochs}ep"  # other student epochs: their own result files
     kd = (args.kd_temperature, args.kd_alpha)
     out = args.out or Path("runs/bench") / f"takd-{mode}"
     info, started = machine_info(args.threads), time.perf_counter()
@@ -391,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict[str, Any]]] = {g: [] for g in gaps}
     trials: dict[str, list[dict[str, Any]]] = {g: [] for g in gaps}
     cmd = f"python -m benchmarks.takd --budget {mode}" + (f" --seeds {args.seeds}" if args.seeds else "")
+    cmd += f" --epochs {args.epochs}" if args.epochs else ""
     cmd += f" --kd-temperature {kd[0]:g} --kd-alpha {kd[1]:g}"
     cmd += (f" --methods {args.methods}" if args.methods != "all" else "") + (" --no-auto" if args.no_auto else "")
 
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "assistants": teachers.ta_rows,
         }
-        return (md, *write_outputs(out, "takd", payload, md))
+        return (md, *write_outputs(out, stem, payload, md))
 
     for seed in range(budget.seeds):
         for g in gaps:
@@ -441,14 +445,14 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_auto:  # the pipeline's rule: short seeded trials of each candidate, best val accuracy wins
                 t0, val = time.perf_counter(), {}
                 for method in methods:
-                    val[method] = run_student(method, gap, teachers, seed, trial_epochs, kd, out / "work" / "trials")[
-                        "val_accuracy"
-                    ]
+                    val[method] = run_student(
+                        method, gap, teachers, seed, trial_epochs, kd, out / "work" / f"trials-{trial_epochs}ep"
+                    )["val_accuracy"]
                 picked = max(methods, key=lambda m: val[m])  # first max on ties (scratch first)
                 trials[g].append({"seed": seed, "val": val, "picked": picked, "seconds": time.perf_counter() - t0})
             for method in methods:
                 t0 = time.perf_counter()
-                row = run_student(method, gap, teachers, seed, budget.epochs, kd, out / "work" / "students")
+                row = run_student(method, gap, teachers, seed, budget.epochs, kd, out / "work" / f"students-{epochs}ep")
                 rows[g].append(row)
                 log.info(
                     "gap %s seed %d %-9s test acc %.4f ECE(TS) %.4f (%.0f s)",
