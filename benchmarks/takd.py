@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or budget.epochs
     budget = Budget(budget.max_train, budget.max_test, budget.teacher_epochs, epochs, args.seeds or budget.seeds)
     stem = "takd" if args.epochs is None else f"takd-{epochs}ep"  # other student epochs: their own result files
+    stem += "" if args.gaps == "all" else "-" + "-".join(gaps)
     kd = (args.kd_temperature, args.kd_alpha)
     out = args.out or Path("runs/bench") / f"takd-{mode}"
     info, started = machine_info(args.threads), time.perf_counter()
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict[str, Any]]] = {g: [] for g in gaps}
     trials: dict[str, list[dict[str, Any]]] = {g: [] for g in gaps}
     cmd = f"python -m benchmarks.takd --budget {mode}" + (f" --seeds {args.seeds}" if args.seeds else "")
-    cmd += f" --epochs {args.epochs}" if args.epochs else ""
+    cmd += (f" --epochs {args.epochs}" if args.epochs else "") + (f" --gaps {args.gaps}" if args.gaps != "all" else "")
     cmd += f" --kd-temperature {kd[0]:g} --kd-alpha {kd[1]:g}"
     cmd += (f" --methods {args.methods}" if args.methods != "all" else "") + (" --no-auto" if args.no_auto else "")
 
