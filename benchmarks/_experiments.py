@@ -1,7 +1,8 @@
-"""Shared helpers for ``benchmarks/takd.py`` and ``benchmarks/calibration.py`` (not part of the library).
+"""Shared helpers of ``benchmarks/takd.py``, ``kd_diagnosis.py`` and ``calibration.py`` (not part of the library).
 
 What lives here: the mean ± std arithmetic and markdown tables of the result files, loading the Fashion-MNIST splits
-both experiments use, building the plain-CNN members, and a description of the machine the numbers came from.
+the experiments use, building the plain-CNN members, a trained model "as it teaches" (z / T with its logits cached
+once), training and evaluating one student against such a teacher, and a description of the machine.
 Training, distillation, calibration and export are the library's (``edgecompress.distill``, ``.calibration``,
 ``.export``); the scripts only drive them.
 """
@@ -14,6 +15,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,153 @@ def build_cnn(channels: Sequence[int], pool_every: int, splits: Any, *, seed: in
     c, h, w = splits.input_shape
     spec = ModelSpec(family="cnn", params={"channels": list(channels), "pool_every": pool_every})
     return build_model(spec, in_channels=c, num_classes=splits.num_classes, input_size=(h, w))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Teachers and students
+
+# Per-student metrics of ``train_student`` rows (fractions; nll/kl in nats), aggregated by the scripts' tables.
+STUDENT_METRICS = ("accuracy", "val_accuracy", "ece_before", "ece_after", "nll", "agreement", "kl", "temperature")
+
+
+@dataclass
+class Teacher:
+    """A trained model as it teaches: ``module`` (z / T when calibrated) and its logits, computed once, as taught."""
+
+    name: str
+    module: Any  # nn.Module handed to train_model (TemperatureScaled when calibrated)
+    train_logits: Any  # Tensor [n_train, K], what the student's loss sees
+    test_logits: Any  # Tensor [n_test, K], the reference of the fidelity metrics
+    temperature: float  # fitted on val (1.0 when not calibrated)
+    accuracy: float  # test, raw logits
+    val_accuracy: float
+    ece: float  # test, raw logits
+
+
+def as_teacher(name: str, model: Any, splits: Any, *, calibrate: bool = True) -> Teacher:
+    """``model`` (trained) as it teaches: temperature-scaled on val when ``calibrate`` (as ``distill_chain`` does)."""
+    import torch
+
+    from edgecompress.distill import TemperatureScaled, predict_logits
+    from edgecompress.distill.evaluate import compute_metrics, fit_temperature
+
+    val, test = predict_logits(model, splits.val.x), predict_logits(model, splits.test.x)
+    t = fit_temperature(val, torch.from_numpy(splits.val.y)) if calibrate else 1.0
+    raw = compute_metrics(test, torch.from_numpy(splits.test.y))
+    return Teacher(
+        name=name,
+        module=TemperatureScaled(model, t) if calibrate else model,
+        train_logits=predict_logits(model, splits.train.x) / t,
+        test_logits=test / t,
+        temperature=t,
+        accuracy=raw["accuracy"],
+        val_accuracy=float((val.argmax(1) == torch.from_numpy(splits.val.y)).float().mean()),
+        ece=raw["ece"],
+    )
+
+
+def train_student(
+    model: Any,
+    splits: Any,
+    cfg: Any,
+    *,
+    workdir: Path,
+    seed: int,
+    loss: Any,
+    teacher: Teacher | None,
+    reference: Any = None,
+) -> tuple[dict[str, Any], Any]:
+    """Train ``model`` (``train_model``, resumable in ``workdir``) from ``teacher`` (None: labels only) and evaluate it.
+
+    Every model is selected on val (best val-accuracy epoch) and its T is fitted on val; test is only evaluated.
+    Fidelity (top-1 agreement, KL(p_ref ‖ p_student) on test) is against ``reference`` (test logits of the original
+    teacher as it taught), else against ``teacher``. Returns (row of metrics, the trained model).
+    """
+    import torch
+
+    from edgecompress.distill import predict_logits, train_model
+    from edgecompress.distill.evaluate import compute_metrics, fidelity, fit_temperature
+
+    res = train_model(
+        model,
+        splits,
+        cfg,
+        workdir=workdir,
+        seed=seed,
+        teacher=None if teacher is None else teacher.module,
+        loss=loss,
+        progress=False,
+        teacher_logits=None if teacher is None else teacher.train_logits,
+    )
+    val, test = predict_logits(res.model, splits.val.x), predict_logits(res.model, splits.test.x)
+    t = fit_temperature(val, torch.from_numpy(splits.val.y))
+    y_test = torch.from_numpy(splits.test.y)
+    before, after = compute_metrics(test, y_test), compute_metrics(test / t, y_test)
+    ref = reference if reference is not None else (None if teacher is None else teacher.test_logits)
+    fid = fidelity(test, ref) if ref is not None else {"agreement": None, "kl": None}
+    row = {
+        "seed": seed,
+        "accuracy": before["accuracy"],
+        "val_accuracy": res.best_val_accuracy,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "nll": after["nll"],
+        "agreement": fid["agreement"],
+        "kl": fid["kl"],
+        "temperature": t,
+        "best_epoch": res.best_epoch,
+        "lr": res.lr,
+        "recoveries": res.recoveries,
+        "val_curve": [round(h["val_accuracy"], 4) for h in res.history],
+        "seconds": sum(h.get("seconds", 0.0) for h in res.history),
+    }
+    return row, res.model
+
+
+def summary_rows(
+    rows: Sequence[Mapping[str, Any]], key: str, names: Sequence[str], columns: Sequence[tuple[str, float, int]]
+) -> list[list[Any]]:
+    """Per name (in order, skipped when absent): [name, n, mean ± std of each (metric, scale, digits) column]."""
+    out = []
+    for name in names:
+        group = [r for r in rows if r[key] == name]
+        if group:
+            out.append(
+                [name, len(group), *(fmt_mean_std((r.get(m) for r in group), scale=s, digits=d) for m, s, d in columns)]
+            )
+    return out
+
+
+# The usual result columns: (metric, scale, digits) and their headers.
+RESULT_COLUMNS = (
+    ("accuracy", 100.0, 2),
+    ("ece_before", 100.0, 2),
+    ("ece_after", 100.0, 2),
+    ("nll", 1.0, 3),
+    ("agreement", 100.0, 2),
+    ("kl", 1.0, 3),
+)
+RESULT_HEADERS = (
+    "test acc %",
+    "ECE % (raw)",
+    "ECE % (after TS)",
+    "NLL (after TS)",
+    "agreement w/ teacher %",
+    "KL(teacher‖student)",
+)
+
+
+def per_seed_table(rows: Sequence[Mapping[str, Any]], key: str, names: Sequence[str]) -> str:
+    """Raw per-seed numbers: one line per name, test accuracy % of each seed (seed order) and the best epochs."""
+    seeds = sorted({int(r["seed"]) for r in rows})
+    out = []
+    for name in names:
+        by_seed = {int(r["seed"]): r for r in rows if r[key] == name}
+        if by_seed:
+            cells = [f"{100 * by_seed[s]['accuracy']:.2f}" if s in by_seed else "—" for s in seeds]
+            epochs = ", ".join(str(by_seed[s].get("best_epoch", "?")) for s in seeds if s in by_seed)
+            out.append([name, *cells, epochs])
+    return markdown_table([key, *(f"seed {s} test acc %" for s in seeds), "best epochs"], out)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

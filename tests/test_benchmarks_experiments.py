@@ -1,4 +1,5 @@
-"""Smoke tests of the table / aggregation helpers of benchmarks/takd.py and benchmarks/calibration.py (no training)."""
+"""Tests of the helpers of benchmarks/takd.py, kd_diagnosis.py and calibration.py (tables, registries, the no-T²
+rewrite; no training)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def exp():
 @pytest.fixture(scope="module")
 def takd():
     return importlib.import_module("benchmarks.takd")
+
+
+@pytest.fixture(scope="module")
+def diag():
+    return importlib.import_module("benchmarks.kd_diagnosis")
 
 
 @pytest.fixture(scope="module")
@@ -65,45 +71,109 @@ def test_aggregate_groups_by_key(exp):
     assert agg["ce"]["acc"] == (0.5, 0.0, 1)
 
 
-def test_takd_method_registry(takd):
+def test_takd_method_registry_and_gaps(takd):
     assert list(takd.METHODS) == ["scratch", "kd", "takd-1ta", "takd-path", "dist"]
-    for method in takd.METHODS.values():
-        assert all(ta in takd.MEMBERS for ta in method.assistants)
-        depths = [takd.MEMBERS[a].depth for a in method.assistants]
-        assert depths == sorted(depths, reverse=True)  # largest first, as distill_chain expects
-    assert takd.METHODS["takd-path"].assistants == ("ta8", "ta6", "ta4")
     assert takd.MEMBERS["teacher"].depth == 10 and takd.MEMBERS["student"].depth == 2
+    for gap in takd.GAPS.values():
+        assert gap.lineage("scratch") == ()
+        assert gap.lineage("kd") == gap.lineage("dist") == gap.teacher
+        for method in ("takd-1ta", "takd-path"):
+            lineage = gap.lineage(method)
+            assert all(m in takd.MEMBERS for m in lineage)
+            depths = [takd.MEMBERS[m].depth for m in lineage]
+            assert depths == sorted(depths, reverse=True) and len(set(depths)) == len(depths)  # largest first
+            assert depths[-1] > takd.MEMBERS["student"].depth
+    gap = takd.GAPS["58x"]
+    assert gap.lineage("takd-path") == ("teacher", "ta8", "ta6", "ta4")
+    assert gap.describe("takd-1ta") == "teacher → TA6 → student"
+    assert takd.GAPS["22x"].describe("dist") == "TA8 → student (DIST)"
+    assert takd.GAPS["22x"].describe("takd-path") == "TA8 → TA6 → TA4 → student"
     assert takd.parse_methods("all") == list(takd.METHODS)
     assert takd.parse_methods("kd, dist") == ["kd", "dist"]
     with pytest.raises(ConfigError):
         takd.parse_methods("kd,nope")
+    assert takd.kd_loss("dist", 1.0, 0.5).temperature == takd.DIST_LOSS["temperature"]  # DIST keeps its setting
+    assert (takd.kd_loss("takd-path", 2.0, 0.5).temperature, takd.kd_loss("kd", 2.0, 0.5).alpha) == (2.0, 0.5)
 
 
-def test_takd_methods_table(takd):
-    rows = [
-        {
-            "method": "kd",
-            "accuracy": 0.8,
-            "ece_before": 0.05,
-            "ece_after": 0.01,
-            "nll": 0.5,
-            "agreement": 0.9,
-            "kl": 0.2,
-        },
-        {
-            "method": "kd",
-            "accuracy": 0.7,
-            "ece_before": 0.03,
-            "ece_after": 0.02,
-            "nll": 0.7,
-            "agreement": 0.8,
-            "kl": 0.4,
-        },
-    ]
-    md = takd.methods_table(rows, ["scratch", "kd"])
-    lines = md.splitlines()
-    assert len(lines) == 3  # header, rule, one method (scratch has no rows)
-    assert "| kd |" in lines[2] and "75.00 ± 7.07" in lines[2] and "0.600 ± 0.141" in lines[2]
+def _row(method: str, seed: int, acc: float, **kw: float) -> dict:
+    return {"method": method, "seed": seed, "accuracy": acc, "best_epoch": 10, **kw}
+
+
+def test_takd_gap_summary_auto_and_ordering(takd):
+    rows = [_row("kd", s, a) for s, a in enumerate((0.70, 0.72, 0.71))]
+    rows += [_row("takd-1ta", s, a) for s, a in enumerate((0.72, 0.73, 0.74))]
+    rows += [_row("takd-path", s, a) for s, a in enumerate((0.75, 0.76, 0.74))]
+    rows += [_row("auto", s, a) for s, a in enumerate((0.75, 0.73, 0.74))]
+    summ = takd.gap_summary(rows, {0: "takd-path", 1: "takd-1ta", 2: "takd-path"})
+    assert summ["best"] == "takd-path" and summ["best_mean"] == pytest.approx(0.75)
+    assert summ["auto_within_one_std"] is True  # 0.74 >= 0.75 - 0.01
+    assert summ["takd_order_path_gt_1ta_gt_kd"] is True
+    rows = [r if r["method"] != "auto" else {**r, "accuracy": 0.70} for r in rows]
+    assert takd.gap_summary(rows, {})["auto_within_one_std"] is False
+    rows = [r if r["method"] != "kd" else {**r, "accuracy": 0.80} for r in rows]
+    assert takd.gap_summary(rows, {})["takd_order_path_gt_1ta_gt_kd"] is False
+
+
+def test_summary_and_per_seed_tables(exp):
+    rows = [_row("kd", 0, 0.8, nll=0.5), _row("kd", 1, 0.7, nll=0.7), _row("dist", 1, 0.9, nll=0.4)]
+    body = exp.summary_rows(rows, "method", ["scratch", "kd", "dist"], [("accuracy", 100.0, 2), ("nll", 1.0, 3)])
+    assert body == [["kd", 2, "75.00 ± 7.07", "0.600 ± 0.141"], ["dist", 1, "90.00", "0.400"]]
+    lines = exp.per_seed_table(rows, "method", ["kd", "dist"]).splitlines()
+    assert lines[0] == "| method | seed 0 test acc % | seed 1 test acc % | best epochs |"
+    assert lines[2] == "| kd | 80.00 | 70.00 | 10, 10 |" and lines[3] == "| dist | — | 90.00 | 10 |"
+
+
+def test_kd_diagnosis_settings(diag):
+    grid = diag.grid()
+    names = [s.name for s in grid]
+    assert len(names) == len(set(names)) == 1 + 6 + 2
+    assert names[0] == "scratch" and "kd T=4 α=0.9 no-T²" in names
+    rows = [{"setting": s.name, "val_accuracy": 0.5 + 0.01 * i} for i, s in enumerate(grid)]
+    best = diag.best_kd(rows, grid)
+    assert best.name == "kd T=4 α=0.9"  # highest val among the with-T² KD settings (the no-T² ones are not candidates)
+    follow = [s.name for s in diag.follow_up(best)]
+    assert len(follow) == len(set(follow)) == 9
+    assert "kd T=4 α=0.9 lr 0.03" in follow and "kd T=4 α=0.9 lr auto" in follow
+    assert {"kd T=1 α=0.9 LS teacher", "kd T=4 α=0.9 LS teacher", "scratch 2x epochs"} <= set(follow)
+
+
+def test_no_t2_variant_is_the_same_sgd_step(diag):
+    """The library loss with α' and the rescaled lr / weight decay / clip takes exactly the step of the no-T² loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.takd import train_config
+    from edgecompress.distill import KDLoss
+
+    t, alpha = 4.0, 0.9
+    a2, cfg, c = diag.no_t2_variant(t, alpha, train_config(5))
+    torch.manual_seed(0)
+    x, y, zt = torch.randn(16, 6), torch.randint(0, 3, (16,)), torch.randn(16, 3) * 3
+
+    def step(lib: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        net = torch.nn.Linear(6, 3)
+        lr, wd, clip = (cfg.lr, cfg.weight_decay, cfg.grad_clip) if lib else (0.1, 5e-4, 5.0)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+        for _ in range(3):
+            zs = net(x)
+            if lib:
+                loss = KDLoss(t, a2)(zs, zt, y)["loss"]
+            else:
+                kl = F.kl_div(
+                    F.log_softmax(zs / t, 1), F.log_softmax(zt / t, 1), log_target=True, reduction="batchmean"
+                )
+                loss = (1 - alpha) * F.cross_entropy(zs, y) + alpha * kl
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            opt.step()
+        return net.weight.detach().clone()
+
+    assert 0 < a2 < alpha and c > 0
+    assert torch.allclose(step(True), step(False), atol=1e-6)
+    assert cfg.lr == pytest.approx(0.1 / c) and cfg.grad_clip == pytest.approx(5.0 * c)
 
 
 def _calib_row(method: str, ece_raw: float, ece_ts: float, ece_int8: float, refit: float, acc: float) -> dict:
