@@ -129,9 +129,6 @@ def build_cnn(channels: Sequence[int], pool_every: int, splits: Any, *, seed: in
 # ----------------------------------------------------------------------------------------------------------------------
 # Teachers and students
 
-# Per-student metrics of ``train_student`` rows (fractions; nll/kl in nats), aggregated by the scripts' tables.
-STUDENT_METRICS = ("accuracy", "val_accuracy", "ece_before", "ece_after", "nll", "agreement", "kl", "temperature")
-
 
 @dataclass
 class Teacher:
