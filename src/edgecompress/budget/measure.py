@@ -82,13 +82,10 @@ def measure_candidates(cands: list[tuple[Candidate, nn.Module]], setup: ProbeSet
     profile = load_profile(setup.device, [bench_cfg.profiles_dir])
     ident = device_identity(profile.model_dump(mode="json"), profile.threads or bench_cfg.threads)
     graph = {k: getattr(export_cfg, k) for k in _GRAPH_KEYS}
-    contract = ExportContract(
+    contract = ExportContract.from_config(
+        export_cfg,
         input_shape=setup.input_shape,
         num_classes=setup.num_classes,
-        output_probabilities=export_cfg.output_probabilities,
-        dynamic_batch=export_cfg.dynamic_batch,
-        max_batch=export_cfg.max_batch,
-        opset=export_cfg.opset,
         metadata={"edgecompress.budget_probe": "untrained candidate"},
     )
     probes: dict[tuple[str, str], Probe] = {}

@@ -11,6 +11,7 @@ from edgecompress._schema import StrictModel
 from edgecompress.distill.datafree.config import DataFreeConfig
 
 _MODEL_KEYS = {"family", "params", "factory"}
+DIST_TEMPERATURE = 4.0  # DIST's own setting (Huang et al., 2022): its default here and its decide-stage trial
 
 
 class TrainConfig(StrictModel):
@@ -94,7 +95,7 @@ class LossConfig(StrictModel):
     @classmethod
     def _kind_temperature(cls, data: Any) -> Any:
         if isinstance(data, dict) and "temperature" not in data and data.get("kind") == "dist":
-            return {**data, "temperature": 4.0}
+            return {**data, "temperature": DIST_TEMPERATURE}
         return data
 
 

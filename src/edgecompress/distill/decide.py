@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from edgecompress.distill.chain import plan_assistant_ratios
-from edgecompress.distill.config import DistillConfig, LossConfig, TrainConfig
+from edgecompress.distill.config import DIST_TEMPERATURE, DistillConfig, LossConfig, TrainConfig
 from edgecompress.distill.evaluate import TemperatureScaled, compute_metrics, fit_temperature, predict_logits
 from edgecompress.distill.inputs import split_arrays
 from edgecompress.distill.trainer import epoch_batches, key_seed, keyed_generator, train_model
@@ -101,7 +101,8 @@ def loss_candidates(cfg: DistillConfig) -> list[tuple[str, LossConfig]]:
             kd = base.model_copy(update={"kind": "kd", "temperature": t, "alpha": float(a)})
             out.append((_loss_name(kd), kd))
     if tc.dist:
-        dist = base.model_copy(update={"kind": "dist", "temperature": 1.0 if cfg.teacher_label_smoothing else 4.0})
+        t_dist = 1.0 if cfg.teacher_label_smoothing else DIST_TEMPERATURE
+        dist = base.model_copy(update={"kind": "dist", "temperature": t_dist})
         out.append((_loss_name(dist), dist))
     if not out:
         raise ConfigError("loss.kind auto has no candidate", "give distill.trials.kd_temperatures/kd_alphas or dist")
@@ -116,14 +117,20 @@ def _loss_name(loss: LossConfig) -> str:
     return f"{loss.kind} T={loss.temperature:g}"
 
 
+def final_steps(cfg: DistillConfig, n_train: int) -> int:
+    """Optimizer steps of the final student's training (``cfg.train`` over ``n_train`` samples)."""
+    tr = cfg.train
+    per_epoch = max(1, n_train // tr.batch_size)
+    if tr.max_steps_per_epoch is not None:
+        per_epoch = min(per_epoch, tr.max_steps_per_epoch)
+    return tr.epochs * per_epoch
+
+
 def trial_budget(cfg: DistillConfig, n_train: int) -> tuple[TrainConfig, int]:
     """The TrainConfig of every trial and the training subset size: ``budget`` x the final steps (at least
     ``min_steps``), one epoch over a subset when that suffices, else several epochs over the whole split."""
     tr, tc = cfg.train, cfg.trials
-    per_epoch = max(1, n_train // tr.batch_size)
-    if tr.max_steps_per_epoch is not None:
-        per_epoch = min(per_epoch, tr.max_steps_per_epoch)
-    steps = max(tc.min_steps, math.ceil(tc.budget * tr.epochs * per_epoch))
+    steps = max(tc.min_steps, math.ceil(tc.budget * final_steps(cfg, n_train)))
     epochs = max(1, math.ceil(steps / max(1, n_train // tr.batch_size)))
     steps_per_epoch = math.ceil(steps / epochs)
     subset = min(n_train, steps_per_epoch * tr.batch_size) if epochs == 1 else n_train
@@ -289,4 +296,4 @@ def fresh_copy(model: nn.Module) -> MakeMember:
     return make
 
 
-__all__ = ["Decision", "Trial", "decide", "fresh_copy", "loss_candidates", "trial_budget"]
+__all__ = ["Decision", "Trial", "decide", "final_steps", "fresh_copy", "loss_candidates", "trial_budget"]

@@ -31,7 +31,7 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
     import time
 
     from edgecompress.distill.config import MemberSpec
-    from edgecompress.distill.decide import decide
+    from edgecompress.distill.decide import decide, final_steps
 
     dcfg, splits = ctx.cfg.distill, splits_of(ctx)
     if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
@@ -50,10 +50,6 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
     started = time.perf_counter()
     d = decide(ctx.models["teacher"], make_member, splits, dcfg, student_ratio=ratio, workdir=sd.path / "trials",
                seed=ctx.cfg.seed, progress=ctx.progress)  # fmt: skip
-    n_train = len(splits.train.y) if splits.train is not None else 0
-    per_epoch = max(1, n_train // dcfg.train.batch_size)
-    if dcfg.train.max_steps_per_epoch is not None:
-        per_epoch = min(per_epoch, dcfg.train.max_steps_per_epoch)
     if d.scratch:
         ctx.warn(f"decide: {d.reason}")
     return DecideResult(
@@ -64,7 +60,7 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
         trials=[asdict(t) for t in d.trials],
         trial_steps=d.trial_steps,
         subset=d.subset,
-        final_steps=dcfg.train.epochs * per_epoch,
+        final_steps=final_steps(dcfg, len(splits.train.y) if splits.train is not None else 0),
         seconds=round(time.perf_counter() - started, 3),
     )
 

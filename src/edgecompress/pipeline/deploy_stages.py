@@ -77,13 +77,10 @@ def _export_compute(ctx: Context, sd: StageDir) -> ExportResult:
     calibrated = ctx.models["calibrated"]
     cal = ctx.result("calibrate", CalibrateResult)
     calib_x = calib_inputs(ctx)
-    contract = ExportContract(
+    contract = ExportContract.from_config(
+        ecfg,
         input_shape=splits.input_shape,
         num_classes=splits.num_classes,
-        output_probabilities=ecfg.output_probabilities,
-        dynamic_batch=ecfg.dynamic_batch,
-        max_batch=ecfg.max_batch,
-        opset=ecfg.opset,
         metadata=_metadata(ctx, splits, cal.temperature),
     )
     has_val = splits.val is not None
