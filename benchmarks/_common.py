@@ -375,6 +375,28 @@ def gemm_int8_qdq_model(m: int, k: int, n: int, *, seed: int = 0) -> Any:
     return model
 
 
+def identity_model(sample_shape: Sequence[int]) -> Any:
+    """ONNX ``y = x`` for float32 inputs ``[N, *sample_shape]``: a runtime's per-call floor for that input.
+
+    What a call costs when the model does nothing: binding the input, the runtime's bookkeeping and copying the
+    output back. A model cannot take less than this in the same runtime at the same batch.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape: list[Any] = ["N", *map(int, sample_shape)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="identity")],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def save_model(model: Any, path: Path) -> Path:
     """Write an ONNX model atomically."""
     import onnx

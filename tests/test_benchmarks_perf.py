@@ -237,6 +237,45 @@ def test_roofline_fractions() -> None:
     assert roofline.best_fraction(art, peak, 1_000_000, 100_000_000) == pytest.approx(0.32)
 
 
+def test_batch1_floor_ratios_per_round() -> None:
+    art = c.Entry("onnx-int8", None, "int8", 2_000_000, {"runtime": "onnxruntime"})
+    peak = c.Entry("peak", None, "int8", 100_000_000, {"runtime": "onnxruntime"})
+    # round 1: peak 100e6 MACs in 1 ms -> 2e6 MACs take 0.02 ms; identity 0.01 -> floor 0.03, p50 0.06 -> 2x
+    # round 2: peak twice as slow -> 0.04 ms; identity 0.02 -> floor 0.06, p50 0.09 -> 1.5x
+    row = roofline.floor_row(
+        art, [{"p50": 0.06}, {"p50": 0.09}], [{"p50": 0.01}, {"p50": 0.02}], peak, [{"p50": 1.0}, {"p50": 2.0}]
+    )
+    assert row["over_floor"] == pytest.approx(1.75) and row["over_per_call"] == pytest.approx(5.25)
+    assert row["compute_ms"] == pytest.approx(0.03) and row["identity_ms"] == pytest.approx(0.015)
+    slow = {**row, "name": "onnx-fp32", "over_floor": 3.0}
+    ov = {**row, "name": "openvino-int8", "runtime": "openvino", "over_floor": 2.5}
+    assert roofline.floor_goal([row, slow])["met"]  # the runtime's best artifact counts
+    goal = roofline.floor_goal([row, slow, ov])
+    assert not goal["met"] and goal["best"]["openvino"]["name"] == "openvino-int8"
+
+
+def test_identity_model_is_a_per_call_floor_in_onnxruntime(tmp_path: Path) -> None:
+    from edgecompress.devices.host_runtimes import get_runtime
+
+    path = c.save_model(c.identity_model((3, 8, 8)), tmp_path / "identity.onnx")
+    rt = get_runtime("onnxruntime")
+    rt.load(path, threads=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(rt.run(x), x)
+
+
+def test_rgb_workload_tints_and_upscales() -> None:
+    from benchmarks import rgb_workload
+
+    gray = np.zeros((4, 28, 28), np.uint8)
+    gray[:, 8:20, 8:20] = 255
+    rgb = rgb_workload.tint(gray, np.random.default_rng(0), size=64)
+    assert rgb.shape == (4, 64, 64, 3) and rgb.dtype == np.uint8
+    garment, background = rgb[:, 28:36, 28:36].mean((1, 2)), rgb[:, :4, :4].mean((1, 2))
+    assert (garment > background).all()  # the garment is brighter than its background in every channel
+    assert np.ptp(garment, axis=1).max() > 20  # and coloured: the channels differ
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # End to end on a tiny real run (slow: trains two tiny models on digits and exports them)
 
@@ -305,6 +344,9 @@ def test_both_scripts_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     roof = json.loads((tmp_path / "r.json").read_text())
     assert {r["name"] for r in roof["artifacts"]} == set(names)
     assert all(r["fraction"] is not None and r["fraction"] > 0 for r in roof["artifacts"])
+    floors = {r["name"]: r for r in roof["floors"]}
+    assert set(floors) == set(names) and all(r["identity_ms"] > 0 and r["over_floor"] > 0 for r in floors.values())
+    assert "Batch 1 against the runtime's own floor" in out
     assert deploy_speed.main([str(tmp_path)]) == 2  # not a run directory: one-line error, exit 2
     assert int8_settings.main([str(run_dir), "--batch", "4", "--json", str(tmp_path / "i.json"), *common]) == 0
     out = capsys.readouterr().out

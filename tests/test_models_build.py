@@ -52,6 +52,19 @@ def test_resnet_depth_sets_block_count():
     assert blocks(8) == 3 and blocks(20) == 9 and blocks(32) == 15
 
 
+def test_resnet_stem_stride_halves_the_resolution():
+    def resnet(**params):
+        spec = ModelSpec(family="resnet", params={"depth": 8, **params})
+        return build_model(spec, in_channels=3, num_classes=10, input_size=(64, 64))
+
+    full, strided = resnet(), resnet(stem_stride=2)
+    assert strided(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    # every conv after the stem sees a quarter of the pixels; the stem itself too
+    assert count_macs(strided, (3, 64, 64)) == pytest.approx(count_macs(full, (3, 64, 64)) / 4, rel=0.02)
+    with pytest.raises(ModelError, match="stem_stride"):
+        resnet(stem_stride=3)
+
+
 def test_macs_scale_with_width():
     small = build_model(
         ModelSpec(family="cnn", params={"channels": [8, 16]}), in_channels=1, num_classes=10, input_size=(8, 8)

@@ -154,3 +154,23 @@ def test_when_scratch_wins_the_student_is_trained_on_labels(tmp_path: Path) -> N
     assert report["scratch_baseline"]["same_model"] and report["scratch_baseline"]["shipped"] == "student"
     assert any("Scratch won" in n for d in report["decisions"] for n in d["notes"])
     assert any("scratch won the trials" in w for w in report["warnings"])
+
+
+def test_students_train_with_the_data_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the distill stage trained every student without ``data.augment`` (only the teacher had it), so
+    the KD teacher never ran on augmented batches. The real trainer runs; the wrapper only records its argument."""
+    import edgecompress.distill.chain as chain
+
+    seen: list[object] = []
+    real = chain.train_model
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("augment_cfg"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "train_model", recording)
+    data = json.loads(json.dumps(TINY))
+    data["data"]["augment"] = {"crop_pad": 1, "hflip": False}
+    data["distill"]["train"]["epochs"] = 2
+    run_pipeline(PipelineConfig.model_validate(data), tmp_path / "run", progress=False, until="distill")
+    assert seen and all(getattr(a, "crop_pad", None) == 1 for a in seen)

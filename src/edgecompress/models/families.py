@@ -87,10 +87,10 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """CIFAR-style ResNet-(6n+2): conv3x3 stem, three stages of n BasicBlocks (width w, 2w, 4w), GAP, Linear."""
 
-    def __init__(self, depth: int, width: int, in_channels: int, num_classes: int) -> None:
+    def __init__(self, depth: int, width: int, in_channels: int, num_classes: int, stem_stride: int = 1) -> None:
         super().__init__()
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(*_conv_bn(in_channels, width))
+        self.stem = nn.Sequential(*_conv_bn(in_channels, width, stem_stride))
         blocks: list[nn.Module] = []
         cin = width
         for stage, mult in enumerate((1, 2, 4)):
@@ -110,16 +110,28 @@ class CifarResNet(nn.Module):
 
 
 def resnet(
-    *, in_channels: int, num_classes: int, input_size: tuple[int, int], depth: int = 20, width: int = 16
+    *,
+    in_channels: int,
+    num_classes: int,
+    input_size: tuple[int, int],
+    depth: int = 20,
+    width: int = 16,
+    stem_stride: int = 1,
 ) -> nn.Module:
-    """CIFAR ResNet (He et al., CVPR 2016, Sec. 4.2): depth 6n+2 (8, 14, 20, 32, 56, 110), base width 16."""
+    """CIFAR ResNet (He et al., CVPR 2016, Sec. 4.2): depth 6n+2 (8, 14, 20, 32, 56, 110), base width 16.
+
+    ``stem_stride: 2`` halves the resolution in the stem (as ImageNet-style networks do early) for inputs of
+    64x64 and more, where a stride-1 stem would spend most of the MACs in the first stage.
+    """
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ModelError(
             f"resnet: param 'depth' must be 6n+2 (8, 14, 20, 32, 56, 110), got {depth!r}", "e.g. depth: 20"
         )
     if not isinstance(width, int) or width < 1:
         raise ModelError(f"resnet: param 'width' must be a positive int, got {width!r}", "e.g. width: 16")
-    return CifarResNet(depth, width, in_channels, num_classes)
+    if stem_stride not in (1, 2):
+        raise ModelError(f"resnet: param 'stem_stride' must be 1 or 2, got {stem_stride!r}", "e.g. stem_stride: 2")
+    return CifarResNet(depth, width, in_channels, num_classes, stem_stride)
 
 
 def mlp(

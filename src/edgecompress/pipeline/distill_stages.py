@@ -55,7 +55,8 @@ def _search_key(ctx: Context) -> dict[str, Any]:
     return {
         "distill": dcfg.model_dump(mode="json", exclude={"datafree"}),
         "teacher": ctx.keys["teacher"],
-        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
+        # "students_augment", not "augment": runs before this key trained their students without augmentation
+        "students_augment": ctx.cfg.data.augment.model_dump(mode="json"),
         "seed": ctx.cfg.seed,
     }
 
@@ -82,6 +83,7 @@ def _search_compute(ctx: Context, sd: StageDir) -> SearchResult:
         dcfg,
         workdir=sd.path,
         seed=ctx.cfg.seed,
+        augment_cfg=ctx.cfg.data.augment,
         progress=ctx.progress,
     )
     return SearchResult(chosen_ratio=best.best_ratio, table=best.to_dict())
@@ -130,7 +132,8 @@ def _distill_key(ctx: Context) -> dict[str, Any]:
         "search": ctx.keys.get("search"),
         "decide": ctx.keys.get("decide"),
         "seed": ctx.cfg.seed,
-        "augment": ctx.cfg.data.augment.model_dump(mode="json"),
+        # "students_augment", not "augment": runs before this key trained their students without augmentation
+        "students_augment": ctx.cfg.data.augment.model_dump(mode="json"),
         "label_smoothing": ctx.cfg.teacher.label_smoothing,
     }
 
@@ -175,6 +178,7 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
         dcfg,
         workdir=sd.path / ("chain" if first else f"chain-{member.prune_ratio:g}"),
         seed=ctx.cfg.seed,
+        augment_cfg=ctx.cfg.data.augment,
         progress=ctx.progress,
     )
     student = chain.members[-1].model
@@ -237,7 +241,7 @@ def _scratch_baseline(ctx: Context, sd: StageDir, dcfg: Any, member: Any, hop: i
     model, _ = member_model(ctx, member)
     res = train_model(model, splits, dcfg.train, workdir=sd.path / "scratch-baseline",
                       seed=key_seed(ctx.cfg.seed, "hop", hop), loss=LossConfig(kind="ce"),
-                      progress=ctx.progress)  # fmt: skip
+                      augment_cfg=ctx.cfg.data.augment, progress=ctx.progress)  # fmt: skip
     return res.model, {"val_accuracy": val_accuracy(res.model, splits), "same_as_student": False, "shipped": False,
                        **_test_metrics(res.model, splits)}  # fmt: skip
 
