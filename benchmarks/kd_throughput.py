@@ -175,6 +175,51 @@ def main() -> None:
                 f"{statistics.median(t[1] for t in naive) / e:10.3f} {statistics.median(t[1] for t in ours) / e:9.3f} "
                 f"{xc:5.2f}x {accs[(augment, name)]:8.4f}"
             )
+    roof = teacher_roofline(teacher, warm, args.threads)
+    if roof:
+        steps = len(epoch_batches(args.samples, TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05), 0, 0))
+        ours_cpu = statistics.median(t[1] for t in times[(True, "fast")]) / e
+        share = steps * roof["ms"] / 1e3 / ours_cpu
+        print(
+            f"teacher forward (frozen ONNX Runtime graph, batch {args.batch_size}): {roof['ms']:.1f} ms CPU = "
+            f"{roof['gmacs']:.1f} GMAC/s, {roof['fraction']:.0%} of ONNX Runtime's FP32 GEMM peak "
+            f"({roof['peak_gmacs']:.1f} GMAC/s) measured beside it; {share:.0%} of the fast trainer's augmented epoch "
+            f"(CPU). With augmentation the teacher runs every step, so in FP32 the epoch can get at most "
+            f"{1 / (1 - share * (1 - roof['fraction'])):.2f}x faster than this even at the GEMM peak."
+        )
+
+
+def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, calls: int = 5) -> dict[str, float]:
+    """The teacher's frozen-graph forward (what the trainer runs per augmented batch) against ONNX Runtime's FP32
+    GEMM peak, timed alternately in this process: how much faster the teacher's step could get in FP32 at all."""
+    import onnxruntime as ort
+
+    from edgecompress.distill.fast_eval import frozen_runner
+    from edgecompress.models import count_macs
+
+    from ._common import gemm_fp32_model, gemm_macs
+
+    run = frozen_runner(teacher, batch[:8])
+    if run is None:
+        return {}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    model = gemm_fp32_model(128, 512, 512).SerializeToString()
+    gemm = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    xg = np.random.default_rng(0).standard_normal((128, 512)).astype(np.float32)
+    t_cpu, g_cpu = [], []
+    for _ in range(calls):
+        c = time.process_time()
+        run(batch)
+        t_cpu.append(time.process_time() - c)
+        c = time.process_time()
+        for _ in range(10):
+            gemm.run(None, {"x": xg})
+        g_cpu.append((time.process_time() - c) / 10)
+    macs = count_macs(teacher, tuple(batch.shape[1:])) * len(batch)
+    rate, peak = macs / statistics.median(t_cpu), gemm_macs(128, 512, 512) / statistics.median(g_cpu)
+    ms = statistics.median(t_cpu) * 1e3
+    return {"ms": ms, "gmacs": rate / 1e9, "peak_gmacs": peak / 1e9, "fraction": rate / peak}
 
 
 if __name__ == "__main__":
