@@ -184,8 +184,14 @@ def main() -> None:
             f"teacher forward (frozen ONNX Runtime graph, batch {args.batch_size}): {roof['ms']:.1f} ms CPU = "
             f"{roof['gmacs']:.1f} GMAC/s, {roof['fraction']:.0%} of ONNX Runtime's FP32 GEMM peak "
             f"({roof['peak_gmacs']:.1f} GMAC/s) measured beside it; {share:.0%} of the fast trainer's augmented epoch "
-            f"(CPU). With augmentation the teacher runs every step, so in FP32 the epoch can get at most "
-            f"{1 / (1 - share * (1 - roof['fraction'])):.2f}x faster than this even at the GEMM peak."
+            "(CPU). "
+            + (
+                f"With augmentation the teacher runs every step: at the GEMM peak the epoch would be at most "
+                f"{1 / (1 - share * (1 - roof['fraction'])):.2f}x faster than this in FP32."
+                if roof["fraction"] < 1
+                else "The teacher already runs at the FP32 GEMM rate: no FP32 headroom is left in the step that "
+                "dominates the augmented epoch."
+            )
         )
 
 
