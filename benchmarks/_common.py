@@ -212,6 +212,26 @@ def cpu_artifacts(run: LoadedRun) -> list[Artifact]:
     return [a for a in run.artifacts if a.ok and a.runtime in CPU_RUNTIMES and a.model_file is not None]
 
 
+def load_everywhere(path: Path, *, threads: int | None, what: str) -> list[tuple[str, Any]]:
+    """``(runtime name, loaded runtime)`` for each CPU runtime that loads ``path``; one that cannot is skipped with a
+    warning naming ``what`` (a benchmark still measures the rest)."""
+    import logging
+
+    from edgecompress.devices.host_runtimes import get_runtime
+    from edgecompress.errors import EdgeCompressError
+
+    out = []
+    for rt_name in CPU_RUNTIMES:
+        try:
+            rt = get_runtime(rt_name)
+            rt.load(path, threads=threads)
+        except EdgeCompressError as exc:
+            logging.getLogger("benchmarks").warning("%s %s skipped: %s", what, rt_name, exc)
+            continue
+        out.append((rt_name, rt))
+    return out
+
+
 def artifact_named(run: LoadedRun, name: str) -> Artifact | None:
     """The run's artifact called ``name`` (None when the run did not export it)."""
     return next((a for a in run.artifacts if a.name == name and a.ok), None)

@@ -197,21 +197,20 @@ def main() -> None:
 
 def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, calls: int = 5) -> dict[str, float]:
     """The teacher's frozen-graph forward (what the trainer runs per augmented batch) against ONNX Runtime's FP32
-    GEMM peak, timed alternately in this process: how much faster the teacher's step could get in FP32 at all."""
-    import onnxruntime as ort
-
+    GEMM peak (the model and runtime settings of ``benchmarks.roofline``), timed alternately in this process: how
+    much faster the teacher's step could get in FP32 at all."""
+    from edgecompress.devices.host_runtimes import get_runtime
     from edgecompress.distill.fast_eval import frozen_runner
     from edgecompress.models import count_macs
 
-    from ._common import gemm_fp32_model, gemm_macs
+    from ._common import gemm_fp32_model, gemm_macs, save_model
 
     run = frozen_runner(teacher, batch[:8])
     if run is None:
         return {}
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    model = gemm_fp32_model(128, 512, 512).SerializeToString()
-    gemm = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    gemm = get_runtime("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="kd-peak-") as tmp:
+        gemm.load(save_model(gemm_fp32_model(128, 512, 512), Path(tmp) / "gemm_fp32.onnx"), threads=threads)
     xg = np.random.default_rng(0).standard_normal((128, 512)).astype(np.float32)
     t_cpu, g_cpu = [], []
     for _ in range(calls):
@@ -220,7 +219,7 @@ def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, call
         t_cpu.append(time.process_time() - c)
         c = time.process_time()
         for _ in range(10):
-            gemm.run(None, {"x": xg})
+            gemm.run(xg)
         g_cpu.append((time.process_time() - c) / 10)
     macs = count_macs(teacher, tuple(batch.shape[1:])) * len(batch)
     rate, peak = macs / statistics.median(t_cpu), gemm_macs(128, 512, 512) / statistics.median(g_cpu)

@@ -17,7 +17,6 @@ The data file is written once (``--force`` rewrites it); the run resumes like an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -77,11 +76,16 @@ def tint(gray: np.ndarray, rng: np.random.Generator, size: int = SIZE) -> np.nda
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
 
 
+def _tint_rows(gray: np.ndarray, rows: np.ndarray, rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
+    """:func:`tint` of ``gray[rows]``, a chunk at a time (the float intermediates of 60k images would not fit)."""
+    return np.concatenate([tint(gray[rows[i : i + chunk]], rng) for i in range(0, len(rows), chunk)])
+
+
 def prepare(out: Path, *, max_train: int, max_test: int, seed: int = 0, force: bool = False) -> Path:
     """Write ``out/fmnist_rgb64.npz`` (atomic; kept unless ``force``) and return its path."""
+    from edgecompress._io import atomic_path
     from edgecompress.data.fashion import CLASSES, load_fashion_mnist
 
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "fmnist_rgb64.npz"
     if path.is_file() and not force:
         return path
@@ -89,30 +93,26 @@ def prepare(out: Path, *, max_train: int, max_test: int, seed: int = 0, force: b
     rng = np.random.default_rng(seed)
     tr = np.sort(rng.permutation(len(xtr))[:max_train])
     te = np.arange(min(max_test, len(xte)))
-    chunks = [tint(xtr[tr[i : i + 2048]], rng) for i in range(0, len(tr), 2048)]
-    x_test = np.concatenate([tint(xte[te[i : i + 2048]], rng) for i in range(0, len(te), 2048)])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        x_train=np.concatenate(chunks),
-        y_train=ytr[tr].astype(np.int64),
-        x_test=x_test,
-        y_test=yte[te].astype(np.int64),
-        labels=np.array(CLASSES),
-    )
-    os.replace(tmp, path)
+    x_train, x_test = _tint_rows(xtr, tr, rng), _tint_rows(xte, te, rng)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
+        np.savez(
+            fh,
+            x_train=x_train,
+            y_train=ytr[tr].astype(np.int64),
+            x_test=x_test,
+            y_test=yte[te].astype(np.int64),
+            labels=np.array(CLASSES),
+        )
     return path
 
 
 def write_config(out: Path, npz: Path, *, max_train: int, teacher_epochs: int, student_epochs: int) -> Path:
-    path = out / "rgb64.yaml"
+    from edgecompress._io import atomic_write_text
+
     text = CONFIG.format(
         npz=npz.resolve(), max_train=max_train, teacher_epochs=teacher_epochs, student_epochs=student_epochs
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "rgb64.yaml", text)
 
 
 def main(argv: list[str] | None = None) -> int:

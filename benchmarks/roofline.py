@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.errors import EdgeCompressError
-
 from ._common import (
+    CPU_RUNTIMES,
     Entry,
     cpu_artifacts,
     fmt,
@@ -48,7 +47,7 @@ from ._common import (
     gemm_fp32_model,
     gemm_int8_qdq_model,
     gemm_macs,
-    identity_model,
+    load_everywhere,
     machine_info,
     machine_line,
     macs_per_second,
@@ -60,13 +59,12 @@ from ._common import (
     save_model,
     set_torch_threads,
 )
+from ._floor import floor_goal, floor_rows, identity_entries, render_floor
 from ._profile import profile_ort, profile_ov
 
 log = logging.getLogger("roofline")
 
 GOAL_FRACTION = 0.50
-GOAL_FLOOR_RATIO = 2.0
-RUNTIMES = ("onnxruntime", "openvino")
 
 
 def peak_class(precision: str) -> str:
@@ -76,21 +74,13 @@ def peak_class(precision: str) -> str:
 
 def peak_entries(folder: Path, m: int, k: int, n: int, *, threads: int | None) -> list[Entry]:
     """Peak-GEMM models (FP32 and INT8) loaded in every CPU runtime that is installed."""
-    from edgecompress.devices.host_runtimes import get_runtime
-
     files = {
         "fp32": save_model(gemm_fp32_model(m, k, n), folder / "gemm_fp32.onnx"),
         "int8": save_model(gemm_int8_qdq_model(m, k, n), folder / "gemm_int8_qdq.onnx"),
     }
     out = []
-    for rt_name in RUNTIMES:
-        for prec, path in files.items():
-            try:
-                rt = get_runtime(rt_name)
-                rt.load(path, threads=threads)
-            except EdgeCompressError as exc:
-                log.warning("peak %s %s skipped: %s", rt_name, prec, exc)
-                continue
+    for prec, path in files.items():
+        for rt_name, rt in load_everywhere(path, threads=threads, what=f"peak {prec}"):
             out.append(
                 Entry(
                     f"peak-{rt_name}-{prec}",
@@ -100,67 +90,7 @@ def peak_entries(folder: Path, m: int, k: int, n: int, *, threads: int | None) -
                     {"runtime": rt_name, "used": rt.info().get("precision"), "file": str(path)},
                 )
             )
-    return out
-
-
-def identity_entries(folder: Path, sample_shape: tuple[int, ...], *, threads: int | None) -> list[Entry]:
-    """An identity model of one input (``[N, *sample_shape]``) loaded in every CPU runtime that takes it."""
-    from edgecompress.devices.host_runtimes import get_runtime
-
-    path = save_model(identity_model(sample_shape), folder / "identity.onnx")
-    out = []
-    for rt_name in RUNTIMES:
-        try:
-            rt = get_runtime(rt_name)
-            rt.load(path, threads=threads)
-        except EdgeCompressError as exc:
-            log.warning("identity %s skipped: %s", rt_name, exc)
-            continue
-        out.append(Entry(f"identity-{rt_name}", rt, "fp32", 0, {"runtime": rt_name, "file": str(path)}))
-    return out
-
-
-def floor_row(
-    art: Entry, art_rounds: list[dict], id_rounds: list[dict], peak: Entry | None, peak_rounds: list[dict]
-) -> dict[str, Any]:
-    """Batch-1 p50 against the runtime's per-call floor (identity) and against that floor plus the MACs at peak.
-
-    Ratios are per round (the artifact, its identity and its peak timed in the same round), median over rounds.
-    """
-    per_call, with_compute, compute_ms = [], [], []
-    for i, a in enumerate(art_rounds):
-        ident = id_rounds[i]["p50"] if i < len(id_rounds) else None
-        if not ident:
-            continue
-        per_call.append(a["p50"] / ident)
-        if peak is not None and i < len(peak_rounds) and art.macs:
-            c = art.macs / (peak.macs / (peak_rounds[i]["p50"] / 1e3)) * 1e3  # ms at the peak rate
-            compute_ms.append(c)
-            with_compute.append(a["p50"] / (ident + c))
-    return {
-        "name": art.name,
-        "runtime": art.meta["runtime"],
-        "precision": art.precision,
-        "p50_ms": median_or_none([r["p50"] for r in art_rounds]),
-        "identity_ms": median_or_none([r["p50"] for r in id_rounds]),
-        "compute_ms": median_or_none(compute_ms),
-        "over_per_call": median_or_none(per_call),
-        "over_floor": median_or_none(with_compute),
-    }
-
-
-def floor_goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per runtime: its best artifact's p50 over its floor (identity + compute); met when each is <= 2x."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["over_floor"] is not None and (
-            r["runtime"] not in best or r["over_floor"] < best[r["runtime"]]["over_floor"]
-        ):
-            best[r["runtime"]] = r
-    return {
-        "met": bool(best) and all(r["over_floor"] <= GOAL_FLOOR_RATIO for r in best.values()),
-        "best": {rt: {"name": r["name"], "over_floor": r["over_floor"]} for rt, r in best.items()},
-    }
+    return sorted(out, key=lambda e: CPU_RUNTIMES.index(e.meta["runtime"]))  # per runtime: fp32, then int8
 
 
 def best_fraction(
@@ -282,16 +212,12 @@ def run_roofline(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception as exc:  # noqa: BLE001 - a profiler failure must not hide the measured table
                     row["profile_error"] = f"{type(exc).__name__}: {exc}"
             art_rows.append(row)
-        floors = []
-        by_runtime = {e.meta["runtime"]: e for e in ids}
-        for e in arts:
-            ident = by_runtime.get(e.meta["runtime"])
-            if ident is None:
-                continue
-            pk = peak_by_key.get((e.meta["runtime"], peak_class(e.precision)))
-            floors.append(
-                floor_row(e, floor_res[e.name], floor_res[ident.name], pk, peak_res[pk.name] if pk is not None else [])
-            )
+        peaks_of = {
+            e.name: (pk, peak_res[pk.name])
+            for e in arts
+            if (pk := peak_by_key.get((e.meta["runtime"], peak_class(e.precision)))) is not None
+        }
+        floors = floor_rows(arts, ids, floor_res, peaks_of)
     int8 = [r for r in art_rows if r["precision"] == "int8" and r["fraction"] is not None]
     best = max(int8, key=lambda r: r["fraction"]) if int8 else None
     goal = {
@@ -397,42 +323,7 @@ def render(report: dict[str, Any], *, top: int = 8) -> str:
         )
         + (f" (best in CPU time {g['fraction_cpu']:.1%})" if g.get("fraction_cpu") else ""),
     ]
-    if report.get("floors"):
-        lines += ["", "Batch 1 against the runtime's own floor (identity model of the same input, same rounds):", ""]
-        lines.append(
-            markdown_table(
-                [
-                    "artifact",
-                    "runtime",
-                    "p50 ms b1",
-                    "identity p50 ms",
-                    "MACs at peak ms",
-                    "p50 / identity",
-                    "p50 / (identity + MACs at peak)",
-                ],
-                [
-                    [
-                        r["name"],
-                        r["runtime"],
-                        fmt(r["p50_ms"], ".3f"),
-                        fmt(r["identity_ms"], ".4f"),
-                        fmt(r["compute_ms"], ".3f"),
-                        fmt(r["over_per_call"], ".1f", suffix="×"),
-                        fmt(r["over_floor"], ".2f", suffix="×"),
-                    ]
-                    for r in report["floors"]
-                ],
-            )
-        )
-        fg = report["floor_goal"]
-        lines += [
-            "",
-            f"Goal (batch-1 p50 of each runtime's best artifact within {GOAL_FLOOR_RATIO:g}x its floor, identity + "
-            "MACs at peak): "
-            + ("MET" if fg["met"] else "NOT MET")
-            + " — "
-            + ", ".join(f"{rt}: {b['name']} {b['over_floor']:.2f}x" for rt, b in fg["best"].items()),
-        ]
+    lines += render_floor(report)
     for r in report["artifacts"]:
         prof = r.get("profile")
         if r.get("profile_error"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _common as c
-from benchmarks import deploy_speed, int8_settings, roofline
+from benchmarks import _floor, deploy_speed, int8_settings, roofline
 from edgecompress.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,15 +242,15 @@ def test_batch1_floor_ratios_per_round() -> None:
     peak = c.Entry("peak", None, "int8", 100_000_000, {"runtime": "onnxruntime"})
     # round 1: peak 100e6 MACs in 1 ms -> 2e6 MACs take 0.02 ms; identity 0.01 -> floor 0.03, p50 0.06 -> 2x
     # round 2: peak twice as slow -> 0.04 ms; identity 0.02 -> floor 0.06, p50 0.09 -> 1.5x
-    row = roofline.floor_row(
+    row = _floor.floor_row(
         art, [{"p50": 0.06}, {"p50": 0.09}], [{"p50": 0.01}, {"p50": 0.02}], peak, [{"p50": 1.0}, {"p50": 2.0}]
     )
     assert row["over_floor"] == pytest.approx(1.75) and row["over_per_call"] == pytest.approx(5.25)
     assert row["compute_ms"] == pytest.approx(0.03) and row["identity_ms"] == pytest.approx(0.015)
     slow = {**row, "name": "onnx-fp32", "over_floor": 3.0}
     ov = {**row, "name": "openvino-int8", "runtime": "openvino", "over_floor": 2.5}
-    assert roofline.floor_goal([row, slow])["met"]  # the runtime's best artifact counts
-    goal = roofline.floor_goal([row, slow, ov])
+    assert _floor.floor_goal([row, slow])["met"]  # the runtime's best artifact counts
+    goal = _floor.floor_goal([row, slow, ov])
     assert not goal["met"] and goal["best"]["openvino"]["name"] == "openvino-int8"
 
 

@@ -102,12 +102,12 @@ def _pick(device: str, ok: list[BenchRow], bounds: str, by: str, prefer: int | N
     batch: int | None
     value: float
     if common:
-        largest = prefer if prefer in common else max(common)
-        ranked = sorted(ok, key=lambda r: r.latency_ms[largest].p50)
-        batch, metric, value = largest, "p50_ms", ranked[0].latency_ms[largest].p50
-        speed = f"lowest p50 latency at batch {largest}: {_fmt_ms(value)}"
+        at = prefer if prefer in common else max(common)
+        ranked = sorted(ok, key=lambda r: r.latency_ms[at].p50)
+        batch, metric, value = at, "p50_ms", ranked[0].latency_ms[at].p50
+        speed = f"lowest p50 latency at batch {at}: {_fmt_ms(value)}"
         if len(ranked) > 1:
-            speed += f" (next: {ranked[1].artifact} {_fmt_ms(ranked[1].latency_ms[largest].p50)})"
+            speed += f" (next: {ranked[1].artifact} {_fmt_ms(ranked[1].latency_ms[at].p50)})"
     else:
         with_tp = [(r, tp) for r in ok if (tp := r.throughput_at()) is not None]
         if not with_tp:
