@@ -91,6 +91,20 @@ def naive_kd(student: nn.Module, teacher: nn.Module, splits: NS, cfg: TrainConfi
             opt.step()
 
 
+def train_teacher(teacher: nn.Module, splits: NS, epochs: int, batch_size: int) -> float:
+    """A few CE epochs, so that its logits (and the bf16 fidelity check on them) are a trained network's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, augment=False)
+        res = train_model(teacher, splits, cfg, workdir=Path(tmp), seed=0, loss=LossConfig(kind="ce"), progress=False,
+                          device="cpu")  # fmt: skip
+    return res.best_val_accuracy
+
+
+# trainer variants: name -> (fast, teacher_precision); "fast-fp32" runs only with augmentation (without it the
+# teacher's logits are cached once per sample and its precision does not matter)
+VARIANTS = {"eager": (False, "fp32"), "fast-fp32": (True, "fp32"), "fast": (True, "auto")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=6000)
@@ -98,6 +112,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of per-round ratios)")
+    ap.add_argument("--teacher-epochs", type=int, default=2, help="CE epochs of the teacher before timing (0: random)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     splits, source = load_data(args.samples)
@@ -111,8 +126,14 @@ def main() -> None:
         f"teacher params {sum(p.numel() for p in teacher.parameters())}, "
         f"student params {sum(p.numel() for p in student.parameters())}"
     )
+    if args.teacher_epochs:
+        acc = train_teacher(teacher, splits, args.teacher_epochs, args.batch_size)
+        print(f"teacher trained {args.teacher_epochs} epoch(s) on labels: val accuracy {acc:.4f}")
+    teacher.eval()
     from edgecompress.data.config import AugmentConfig
+    from edgecompress.distill.teacher_precision import bf16_native
 
+    print(f"native bf16 in this CPU's oneDNN (AVX512-BF16/AMX): {bf16_native()}")
     warm = torch.from_numpy(splits.train.x[: args.batch_size])
     for _ in range(3):  # warm up kernels and thread pools before anything is timed
         teacher(warm).sum().backward()
@@ -123,35 +144,30 @@ def main() -> None:
 
     frozen_runner(teacher, warm[:8])  # one-time imports of the exporter (~3 s CPU once per process), not timed
     init = {k: v.clone() for k, v in student.state_dict().items()}
-    runs = ("naive", "eager", "fast")
     times: dict[tuple[bool, str], list[tuple[float, float]]] = {}
     accs: dict[tuple[bool, str], float] = {}
+    precision: dict[str, object] | None = None
     for r in range(args.rounds):  # interleaved: every variant once per round, order rotated per round
         for augment in (False, True):
             cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, augment=augment)
             aug_cfg = AugmentConfig(crop_pad=2, hflip=False) if augment else None
-            for name in runs[r % 3 :] + runs[: r % 3]:
+            runs = ["naive", *(v for v in VARIANTS if augment or v != "fast-fp32")]
+            k = r % len(runs)
+            for name in runs[k:] + runs[:k]:
                 net = conv_net([8, 16])
                 net.load_state_dict(init)
                 w0, c0 = time.perf_counter(), time.process_time()
                 if name == "naive":
                     naive_kd(net, teacher, splits, cfg, loss, make_augment(aug_cfg) if augment else None)
                 else:
+                    fast, prec = VARIANTS[name]
                     with tempfile.TemporaryDirectory() as tmp:
-                        res = train_model(
-                            net,
-                            splits,
-                            cfg,
-                            workdir=Path(tmp),
-                            seed=0,
-                            teacher=teacher,
-                            loss=loss,
-                            augment_cfg=aug_cfg,
-                            progress=False,
-                            device="cpu",
-                            fast=name == "fast",
-                        )
+                        res = train_model(net, splits, cfg, workdir=Path(tmp), seed=0, teacher=teacher, loss=loss,
+                                          augment_cfg=aug_cfg, progress=False, device="cpu", fast=fast,
+                                          teacher_precision=prec)  # fmt: skip
                     accs[(augment, name)] = res.best_val_accuracy
+                    if augment and name == "fast":
+                        precision = res.teacher_precision
                 times.setdefault((augment, name), []).append((time.perf_counter() - w0, time.process_time() - c0))
     print(f"load average after the run: {[round(v, 2) for v in os.getloadavg()]}")
     print(
@@ -159,32 +175,38 @@ def main() -> None:
         "ratio measured in the same round (wall = elapsed; cpu = this process's CPU time)"
     )
     print(
-        f"{'augment':>8} {'trainer':>7} {'naive wall':>11} {'ours wall':>10} {'x wall':>7} {'naive cpu':>10} "
+        f"{'augment':>8} {'trainer':>9} {'naive wall':>11} {'ours wall':>10} {'x wall':>7} {'naive cpu':>10} "
         f"{'ours cpu':>9} {'x cpu':>6} {'val acc':>8}"
     )
     e = args.epochs
     for augment in (False, True):
         naive = times[(augment, "naive")]
-        for name in ("eager", "fast"):
+        for name in VARIANTS:
+            if (augment, name) not in times:
+                continue
             ours = times[(augment, name)]
             xw = statistics.median(n[0] / o[0] for n, o in zip(naive, ours, strict=True))
             xc = statistics.median(n[1] / o[1] for n, o in zip(naive, ours, strict=True))
             print(
-                f"{augment!s:>8} {name:>7} {statistics.median(t[0] for t in naive) / e:11.3f} "
+                f"{augment!s:>8} {name:>9} {statistics.median(t[0] for t in naive) / e:11.3f} "
                 f"{statistics.median(t[0] for t in ours) / e:10.3f} {xw:6.2f}x "
                 f"{statistics.median(t[1] for t in naive) / e:10.3f} {statistics.median(t[1] for t in ours) / e:9.3f} "
                 f"{xc:5.2f}x {accs[(augment, name)]:8.4f}"
             )
+    if precision:
+        print(f"fast trainer's augmented KD teacher: {precision['precision']} ({precision['reason']}; "
+              f"speedup {precision['speedup']}, agreement {precision['agreement']}, KL {precision['kl']}, "
+              f"{precision['rows']} rows)")  # fmt: skip
     roof = teacher_roofline(teacher, warm, args.threads)
     if roof:
         steps = len(epoch_batches(args.samples, TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05), 0, 0))
-        ours_cpu = statistics.median(t[1] for t in times[(True, "fast")]) / e
+        ours_cpu = statistics.median(t[1] for t in times[(True, "fast-fp32")]) / e
         share = steps * roof["ms"] / 1e3 / ours_cpu
         print(
             f"teacher forward (frozen ONNX Runtime graph, batch {args.batch_size}): {roof['ms']:.1f} ms CPU = "
             f"{roof['gmacs']:.1f} GMAC/s, {roof['fraction']:.0%} of ONNX Runtime's FP32 GEMM peak "
-            f"({roof['peak_gmacs']:.1f} GMAC/s) measured beside it; {share:.0%} of the fast trainer's augmented epoch "
-            "(CPU). "
+            f"({roof['peak_gmacs']:.1f} GMAC/s) measured beside it; {share:.0%} of the fp32-teacher trainer's "
+            "augmented epoch (CPU). "
             + (
                 f"With augmentation the teacher runs every step: at the GEMM peak the epoch would be at most "
                 f"{1 / (1 - share * (1 - roof['fraction'])):.2f}x faster than this in FP32."
@@ -193,6 +215,9 @@ def main() -> None:
                 "dominates the augmented epoch."
             )
         )
+        if "bf16_ms" in roof:
+            print(f"the same teacher in bf16 (channels-last, CPU autocast): {roof['bf16_ms']:.1f} ms CPU = "
+                  f"{roof['bf16_gmacs']:.1f} GMAC/s, {roof['ms'] / roof['bf16_ms']:.2f}x the fp32 graph")  # fmt: skip
 
 
 def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, calls: int = 5) -> dict[str, float]:
@@ -201,6 +226,7 @@ def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, call
     much faster the teacher's step could get in FP32 at all."""
     from edgecompress.devices.host_runtimes import get_runtime
     from edgecompress.distill.fast_eval import frozen_runner
+    from edgecompress.distill.teacher_precision import bf16_native, bf16_runner
     from edgecompress.models import count_macs
 
     from ._common import gemm_fp32_model, gemm_macs, save_model
@@ -224,7 +250,17 @@ def teacher_roofline(teacher: nn.Module, batch: torch.Tensor, threads: int, call
     macs = count_macs(teacher, tuple(batch.shape[1:])) * len(batch)
     rate, peak = macs / statistics.median(t_cpu), gemm_macs(128, 512, 512) / statistics.median(g_cpu)
     ms = statistics.median(t_cpu) * 1e3
-    return {"ms": ms, "gmacs": rate / 1e9, "peak_gmacs": peak / 1e9, "fraction": rate / peak}
+    out = {"ms": ms, "gmacs": rate / 1e9, "peak_gmacs": peak / 1e9, "fraction": rate / peak}
+    bf16 = bf16_runner(teacher) if bf16_native() else None
+    if bf16 is not None:
+        bf16(batch)
+        b_cpu = []
+        for _ in range(calls):
+            c = time.process_time()
+            bf16(batch)
+            b_cpu.append(time.process_time() - c)
+        out.update(bf16_ms=statistics.median(b_cpu) * 1e3, bf16_gmacs=macs / statistics.median(b_cpu) / 1e9)
+    return out
 
 
 if __name__ == "__main__":

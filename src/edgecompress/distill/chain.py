@@ -70,6 +70,7 @@ class MemberRecord:
     best_epoch: int | None = None
     lr: float | None = None  # the peak learning rate it trained with (chosen by the range test with lr: auto)
     events: list[str] = field(default_factory=list)  # training recoveries, one line each (for the report)
+    teacher_precision: dict[str, Any] | None = None  # what its KD teacher ran in (``TeacherPrecision.to_dict``)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +284,7 @@ def distill_chain(
             augment_cfg=augment_cfg,
             progress=progress,
             device=device,
+            teacher_precision=cfg.teacher_precision,
         )
         ev = _evaluate(res.model, splits)
         rec = MemberRecord(
@@ -293,6 +295,7 @@ def distill_chain(
             best_epoch=res.best_epoch,
             lr=res.lr,
             events=list(res.events),
+            teacher_precision=res.teacher_precision,
         )
         val_accuracy = _record(rec, ev, splits, calibrate)
         rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started

@@ -9,8 +9,9 @@ graph, same kernels, same thread count), so training stays seeded-deterministic 
 
 A runner is used only when it is safe: the model is on the CPU, the export succeeds, and its logits on a probe batch
 match eager PyTorch within ``PARITY_RTOL`` of their scale; anything else falls back to eager ``inference_mode``
-(``predict_logits``), silently except for a debug log line. bf16 was measured and rejected: this torch build has no
-oneDNN bf16 path on this CPU (20x slower than fp32).
+(``predict_logits``), silently except for a debug log line. The KD teacher on augmented batches may instead run in
+bf16 where the CPU has native bf16 (``distill.teacher_precision``: checked for fidelity and speed); on a CPU without
+it (AVX2, or AVX-512 without BF16/AMX) oneDNN emulates bf16 and was 20x slower than fp32, so ``auto`` keeps fp32.
 
 Channels-last training (``channels_last_ok``): conv nets train 1.2-1.3x faster per step in NHWC on this CPU
 (measured: demo teacher 566 vs 681 ms per batch of 128, the 8/16-channel student 39 vs 52 ms); a model whose forward

@@ -17,7 +17,9 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
   function of its input, so its logits are computed once per sample (one batched ``inference_mode`` pass) and
   indexed per step. Valid for any number of epochs and across a resume.
 * With augmentation the views differ each epoch, so each step runs the teacher on its batch — on CPU through a
-  frozen ONNX Runtime graph of it (BN folded, fused kernels; checked against eager, ``distill.fast_eval``).
+  frozen ONNX Runtime graph of it (BN folded, fused kernels; checked against eager, ``distill.fast_eval``), or in
+  bf16 where the CPU runs it natively and it is faithful and faster (``distill.teacher_precision``; the choice is
+  in the checkpoint, so a resume keeps it).
 * Evaluation logits (val each epoch, the untrained reference, the cache) go through the same frozen graph when the
   split has >= ``fast_eval.MIN_ROWS`` rows, else eager ``inference_mode``. On CPU the trained model runs channels-last.
   All of these are pure functions of their inputs, so seeding and resumes stay bit-identical; ``fast=False`` is eager.
@@ -56,6 +58,12 @@ from edgecompress.distill.steps import (
     make_optimizer,
     probe_batches,
 )
+from edgecompress.distill.teacher_precision import (
+    FIDELITY_ROWS,
+    TeacherPrecision,
+    choose_teacher_runner,
+    resume_runner,
+)
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
 
@@ -78,6 +86,7 @@ class TrainResult:
     seconds: float = 0.0
     lr: float | None = None  # the peak learning rate before any recovery lowered it (chosen when train.lr is auto)
     lr_range: dict[str, Any] | None = None  # the range test's record (``LRRangeResult.to_dict``) when lr is auto
+    teacher_precision: dict[str, Any] | None = None  # what the KD teacher ran in (``TeacherPrecision.to_dict``)
     events: list[str] = field(default_factory=list)  # one line per recovery, with the numbers, for the report
     recoveries: int = 0
 
@@ -90,6 +99,7 @@ class TrainResult:
             "seconds": self.seconds,
             "lr": self.lr,
             "lr_range": self.lr_range,
+            "teacher_precision": self.teacher_precision,
             "recoveries": self.recoveries,
             "events": self.events,
             "history": self.history,
@@ -135,6 +145,7 @@ def train_model(
     device: str | torch.device | None = None,
     teacher_logits: Tensor | None = None,
     fast: bool = True,
+    teacher_precision: str = "auto",
 ) -> TrainResult:
     """Train ``model`` on ``splits.train``, select the epoch with the best ``splits.val`` accuracy, return it loaded.
 
@@ -158,10 +169,12 @@ def train_model(
         fast: on CPU, run inference (teacher, val, logit cache) through a frozen ONNX Runtime graph checked against
             eager, and train in channels-last layout (``distill.fast_eval``; each falls back to eager NCHW when
             unsafe). False: eager NCHW throughout (the reference for comparisons).
+        teacher_precision: with augmentation on CPU, what the teacher runs in: ``auto`` (bf16 when native, faithful
+            and faster), ``fp32`` or ``bf16`` (``distill.teacher_precision``); ignored with ``fast=False``.
 
     Raises:
         TrainingError: the loss became NaN/Inf and no recovery is left (names epoch and step; the last good
-            checkpoint is kept).
+            checkpoint is kept); or ``teacher_precision`` is bf16 and the bf16 teacher is not faithful.
         CheckpointError: ``workdir`` holds a checkpoint of a different run.
     """
     started = time.perf_counter()
@@ -186,7 +199,8 @@ def train_model(
     sample = x_tr.rows(0, min(8, len(x_tr))).to(dev)
     layout = torch.channels_last if fast and channels_last_ok(model, sample) else torch.contiguous_format
     set_layout(model, layout)
-    teacher_run = frozen_runner(teacher, sample) if fast and teacher is not None and augment is not None else None
+    per_step = fast and teacher is not None and augment is not None  # the teacher runs on every augmented batch
+    teacher_run = frozen_runner(teacher, sample) if per_step and teacher is not None else None
 
     def logits(m: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
         return fast_logits(m, x, runner=runner) if fast else predict_logits(m, x)
@@ -201,6 +215,8 @@ def train_model(
             "teacher": state_hash(teacher) if teacher is not None else None,
             "data": data_hash(splits, [x_tr, y_tr, x_val, y_val]),
             "augment": None if augment is None else repr(augment_cfg),
+            # only when pinned, so that the fingerprints of default runs are those of earlier versions
+            **({} if teacher_precision == "auto" else {"teacher_precision": teacher_precision}),
         }
     )
     opt = make_optimizer(model, cfg)
@@ -228,6 +244,7 @@ def train_model(
         restore = ck["restore"] or {**cur, "model": cpu_clone(ck["model"]), "optimizer": cpu_clone(ck["optimizer"])}
         peak_lr, lr_range, lr_scale = float(ck["peak_lr"]), ck["lr_range"], float(ck["lr_scale"])
         recoveries, events = int(ck["recoveries"]), list(ck["events"])
+        precision = TeacherPrecision.from_dict(ck["teacher_precision"]) if ck.get("teacher_precision") else None
         log.info("resuming %s at epoch %d/%d", workdir, cur["epoch"], cfg.epochs)
     else:
         z0 = logits(model, x_val)  # the untrained state: the first reference for NLL and chance
@@ -243,6 +260,15 @@ def train_model(
         from_scratch = at_chance(cur["accuracy"], z0.shape[1], len(y_val), majority)
         peak_lr = math.nan if cfg.lr == "auto" else float(cfg.lr)  # nan: chosen by the range test below
         lr_range, lr_scale, recoveries, events = None, 1.0, 0, []
+        precision = None
+    if per_step and teacher is not None:
+        if precision is not None:  # the precision this run started with, not timed again
+            teacher_run = resume_runner(teacher, teacher_run, precision)
+        else:
+            teacher_run, precision = choose_teacher_runner(
+                teacher, x_tr.rows(0, FIDELITY_ROWS).to(dev), teacher_run, teacher_precision,
+                batch_size=cfg.batch_size,
+            )  # fmt: skip
     start_epoch = int(cur["epoch"])
 
     net: nn.Module = model
@@ -269,7 +295,7 @@ def train_model(
         zt = None
         if cache is not None:
             zt = cache[idx.to(dev)]
-        elif teacher_run is not None:  # the teacher sees this augmented batch, through its frozen graph
+        elif teacher_run is not None:  # the teacher sees this augmented batch (frozen graph, or bf16)
             zt = teacher_run(xb).to(dev)
         elif teacher is not None:
             with torch.inference_mode():
@@ -325,6 +351,7 @@ def train_model(
             "lr_scale": lr_scale,
             "recoveries": recoveries,
             "events": events,
+            "teacher_precision": None if precision is None else precision.to_dict(),
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(ck, tmp)
@@ -444,6 +471,7 @@ def train_model(
         seconds=time.perf_counter() - started,
         lr=float(peak_lr),
         lr_range=lr_range,
+        teacher_precision=None if precision is None else precision.to_dict(),
         events=list(events),
         recoveries=recoveries,
     )

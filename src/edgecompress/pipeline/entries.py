@@ -58,6 +58,7 @@ def chain_entries(teacher: TeacherResult, distill: DistillResult, cal: Calibrate
                 "fidelity_kl": m.get("fidelity_kl"),
                 "device": "host",
                 "parent": m.get("teacher"),
+                "notes": [n for n in [(m.get("teacher_precision") or {}).get("note")] if n],
             }
         )
     student = next((e for e in entries if e["role"] == "student"), None)
@@ -66,16 +67,17 @@ def chain_entries(teacher: TeacherResult, distill: DistillResult, cal: Calibrate
         student["temperature"] = cal.temperature
         student["ece_before_ts"] = cal.before["ece"]
         student["nll_before_ts"] = cal.before["nll"]
-        student["notes"] = ["metrics after temperature scaling (T folded into the exported graph)"]
+        student["notes"].append("metrics after temperature scaling (T folded into the exported graph)")
         student["reliability_png"] = cal.reliability_png
     if not cal.ece_measured and student is not None:
-        student["notes"] = ["ECE not measured (no labelled val set)"]
+        student["notes"].append("ECE not measured (no labelled val set)")
     base = distill.scratch_baseline or {}
     if student is not None and base.get("shipped") and not base.get("same_as_student"):
         # the distilled student lost to the same student trained on labels: the row is the shipped (scratch) model
+        distilled = (members[-1].get("teacher_precision") or {}).get("note")  # not the shipped model's
         student.update(parent=None, fidelity_agreement=None, fidelity_kl=None)
-        student["notes"] = [*student.get("notes", []), "trained on labels alone (the scratch baseline beat the "
-                            "distilled student on val and was shipped)"]  # fmt: skip
+        student["notes"] = [*(n for n in student["notes"] if n != distilled), "trained on labels alone (the scratch "
+                            "baseline beat the distilled student on val and was shipped)"]  # fmt: skip
     return entries
 
 
