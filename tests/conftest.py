@@ -463,3 +463,17 @@ def bn_net(width: int):  # noqa: ANN201 - a torch.nn.Module
         torch.nn.Flatten(),
         torch.nn.Linear(4 * width, 4),
     )
+
+
+def proto_splits(n: int = 192):  # noqa: ANN201 - a namespace with train/val
+    """4 classes of 1x8x8 inputs (a random prototype per class plus noise): ``n`` train and 64 val samples."""
+    from types import SimpleNamespace as NS
+
+    protos = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+
+    def part(k: int, seed: int) -> NS:
+        r = np.random.default_rng(seed)
+        y = r.integers(0, 4, k).astype(np.int64)
+        return NS(x=(protos[y] + 0.7 * r.normal(size=(k, 1, 8, 8))).astype(np.float32), y=y)
+
+    return NS(train=part(n, 1), val=part(64, 2))

@@ -7,11 +7,11 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace as NS
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from conftest import proto_splits
 from edgecompress.distill.config import TrainConfig
 from edgecompress.distill.fast_eval import PARITY_RTOL, channels_last_ok, fast_logits, frozen_runner
 from edgecompress.distill.trainer import train_model
@@ -28,18 +28,6 @@ def _net(width: int = 8, classes: int = 4) -> nn.Module:
         nn.Flatten(),
         nn.Linear(width, classes),
     )
-
-
-def _splits(n: int = 192) -> NS:
-    g = np.random.default_rng(0)
-    protos = g.normal(size=(4, 1, 8, 8)).astype(np.float32)
-
-    def part(k: int, seed: int) -> NS:
-        r = np.random.default_rng(seed)
-        y = r.integers(0, 4, k).astype(np.int64)
-        return NS(x=(protos[y] + 0.7 * r.normal(size=(k, 1, 8, 8))).astype(np.float32), y=y)
-
-    return NS(train=part(n, 1), val=part(64, 2))
 
 
 def _trained_bn_net() -> nn.Module:
@@ -120,7 +108,7 @@ def test_channels_last_refused_for_a_layout_dependent_forward(tmp_path: Path) ->
     assert not channels_last_ok(ViewAfterConv(), x)
     res = train_model(
         ViewAfterConv(),
-        _splits(),
+        proto_splits(),
         TrainConfig(epochs=1, batch_size=32, lr=0.05),
         workdir=tmp_path,
         seed=0,
@@ -136,7 +124,7 @@ class Interrupt(Exception):
 def test_kd_with_augmentation_through_the_frozen_teacher_resumes_bit_identically(tmp_path: Path) -> None:
     """Teacher through ORT on every augmented batch, channels-last student: an interrupted run resumed from its
     checkpoint ends with the same bits as an uninterrupted one, and the result is in the usual layout."""
-    teacher, s = _trained_bn_net(), _splits()
+    teacher, s = _trained_bn_net(), proto_splits()
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=1)
     aug = NS(crop_pad=1, hflip=True)
     torch.manual_seed(1)

@@ -7,12 +7,12 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace as NS
 
-import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
+from conftest import proto_splits
 from edgecompress.distill import teacher_precision as tp
 from edgecompress.distill.config import DistillConfig, TrainConfig
 from edgecompress.distill.fast_eval import frozen_runner
@@ -45,18 +45,6 @@ class NearTies(nn.Module):
         return 1000.0 + 0.01 * self.body(x)
 
 
-def _splits(n: int = 192) -> NS:
-    g = np.random.default_rng(0)
-    protos = g.normal(size=(4, 1, 8, 8)).astype(np.float32)
-
-    def part(k: int, seed: int) -> NS:
-        r = np.random.default_rng(seed)
-        y = r.integers(0, 4, k).astype(np.int64)
-        return NS(x=(protos[y] + 0.7 * r.normal(size=(k, 1, 8, 8))).astype(np.float32), y=y)
-
-    return NS(train=part(n, 1), val=part(64, 2))
-
-
 def test_fp32_is_used_as_given_and_nothing_is_measured() -> None:
     teacher, x = _net(), torch.randn(64, 1, 8, 8)
     fp32 = frozen_runner(teacher, x[:8])
@@ -87,7 +75,8 @@ def test_an_unfaithful_bf16_teacher_is_refused_with_its_numbers(monkeypatch: pyt
     teacher, x = NearTies(), torch.randn(256, 1, 8, 8)
     with pytest.raises(TrainingError, match=r"not faithful.*top-1 agreement \d+\.\d+ %.*teacher_precision: fp32"):
         tp.choose_teacher_runner(teacher, x, None, "bf16")
-    monkeypatch.setattr(tp, "bf16_native", lambda: True)  # auto takes the same check on any CPU
+    monkeypatch.setattr(tp, "bf16_native", lambda: True)  # auto takes the same check on any CPU ...
+    monkeypatch.setattr(tp, "MIN_MACS", 0)  # ... for a teacher of any size
     run, rec = tp.choose_teacher_runner(teacher, x, None, "auto")
     assert run is None and rec.precision == "fp32"
     assert rec.agreement is not None and rec.agreement < tp.MIN_AGREEMENT
@@ -101,11 +90,23 @@ def test_auto_without_native_bf16_stays_fp32_without_timing(monkeypatch: pytest.
     assert run is None and rec.precision == "fp32" and "no native bf16" in rec.reason and rec.speedup is None
 
 
-def test_auto_needs_a_clear_speedup(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_uses_bf16_only_for_a_big_enough_teacher_and_never_by_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tp, "bf16_native", lambda: True)
-    monkeypatch.setattr(tp, "MIN_SPEEDUP", 1e9)  # no real speedup reaches it
-    _, rec = tp.choose_teacher_runner(_net(), torch.randn(128, 1, 8, 8), None, "auto", batch_size=32)
-    assert rec.precision == "fp32" and "not 1e+09x faster" in rec.reason and rec.speedup is not None
+    teacher, x = _net(), torch.randn(128, 1, 8, 8)
+    macs = tp._count_macs(teacher, (1, 8, 8))
+    assert macs is not None and 0 < macs < tp.MIN_MACS
+    monkeypatch.setattr(tp, "bf16_runner", lambda m: pytest.fail("a small teacher is not tried in bf16"))
+    run, rec = tp.choose_teacher_runner(teacher, x, None, "auto", batch_size=32)
+    assert run is None and rec.precision == "fp32" and rec.macs == macs and rec.speedup is None
+    assert "too small" in rec.reason and f"{macs / 1e6:.2f} M MACs" in rec.reason and rec.note() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(tp, "bf16_native", lambda: True)
+    monkeypatch.setattr(tp, "MIN_MACS", macs)  # big enough: bf16, however the timing came out
+    clock = iter(range(10_000))
+    monkeypatch.setattr(tp.time, "process_time", lambda: float(next(clock)) ** 2)  # every later call is slower
+    run, rec = tp.choose_teacher_runner(teacher, x, None, "auto", batch_size=32)
+    assert rec.precision == "bf16" and run is not None and rec.speedup is not None and rec.speedup < 1
+    assert "bf16" in (rec.note() or "")
 
 
 class Interrupt(Exception):
@@ -115,7 +116,7 @@ class Interrupt(Exception):
 def test_a_bf16_teacher_run_resumes_bit_identically_without_choosing_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    teacher, s = _net(), _splits()
+    teacher, s = _net(), proto_splits()
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=1)
     aug = NS(crop_pad=1, hflip=True)
     torch.manual_seed(1)
@@ -152,7 +153,7 @@ def test_a_bf16_teacher_run_resumes_bit_identically_without_choosing_again(
 
 
 def test_without_augmentation_the_teacher_precision_is_not_chosen(tmp_path: Path) -> None:
-    res = train_model(_net(8), _splits(), TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=False),
+    res = train_model(_net(8), proto_splits(), TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=False),
                       workdir=tmp_path, seed=0, teacher=_net(), progress=False, device="cpu",
                       teacher_precision="bf16")  # fmt: skip
     assert res.teacher_precision is None  # the logits are cached once per sample in fp32
@@ -168,7 +169,9 @@ def test_the_report_row_of_a_distilled_member_says_what_its_teacher_ran_in() -> 
     from edgecompress.pipeline.entries import chain_entries
     from edgecompress.pipeline.results import CalibrateResult, DistillResult, TeacherResult
 
-    rec = tp.TeacherPrecision("bf16", "auto", "faithful and faster", speedup=3.1, agreement=1.0, kl=2e-6, rows=512)
+    rec = tp.TeacherPrecision(
+        "bf16", "auto", "native, big enough and faithful", speedup=3.1, agreement=1.0, kl=2e-6, rows=512
+    )
     members = [
         {"name": "teacher", "role": "teacher"},
         {"name": "student", "role": "student", "teacher": "teacher", "teacher_precision": rec.to_dict()},

@@ -174,3 +174,21 @@ def test_students_train_with_the_data_augmentation(tmp_path: Path, monkeypatch: 
     data["distill"]["train"]["epochs"] = 2
     run_pipeline(PipelineConfig.model_validate(data), tmp_path / "run", progress=False, until="distill")
     assert seen and all(getattr(a, "crop_pad", None) == 1 for a in seen)
+
+
+def test_refit_on_a_format_without_a_rescale_hook_is_a_note_not_a_failure(tmp_path: Path) -> None:
+    """Regression: `formats: all` died in the export stage ("cannot rescale a executorch artifact in place") when an
+    INT8 artifact of a format that cannot be edited in place moved ECE on val. With threshold 0 every INT8 artifact
+    is re-fitted: ONNX gets its re-folded twin; ORT keeps its artifact, with a note and a warning naming the numbers."""
+    data = json.loads(json.dumps(TINY))
+    data["export"]["formats"] = ["onnx:int8", "ort:int8"]
+    data["calibration"] = {"refit_threshold": 0.0}
+    run_pipeline(PipelineConfig.model_validate(data), tmp_path / "run", progress=False, until="export")
+    done = next((tmp_path / "run" / "stages").glob("export-*")) / "_done.json"
+    arts = {a["name"]: a for a in json.loads(done.read_text())["artifacts"]}
+    assert all(a["ok"] for a in arts.values()), {n: a.get("failure") for n, a in arts.items()}
+    assert arts["onnx-int8-refit"]["refit_of"] == "onnx-int8"
+    ort = arts["ort-int8"]
+    assert "ort-int8-refit" not in arts and ort["test_metrics"]["accuracy"] > 0.5
+    assert ort["val_ece_shift"] is not None and "was not folded in" in ort["note"] and "export" in ort["note"]
+    assert ort["reliability_png"] and Path(ort["reliability_png"]).is_file()

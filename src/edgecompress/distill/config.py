@@ -217,7 +217,8 @@ class DistillConfig(StrictModel):
         "auto",
         description="With augmentation on CPU, what each KD teacher runs in on every batch: 'auto' = bf16 when the "
         "CPU runs it natively (AVX512-BF16/AMX), it agrees with fp32 (top-1 >= 99 %, KL <= 1e-3 on 512 training "
-        "images) and is >= 1.5x faster, else fp32; 'fp32'; 'bf16' (error if not faithful). Recorded per hop.",
+        "images) and the teacher has >= 10 M MACs per image (smaller ones gain nothing), else fp32; 'fp32'; "
+        "'bf16' (error if not faithful). Recorded per hop.",
     )
     datafree: DataFreeConfig | None = Field(
         None, description="Set to distill without training data: synthesize the transfer set from the teacher."

@@ -10,13 +10,18 @@ Lower precision moves the targets the student learns from, so the choice is chec
 * **fidelity** — on the first ``FIDELITY_ROWS`` training rows, the bf16 teacher's top-1 must agree with the fp32
   teacher's on at least ``MIN_AGREEMENT`` of them, and the mean KL(fp32 ‖ bf16) of their softmax at T = 1 (the
   strictest temperature KD uses; a higher T only shrinks it) must be at most ``MAX_KL`` nats;
-* **speed** — with ``auto``, bf16 is used only when one batch runs at least ``MIN_SPEEDUP`` times faster in CPU time
-  than the fp32 teacher (its frozen ONNX Runtime graph, or eager), timed alternately in this process.
+* **size** — with ``auto``, bf16 is used only for a teacher of at least ``MIN_MACS`` multiply-accumulates per image.
+  A smaller one gains little or nothing (per-call overheads and the fp32<->bf16 conversions dominate). The rule is a
+  count, not a timing, on purpose: the choice changes the student, so it must come out the same on every run of one
+  config on one machine — a timed threshold did not (a teacher measured at 0.3x once measured 1.7x under load, and
+  two runs of one config trained different students). The speed is still measured (alternate calls, CPU time) and
+  recorded beside the fidelity numbers, for the report; it decides nothing.
 
-``distill.teacher_precision``: ``auto`` (the default: bf16 when the CPU has it natively, it passes both checks),
-``fp32`` (never), ``bf16`` (whenever it passes the fidelity check, however fast; a failure is an error naming the
-numbers). The choice and its numbers are recorded in the training checkpoint, so a resumed run keeps the precision
-it started with (no re-timing: bit-identical to an uninterrupted run), and in the training result and the report.
+``distill.teacher_precision``: ``auto`` (the default: bf16 when the CPU has it natively, the teacher is big enough
+and it passes the fidelity check), ``fp32`` (never), ``bf16`` (whenever it passes the fidelity check, whatever its
+size; a failure is an error naming the numbers). The choice and its numbers are recorded in the training checkpoint,
+so a resumed run keeps the precision it started with (bit-identical to an uninterrupted run), and in the training
+result and the report.
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ Precision = Literal["auto", "fp32", "bf16"]
 FIDELITY_ROWS = 512  # training rows the bf16 teacher is compared on
 MIN_AGREEMENT = 0.99  # top-1 agreement with the fp32 teacher (near-tied rows may flip; KL bounds the targets)
 MAX_KL = 1e-3  # mean KL(fp32 || bf16) at T = 1, nats
-MIN_SPEEDUP = 1.5  # auto: bf16 only when clearly faster (a resume reuses the recorded choice, never re-times)
+# auto: bf16 only for a teacher of at least this many MACs per image. bf16 / fp32 speed of one 128-image batch on one
+# AMX core (docs/performance.md, 5.3): 0.9-1.0x at 1.0-2.5 M, 1.1x at 3.9 M, 1.2-1.3x at 7.5 M, 1.4-1.7x at 15 M,
+# 1.8-2.3x at 30-41 M, 2.9-3.7x at 58 M.
+MIN_MACS = 10_000_000
 TIMED_CALLS = 3  # at least this many timed calls per precision (alternating); the fastest of each is compared
 
 
@@ -56,6 +64,7 @@ class TeacherPrecision:
     agreement: float | None = None  # top-1 agreement, bf16 vs fp32, on ``rows`` training rows
     kl: float | None = None  # mean KL(fp32 || bf16) at T = 1, nats
     rows: int = 0
+    macs: int | None = None  # the teacher's multiply-accumulates per image (None: not counted)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, plus ``note`` (the report's line, or None)."""
@@ -74,6 +83,7 @@ class TeacherPrecision:
             agreement=num("agreement"),
             kl=num("kl"),
             rows=int(d.get("rows") or 0),
+            macs=None if d.get("macs") is None else int(d["macs"]),
         )
 
     def measured(self) -> str:
@@ -145,6 +155,7 @@ def choose_teacher_runner(
     requested: str = "auto",
     *,
     batch_size: int = 128,
+    macs: int | None = None,
 ) -> tuple[Runner | None, TeacherPrecision]:
     """The runner the trainer calls on every augmented batch, and the record of why.
 
@@ -154,6 +165,7 @@ def choose_teacher_runner(
         fp32: the fp32 frozen runner (``fast_eval.frozen_runner``), or None for eager fp32.
         requested: ``auto`` / ``fp32`` / ``bf16`` (``distill.teacher_precision``).
         batch_size: rows of the timed batch (the training batch).
+        macs: the teacher's MACs per image, if known (else counted here on one probe row).
 
     Returns:
         (runner, record); the runner is ``fp32`` itself (possibly None: eager) unless bf16 was chosen.
@@ -165,6 +177,12 @@ def choose_teacher_runner(
         return fp32, TeacherPrecision("fp32", requested, "requested")
     if requested == "auto" and not bf16_native():
         return fp32, TeacherPrecision("fp32", requested, "this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    if macs is None:
+        macs = _count_macs(teacher, tuple(probe.shape[1:]))
+    if requested == "auto" and (macs is None or macs < MIN_MACS):
+        size = "its MACs could not be counted" if macs is None else f"{macs / 1e6:.2f} M MACs per image"
+        reason = f"the teacher is too small for bf16 to pay ({size}; auto needs >= {MIN_MACS / 1e6:g} M)"
+        return fp32, TeacherPrecision("fp32", requested, reason, macs=macs)
     bf16 = bf16_runner(teacher)
     if bf16 is None:
         if requested == "bf16":
@@ -193,7 +211,9 @@ def choose_teacher_runner(
     agreement = (z32.argmax(1) == z16.argmax(1)).float().mean().item()
     kl = F.kl_div(F.log_softmax(z16, 1), F.log_softmax(z32, 1), reduction="batchmean", log_target=True).item()
     speedup = min(secs["fp32"]) / max(min(secs["bf16"]), 1e-9)
-    rec = TeacherPrecision("fp32", requested, "", speedup=speedup, agreement=agreement, kl=kl, rows=len(rows))
+    rec = TeacherPrecision(
+        "fp32", requested, "", speedup=speedup, agreement=agreement, kl=kl, rows=len(rows), macs=macs
+    )
     faithful = agreement >= MIN_AGREEMENT and kl <= MAX_KL
     if not faithful:
         rec.reason = (
@@ -206,12 +226,21 @@ def choose_teacher_runner(
                 f"{100 * MIN_AGREEMENT:.1f} % and KL <= {MAX_KL:g}",
                 "set distill.teacher_precision: fp32 (or auto)",
             )
-    elif requested == "auto" and speedup < MIN_SPEEDUP:
-        rec.reason = f"bf16 was not {MIN_SPEEDUP:g}x faster"
     else:
-        rec.precision, rec.reason = "bf16", "requested" if requested == "bf16" else "faithful and faster"
+        rec.precision, rec.reason = "bf16", "requested" if requested == "bf16" else "native, big enough and faithful"
     log.info("KD teacher in %s: %s (%s)", rec.precision, rec.reason, rec.measured())
     return (bf16 if rec.precision == "bf16" else fp32), rec
+
+
+def _count_macs(teacher: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """MACs per image, or None when the counter fails on this model (auto then keeps fp32)."""
+    from edgecompress.models.build import count_macs
+
+    try:
+        return int(count_macs(teacher, input_shape))  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - an exotic model: no count, no bf16 by default
+        log.debug("cannot count the teacher's MACs: %s", exc)
+        return None
 
 
 def resume_runner(teacher: nn.Module, fp32: Runner | None, record: TeacherPrecision) -> Runner | None:
@@ -231,7 +260,7 @@ __all__ = [
     "FIDELITY_ROWS",
     "MAX_KL",
     "MIN_AGREEMENT",
-    "MIN_SPEEDUP",
+    "MIN_MACS",
     "Precision",
     "TeacherPrecision",
     "bf16_native",

@@ -103,7 +103,7 @@ def rescale_output(artifact: Artifact, factor: float, out_dir: Path) -> Artifact
     hook = FORMATS[artifact.format].rescale_fn()
     if hook is None:
         raise ExportError(
-            f"cannot rescale a {artifact.format} artifact in place",
+            f"cannot rescale the {artifact.format} artifact {artifact.name} in place",
             "fold the new temperature into the model and export that format again",
         )
     out_dir = Path(out_dir)

@@ -143,10 +143,20 @@ def _evaluate(
             if val_logits is None:
                 val_logits = run_through(art, splits.val.x, mb)
             from edgecompress.calibration import fit_temperature
+            from edgecompress.errors import ExportError
             from edgecompress.export import rescale_output
 
             t_extra = float(fit_temperature(val_logits, splits.val.y))
-            refit = rescale_output(art, 1.0 / t_extra, out_dir / "refit" / art.name)
+            try:
+                refit = rescale_output(art, 1.0 / t_extra, out_dir / "refit" / art.name)
+            except ExportError as exc:  # e.g. executorch / ort: no in-place edit; the artifact itself stays
+                note = (
+                    f"val ECE moved by {moved:.4f} (threshold {ccfg.refit_threshold:g}); a re-fitted T = {t_extra:.3f} "
+                    f"was not folded in ({exc})"
+                )
+                ctx.warn(f"{art.name}: {note}")
+                out[0] = art.model_copy(update={"note": note})
+                return _with_diagram(out, diagram, out_dir, art.name)
             refit_logits = run_through(refit, splits.test.x, mb)
             refit = refit.model_copy(
                 update={
@@ -158,9 +168,16 @@ def _evaluate(
             )
             diagram.append((f"{art.name} (T re-fitted on val)", refit_logits, splits.test.y))
             out.append(refit)
+    return _with_diagram(out, diagram, out_dir, art.name)
+
+
+def _with_diagram(
+    out: list[Artifact], diagram: list[tuple[str, np.ndarray, np.ndarray]], out_dir: Path, name: str
+) -> list[Artifact]:
+    """``out`` with the reliability diagram of ``diagram`` drawn and attached to each artifact."""
     from edgecompress.calibration import reliability_diagram
 
-    png = reliability_diagram(diagram, out_dir / "reliability" / f"{art.name}.png")
+    png = reliability_diagram(diagram, out_dir / "reliability" / f"{name}.png")
     return [a.model_copy(update={"reliability_png": png}) for a in out]
 
 
