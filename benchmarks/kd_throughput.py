@@ -3,7 +3,9 @@
 Naive loop: the teacher runs forward on every step with autograd on (no ``inference_mode``/``no_grad``), the way
 many KD scripts do. Trainer: ``edgecompress.distill.train_model`` — without augmentation the teacher's logits are
 computed once per sample (one batched pass) and reused every epoch; with augmentation the teacher runs on every
-augmented batch through its frozen ONNX Runtime graph (``distill.fast_eval``) and the student trains channels-last.
+augmented batch, through its frozen ONNX Runtime graph (``distill.fast_eval``, "fast-fp32") or in bf16 where
+``distill.teacher_precision: auto`` chooses it ("fast": on AMX CPUs), and the student trains channels-last. On a CPU
+with AVX512-BF16 but no AMX, "fast-bf16" times the forced bf16 teacher beside them.
 "eager" is the same trainer with ``fast=False`` (teacher per step in eager ``inference_mode``, NCHW): the trainer
 before that change, measured in the same run. Wall and CPU time are both printed (CPU time of this process is the
 fair figure on a loaded machine; with ``--threads 1`` it equals the work done). The trainer's wall time includes
@@ -13,7 +15,7 @@ and writes nothing.
 Data: real Fashion-MNIST (a subset) from /usr/share/datasets/fashion-mnist when ``edgecompress.data`` can read it,
 else random tensors of the same shape (1x28x28, 10 classes); the run says which.
 
-    python -m benchmarks.kd_throughput --samples 2000 --epochs 2 --threads 1 --rounds 3
+    python -m benchmarks.kd_throughput --samples 6000 --epochs 2 --threads 1 --rounds 3
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ def train_teacher(teacher: nn.Module, splits: NS, epochs: int, batch_size: int) 
     return res.best_val_accuracy
 
 
-# trainer variants: name -> (fast, teacher_precision); "fast-fp32" runs only with augmentation (without it the
-# teacher's logits are cached once per sample and its precision does not matter)
-VARIANTS = {"eager": (False, "fp32"), "fast-fp32": (True, "fp32"), "fast": (True, "auto")}
+# trainer variants: name -> (fast, teacher_precision); "fast-fp32" and "fast-bf16" run only with augmentation
+# (without it the teacher's logits are cached once per sample and its precision does not matter), and "fast-bf16"
+# only where auto would not choose bf16 although the CPU runs it natively (AVX512-BF16 without AMX)
+VARIANTS = {"eager": (False, "fp32"), "fast-fp32": (True, "fp32"), "fast": (True, "auto"), "fast-bf16": (True, "bf16")}
 
 
 def main() -> None:
@@ -131,9 +134,10 @@ def main() -> None:
         print(f"teacher trained {args.teacher_epochs} epoch(s) on labels: val accuracy {acc:.4f}")
     teacher.eval()
     from edgecompress.data.config import AugmentConfig
-    from edgecompress.distill.teacher_precision import bf16_native
+    from edgecompress.distill.teacher_precision import amx_native, bf16_native
 
-    print(f"native bf16 in this CPU's oneDNN (AVX512-BF16/AMX): {bf16_native()}")
+    print(f"native bf16 in this CPU's oneDNN (AVX512-BF16/AMX): {bf16_native()}; AMX: {amx_native()}")
+    forced_bf16 = bf16_native() and not amx_native()  # auto stays fp32 here: time forced bf16 beside it
     warm = torch.from_numpy(splits.train.x[: args.batch_size])
     for _ in range(3):  # warm up kernels and thread pools before anything is timed
         teacher(warm).sum().backward()
@@ -146,12 +150,13 @@ def main() -> None:
     init = {k: v.clone() for k, v in student.state_dict().items()}
     times: dict[tuple[bool, str], list[tuple[float, float]]] = {}
     accs: dict[tuple[bool, str], float] = {}
-    precision: dict[str, object] | None = None
+    precision: dict[str, dict | None] = {}
     for r in range(args.rounds):  # interleaved: every variant once per round, order rotated per round
         for augment in (False, True):
             cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, augment=augment)
             aug_cfg = AugmentConfig(crop_pad=2, hflip=False) if augment else None
-            runs = ["naive", *(v for v in VARIANTS if augment or v != "fast-fp32")]
+            runs = ["naive", *(v for v in VARIANTS if augment or v not in ("fast-fp32", "fast-bf16"))]
+            runs = [v for v in runs if v != "fast-bf16" or forced_bf16]
             k = r % len(runs)
             for name in runs[k:] + runs[:k]:
                 net = conv_net([8, 16])
@@ -166,8 +171,8 @@ def main() -> None:
                                           augment_cfg=aug_cfg, progress=False, device="cpu", fast=fast,
                                           teacher_precision=prec)  # fmt: skip
                     accs[(augment, name)] = res.best_val_accuracy
-                    if augment and name == "fast":
-                        precision = res.teacher_precision
+                    if augment and name in ("fast", "fast-bf16"):
+                        precision[name] = res.teacher_precision
                 times.setdefault((augment, name), []).append((time.perf_counter() - w0, time.process_time() - c0))
     print(f"load average after the run: {[round(v, 2) for v in os.getloadavg()]}")
     print(
@@ -193,10 +198,11 @@ def main() -> None:
                 f"{statistics.median(t[1] for t in naive) / e:10.3f} {statistics.median(t[1] for t in ours) / e:9.3f} "
                 f"{xc:5.2f}x {accs[(augment, name)]:8.4f}"
             )
-    if precision:
-        print(f"fast trainer's augmented KD teacher: {precision['precision']} ({precision['reason']}; "
-              f"speedup {precision['speedup']}, agreement {precision['agreement']}, KL {precision['kl']}, "
-              f"{precision['rows']} rows)")  # fmt: skip
+    for name, rec in precision.items():
+        if rec:
+            print(f"{name} trainer's augmented KD teacher: {rec['precision']} ({rec['reason']}; "
+                  f"speedup {rec['speedup']}, agreement {rec['agreement']}, KL {rec['kl']}, "
+                  f"{rec['rows']} rows)")  # fmt: skip
     roof = teacher_roofline(teacher, warm, args.threads)
     if roof:
         steps = len(epoch_batches(args.samples, TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05), 0, 0))

@@ -465,6 +465,22 @@ def bn_net(width: int):  # noqa: ANN201 - a torch.nn.Module
     )
 
 
+def two_conv_net(width: int = 8, classes: int = 4):  # noqa: ANN201 - an nn.Sequential
+    """conv-BN-ReLU, conv-ReLU, global pool, linear: the fast-eval and teacher-precision tests' network."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
+    )
+
+
 def proto_splits(n: int = 192):  # noqa: ANN201 - a namespace with train/val
     """4 classes of 1x8x8 inputs (a random prototype per class plus noise): ``n`` train and 64 val samples."""
     from types import SimpleNamespace as NS

@@ -11,23 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import proto_splits
+from conftest import proto_splits, two_conv_net
 from edgecompress.distill.config import TrainConfig
 from edgecompress.distill.fast_eval import PARITY_RTOL, channels_last_ok, fast_logits, frozen_runner
 from edgecompress.distill.trainer import train_model
 
 
 def _net(width: int = 8, classes: int = 4) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(width, classes),
-    )
+    return two_conv_net(width, classes)
 
 
 def _trained_bn_net() -> nn.Module:

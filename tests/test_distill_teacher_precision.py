@@ -1,5 +1,6 @@
-"""distill.teacher_precision: the KD teacher runs in bf16 only when it is faithful (and, with auto, native and
-faster); an unfaithful one is refused with its numbers; the choice is recorded, reused on resume, and reported."""
+"""distill.teacher_precision: the KD teacher runs in bf16 only when it is faithful (and, with auto, on an AMX
+CPU for a big enough teacher); an unfaithful one is refused with its numbers; the choice is recorded, reused on
+resume, and reported."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from conftest import proto_splits
+from conftest import proto_splits, two_conv_net
 from edgecompress.distill import teacher_precision as tp
 from edgecompress.distill.config import DistillConfig, TrainConfig
 from edgecompress.distill.fast_eval import frozen_runner
@@ -22,16 +23,7 @@ from edgecompress.errors import CheckpointError, TrainingError
 
 def _net(width: int = 16, classes: int = 4) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(width, classes),
-    ).eval()
+    return two_conv_net(width, classes).eval()
 
 
 class NearTies(nn.Module):
@@ -76,6 +68,7 @@ def test_an_unfaithful_bf16_teacher_is_refused_with_its_numbers(monkeypatch: pyt
     with pytest.raises(TrainingError, match=r"not faithful.*top-1 agreement \d+\.\d+ %.*teacher_precision: fp32"):
         tp.choose_teacher_runner(teacher, x, None, "bf16")
     monkeypatch.setattr(tp, "bf16_native", lambda: True)  # auto takes the same check on any CPU ...
+    monkeypatch.setattr(tp, "amx_native", lambda: True)
     monkeypatch.setattr(tp, "MIN_MACS", 0)  # ... for a teacher of any size
     run, rec = tp.choose_teacher_runner(teacher, x, None, "auto")
     assert run is None and rec.precision == "fp32"
@@ -90,8 +83,20 @@ def test_auto_without_native_bf16_stays_fp32_without_timing(monkeypatch: pytest.
     assert run is None and rec.precision == "fp32" and "no native bf16" in rec.reason and rec.speedup is None
 
 
+def test_auto_without_amx_stays_fp32_without_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVX512-BF16 alone (e.g. AMD Zen 4) runs bf16 natively but measured 0.8-1.65x fp32: auto keeps fp32 there."""
+    monkeypatch.setattr(tp, "bf16_native", lambda: True)
+    monkeypatch.setattr(tp, "amx_native", lambda: False)
+    monkeypatch.setattr(tp, "MIN_MACS", 0)
+    monkeypatch.setattr(tp, "bf16_runner", lambda m: pytest.fail("no bf16 teacher should be built"))
+    run, rec = tp.choose_teacher_runner(_net(), torch.randn(64, 1, 8, 8), None, "auto")
+    assert run is None and rec.precision == "fp32" and rec.speedup is None
+    assert "without AMX" in rec.reason and "teacher_precision: bf16" in rec.reason
+
+
 def test_auto_uses_bf16_only_for_a_big_enough_teacher_and_never_by_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tp, "bf16_native", lambda: True)
+    monkeypatch.setattr(tp, "amx_native", lambda: True)
     teacher, x = _net(), torch.randn(128, 1, 8, 8)
     macs = tp._count_macs(teacher, (1, 8, 8))
     assert macs is not None and 0 < macs < tp.MIN_MACS
@@ -101,6 +106,7 @@ def test_auto_uses_bf16_only_for_a_big_enough_teacher_and_never_by_timing(monkey
     assert "too small" in rec.reason and f"{macs / 1e6:.2f} M MACs" in rec.reason and rec.note() is None
     monkeypatch.undo()
     monkeypatch.setattr(tp, "bf16_native", lambda: True)
+    monkeypatch.setattr(tp, "amx_native", lambda: True)
     monkeypatch.setattr(tp, "MIN_MACS", macs)  # big enough: bf16, however the timing came out
     clock = iter(range(10_000))
     monkeypatch.setattr(tp.time, "process_time", lambda: float(next(clock)) ** 2)  # every later call is slower
@@ -170,7 +176,7 @@ def test_the_report_row_of_a_distilled_member_says_what_its_teacher_ran_in() -> 
     from edgecompress.pipeline.results import CalibrateResult, DistillResult, TeacherResult
 
     rec = tp.TeacherPrecision(
-        "bf16", "auto", "native, big enough and faithful", speedup=3.1, agreement=1.0, kl=2e-6, rows=512
+        "bf16", "auto", "AMX, big enough and faithful", speedup=3.1, agreement=1.0, kl=2e-6, rows=512
     )
     members = [
         {"name": "teacher", "role": "teacher"},

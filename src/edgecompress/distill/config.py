@@ -216,8 +216,8 @@ class DistillConfig(StrictModel):
     teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="With augmentation on CPU, what each KD teacher runs in on every batch: 'auto' = bf16 when the "
-        "CPU runs it natively (AVX512-BF16/AMX), it agrees with fp32 (top-1 >= 99 %, KL <= 1e-3 on 512 training "
-        "images) and the teacher has >= 10 M MACs per image (smaller ones gain nothing), else fp32; 'fp32'; "
+        "CPU has AMX (AVX512-BF16 alone gains too little), it agrees with fp32 (top-1 >= 99 %, KL <= 1e-3 on 512 "
+        "training images) and the teacher has >= 10 M MACs per image (smaller ones gain nothing), else fp32; 'fp32'; "
         "'bf16' (error if not faithful). Recorded per hop.",
     )
     datafree: DataFreeConfig | None = Field(

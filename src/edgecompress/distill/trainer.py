@@ -18,7 +18,7 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
   indexed per step. Valid for any number of epochs and across a resume.
 * With augmentation the views differ each epoch, so each step runs the teacher on its batch — on CPU through a
   frozen ONNX Runtime graph of it (BN folded, fused kernels; checked against eager, ``distill.fast_eval``), or in
-  bf16 where the CPU runs it natively, the teacher is big enough and bf16 is faithful (``distill.teacher_precision``;
+  bf16 where the CPU has AMX, the teacher is big enough and bf16 is faithful (``distill.teacher_precision``;
   the choice is in the checkpoint, so a resume keeps it).
 * Evaluation logits (val each epoch, the untrained reference, the cache) go through the same frozen graph when the
   split has >= ``fast_eval.MIN_ROWS`` rows, else eager ``inference_mode``. On CPU the trained model runs channels-last.
@@ -169,7 +169,7 @@ def train_model(
         fast: on CPU, run inference (teacher, val, logit cache) through a frozen ONNX Runtime graph checked against
             eager, and train in channels-last layout (``distill.fast_eval``; each falls back to eager NCHW when
             unsafe). False: eager NCHW throughout (the reference for comparisons).
-        teacher_precision: with augmentation on CPU, what the teacher runs in: ``auto`` (bf16 when native, the teacher
+        teacher_precision: with augmentation on CPU, what the teacher runs in: ``auto`` (bf16 with AMX, when the teacher
             has >= 10 M MACs and bf16 is faithful), ``fp32`` or ``bf16`` (``distill.teacher_precision``); ignored
             with ``fast=False``.
 
