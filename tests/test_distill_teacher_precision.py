@@ -26,6 +26,12 @@ def _net(width: int = 16, classes: int = 4) -> nn.Module:
     return two_conv_net(width, classes).eval()
 
 
+def _cpu(monkeypatch: pytest.MonkeyPatch, *, bf16: bool, amx: bool) -> None:
+    """Pretend this CPU does (not) run bf16 natively and does (not) have AMX."""
+    monkeypatch.setattr(tp, "bf16_native", lambda: bf16)
+    monkeypatch.setattr(tp, "amx_native", lambda: amx)
+
+
 class NearTies(nn.Module):
     """Logits of ~1000 that differ by ~0.01: fp32 tells the classes apart, bf16 (8 significant bits) cannot."""
 
@@ -67,8 +73,7 @@ def test_an_unfaithful_bf16_teacher_is_refused_with_its_numbers(monkeypatch: pyt
     teacher, x = NearTies(), torch.randn(256, 1, 8, 8)
     with pytest.raises(TrainingError, match=r"not faithful.*top-1 agreement \d+\.\d+ %.*teacher_precision: fp32"):
         tp.choose_teacher_runner(teacher, x, None, "bf16")
-    monkeypatch.setattr(tp, "bf16_native", lambda: True)  # auto takes the same check on any CPU ...
-    monkeypatch.setattr(tp, "amx_native", lambda: True)
+    _cpu(monkeypatch, bf16=True, amx=True)  # auto takes the same check on any CPU ...
     monkeypatch.setattr(tp, "MIN_MACS", 0)  # ... for a teacher of any size
     run, rec = tp.choose_teacher_runner(teacher, x, None, "auto")
     assert run is None and rec.precision == "fp32"
@@ -77,7 +82,7 @@ def test_an_unfaithful_bf16_teacher_is_refused_with_its_numbers(monkeypatch: pyt
 
 
 def test_auto_without_native_bf16_stays_fp32_without_timing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tp, "bf16_native", lambda: False)
+    _cpu(monkeypatch, bf16=False, amx=False)
     monkeypatch.setattr(tp, "bf16_runner", lambda m: pytest.fail("no bf16 teacher should be built"))
     run, rec = tp.choose_teacher_runner(_net(), torch.randn(64, 1, 8, 8), None, "auto")
     assert run is None and rec.precision == "fp32" and "no native bf16" in rec.reason and rec.speedup is None
@@ -85,8 +90,7 @@ def test_auto_without_native_bf16_stays_fp32_without_timing(monkeypatch: pytest.
 
 def test_auto_without_amx_stays_fp32_without_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     """AVX512-BF16 alone (e.g. AMD Zen 4) runs bf16 natively but measured 0.8-1.65x fp32: auto keeps fp32 there."""
-    monkeypatch.setattr(tp, "bf16_native", lambda: True)
-    monkeypatch.setattr(tp, "amx_native", lambda: False)
+    _cpu(monkeypatch, bf16=True, amx=False)
     monkeypatch.setattr(tp, "MIN_MACS", 0)
     monkeypatch.setattr(tp, "bf16_runner", lambda m: pytest.fail("no bf16 teacher should be built"))
     run, rec = tp.choose_teacher_runner(_net(), torch.randn(64, 1, 8, 8), None, "auto")
@@ -95,8 +99,7 @@ def test_auto_without_amx_stays_fp32_without_timing(monkeypatch: pytest.MonkeyPa
 
 
 def test_auto_uses_bf16_only_for_a_big_enough_teacher_and_never_by_timing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tp, "bf16_native", lambda: True)
-    monkeypatch.setattr(tp, "amx_native", lambda: True)
+    _cpu(monkeypatch, bf16=True, amx=True)
     teacher, x = _net(), torch.randn(128, 1, 8, 8)
     macs = tp._count_macs(teacher, (1, 8, 8))
     assert macs is not None and 0 < macs < tp.MIN_MACS
@@ -105,8 +108,7 @@ def test_auto_uses_bf16_only_for_a_big_enough_teacher_and_never_by_timing(monkey
     assert run is None and rec.precision == "fp32" and rec.macs == macs and rec.speedup is None
     assert "too small" in rec.reason and f"{macs / 1e6:.2f} M MACs" in rec.reason and rec.note() is None
     monkeypatch.undo()
-    monkeypatch.setattr(tp, "bf16_native", lambda: True)
-    monkeypatch.setattr(tp, "amx_native", lambda: True)
+    _cpu(monkeypatch, bf16=True, amx=True)
     monkeypatch.setattr(tp, "MIN_MACS", macs)  # big enough: bf16, however the timing came out
     clock = iter(range(10_000))
     monkeypatch.setattr(tp.time, "process_time", lambda: float(next(clock)) ** 2)  # every later call is slower

@@ -10,7 +10,6 @@ Lower precision moves the targets the student learns from, so the choice is chec
 * **AMX** — with ``auto``, bf16 is used only on a CPU with AMX tiles (Intel Sapphire Rapids and later), where it
   measured 1.8-3.7x fp32 for teachers of 30-58 M MACs. AVX512-BF16 without AMX (e.g. AMD Zen 4) has a native bf16
   path too, but the same teachers measured 0.8-1.65x there, varying from run to run: not worth moving the targets;
-
 * **fidelity** — on the first ``FIDELITY_ROWS`` training rows, the bf16 teacher's top-1 must agree with the fp32
   teacher's on at least ``MIN_AGREEMENT`` of them, and the mean KL(fp32 ‖ bf16) of their softmax at T = 1 (the
   strictest temperature KD uses; a higher T only shrinks it) must be at most ``MAX_KL`` nats;
@@ -167,7 +166,6 @@ def choose_teacher_runner(
     requested: str = "auto",
     *,
     batch_size: int = 128,
-    macs: int | None = None,
 ) -> tuple[Runner | None, TeacherPrecision]:
     """The runner the trainer calls on every augmented batch, and the record of why.
 
@@ -177,7 +175,6 @@ def choose_teacher_runner(
         fp32: the fp32 frozen runner (``fast_eval.frozen_runner``), or None for eager fp32.
         requested: ``auto`` / ``fp32`` / ``bf16`` (``distill.teacher_precision``).
         batch_size: rows of the timed batch (the training batch).
-        macs: the teacher's MACs per image, if known (else counted here on one probe row).
 
     Returns:
         (runner, record); the runner is ``fp32`` itself (possibly None: eager) unless bf16 was chosen.
@@ -195,8 +192,7 @@ def choose_teacher_runner(
             "(set distill.teacher_precision: bf16 to use it anyway)"
         )
         return fp32, TeacherPrecision("fp32", requested, reason)
-    if macs is None:
-        macs = _count_macs(teacher, tuple(probe.shape[1:]))
+    macs = _count_macs(teacher, tuple(probe.shape[1:]))
     if requested == "auto" and (macs is None or macs < MIN_MACS):
         size = "its MACs could not be counted" if macs is None else f"{macs / 1e6:.2f} M MACs per image"
         reason = f"the teacher is too small for bf16 to pay ({size}; auto needs >= {MIN_MACS / 1e6:g} M)"

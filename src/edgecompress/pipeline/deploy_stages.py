@@ -156,28 +156,21 @@ def _evaluate(
                 )
                 ctx.warn(f"{art.name}: {note}")
                 out[0] = art.model_copy(update={"note": note})
-                return _with_diagram(out, diagram, out_dir, art.name)
-            refit_logits = run_through(refit, splits.test.x, mb)
-            refit = refit.model_copy(
-                update={
-                    "name": f"{art.name}-refit",
-                    "test_metrics": metrics_of(refit_logits, splits.test.y),
-                    "refit_temperature": t_extra,
-                    "refit_of": art.name,
-                }
-            )
-            diagram.append((f"{art.name} (T re-fitted on val)", refit_logits, splits.test.y))
-            out.append(refit)
-    return _with_diagram(out, diagram, out_dir, art.name)
-
-
-def _with_diagram(
-    out: list[Artifact], diagram: list[tuple[str, np.ndarray, np.ndarray]], out_dir: Path, name: str
-) -> list[Artifact]:
-    """``out`` with the reliability diagram of ``diagram`` drawn and attached to each artifact."""
+            else:
+                refit_logits = run_through(refit, splits.test.x, mb)
+                refit = refit.model_copy(
+                    update={
+                        "name": f"{art.name}-refit",
+                        "test_metrics": metrics_of(refit_logits, splits.test.y),
+                        "refit_temperature": t_extra,
+                        "refit_of": art.name,
+                    }
+                )
+                diagram.append((f"{art.name} (T re-fitted on val)", refit_logits, splits.test.y))
+                out.append(refit)
     from edgecompress.calibration import reliability_diagram
 
-    png = reliability_diagram(diagram, out_dir / "reliability" / f"{name}.png")
+    png = reliability_diagram(diagram, out_dir / "reliability" / f"{art.name}.png")
     return [a.model_copy(update={"reliability_png": png}) for a in out]
 
 
