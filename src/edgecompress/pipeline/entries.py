@@ -191,4 +191,5 @@ def scratch_baseline_entry(distill: DistillResult) -> dict[str, Any] | None:
         "distilled_test_accuracy": distilled.get("accuracy"),
         "shipped": "baseline" if shipped and not b.get("same_as_student") else "student",
         "same_model": bool(b.get("same_as_student")),
+        **{k: b[k] for k in ("difference", "stderr", "n", "significant") if b.get(k) is not None},  # where measured
     }
