@@ -83,9 +83,13 @@ def export_reference(ctx: Context, splits: Splits, contract: ExportContract, out
         log.debug("the teacher's reference export failed", exc_info=True)
         art = _failed(str(exc) if isinstance(exc, EdgeCompressError) else f"{type(exc).__name__}: {exc}")
     if not art.ok:
-        ctx.warn(f"the teacher's FP32 reference was not exported ({art.failure}): the speed-up over the teacher is "
-                 "not measured")  # fmt: skip
+        _unmeasured(ctx, f"the teacher's FP32 reference was not exported ({art.failure})")
     return art
+
+
+def _unmeasured(ctx: Context, why: str, where: str = "") -> None:
+    """One warning: why the speed-up over the teacher is not measured (the headline says it too)."""
+    ctx.warn(f"{why}: the speed-up over the teacher is not measured{where}")
 
 
 def vetted(ctx: Context) -> Artifact | None:
@@ -114,10 +118,8 @@ def benchmark_reference(
         return []
     rows = benchmark_artifacts([ref], cfg.devices, eval_x=eval_x, eval_y=eval_y, cfg=cfg, workdir=workdir,
                                num_classes=num_classes)  # fmt: skip
-    for row in rows:
-        if not row.ok:
-            ctx.warn(f"the teacher's reference failed on {row.device} ({row.error}): the speed-up over the teacher is "
-                     "not measured there")  # fmt: skip
+    for row in (r for r in rows if not r.ok):
+        _unmeasured(ctx, f"the teacher's reference failed on {row.device} ({row.error})", " there")
     return rows
 
 
