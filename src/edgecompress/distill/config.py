@@ -317,6 +317,12 @@ class DistillConfig(StrictModel):
                 "loss.kind 'auto' is decided by trials that assistants: search does not run; use assistants: auto "
                 "(trials the chain too) or a fixed loss.kind"
             )
+        tc = self.trials
+        if self.loss.kind == "auto" and not tc.dist and ([] in (tc.kd_temperatures, tc.kd_alphas)):
+            raise ValueError(
+                "loss.kind auto has no teacher-loss candidate (empty KD grid and dist: false); give "
+                "trials.kd_temperatures / kd_alphas or dist: true — or train on labels alone with loss.kind: ce"
+            )
         if self.datafree is not None and (self.loss.kind == "auto" or self.assistants == "auto"):
             raise ValueError("datafree distillation has no trials: set a fixed loss.kind and assistants (not 'auto')")
         return self
