@@ -75,6 +75,7 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     eval_data: tuple[np.ndarray, np.ndarray] | None = None  # images + labels devices evaluate, when splits are absent
     report: Any = None  # the Report, once the report stage has built it (the bundles stage reads its entries)
+    teacher_logits: Any = None  # distill.evaluate.SplitLogits: the teacher's raw logits per split, computed once
 
     def cached(self, stage: Stage[R]) -> R:
         """Run ``stage`` in its content-addressed folder, or reuse the finished folder; record time and result."""
