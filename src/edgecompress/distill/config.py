@@ -69,7 +69,7 @@ class TrainConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """The student's loss: a registered loss (``edgecompress.distill.registry.LOSSES``) and its parameters.
+    """The student's loss: a registered loss (``edgecompress._registry.LOSSES``) and its parameters.
 
     A parameter left out (None) takes the loss's own default (``distill.losses.resolve_loss``), so each loss has one
     default, written beside its formula.
@@ -102,7 +102,7 @@ class LossConfig(StrictModel):
     @field_validator("kind")
     @classmethod
     def _registered(cls, v: str, info: ValidationInfo) -> str:
-        from edgecompress.distill.registry import LOSSES  # light: the names, not the losses
+        from edgecompress._registry import LOSSES  # light: the names, not the losses
 
         if v == "auto":
             return v

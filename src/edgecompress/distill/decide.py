@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgecompress._registry import LOSSES
 from edgecompress.distill.chain import plan_assistant_ratios
 from edgecompress.distill.config import DistillConfig, LossConfig, TrainConfig
 from edgecompress.distill.evaluate import (
@@ -46,7 +47,6 @@ from edgecompress.distill.evaluate import (
 )
 from edgecompress.distill.inputs import split_arrays
 from edgecompress.distill.losses import resolve_loss
-from edgecompress.distill.registry import LOSSES
 from edgecompress.distill.trainer import epoch_batches, key_seed, train_model
 from edgecompress.errors import ConfigError
 

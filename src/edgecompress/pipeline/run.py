@@ -78,8 +78,7 @@ def stage_index(name: str | None, option: str) -> int | None:
 def check_components(cfg: PipelineConfig) -> None:
     """Import the config's plugin modules, then check every component it names against its registry (before any
     work: an unknown loss is one line listing the registered ones)."""
-    from edgecompress._registry import load_plugins
-    from edgecompress.distill.registry import LOSSES
+    from edgecompress._registry import LOSSES, load_plugins
 
     load_plugins(cfg.plugins)
     if cfg.distill.loss.kind != "auto":
