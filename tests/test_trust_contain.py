@@ -102,7 +102,7 @@ def _concrete(value: str, root: Path, outside: Path) -> str:
     return value
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=trees(), value=path_values())
 def test_contained_never_reads_outside(entries, value) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +124,7 @@ def test_contained_never_reads_outside(entries, value) -> None:
             assert is_inside(Path(os.path.realpath(got)), base), (path, got)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=trees(), value=path_values())
 def test_writes_into_a_run_never_land_outside(entries, value) -> None:
     """Through the ledger-registered run root, an atomic write either lands inside or is refused in one line."""
