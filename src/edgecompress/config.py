@@ -54,7 +54,7 @@ def untrusted_reason(module: str) -> str | None:
     if root in sys.stdlib_module_names or root in sys.builtin_module_names:
         return "a standard-library module: modules such as os, subprocess, timeit or cProfile run strings or commands"
     if root in UNTRUSTABLE_MODULES:
-        return f"{root} loads, unpickles or runs other code (torch.hub, pickle, eval)"
+        return f"the {root} package loads, unpickles or runs other code (torch.hub, numpy.load, yaml.unsafe_load, ...)"
     return None
 
 
