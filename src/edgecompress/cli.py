@@ -176,8 +176,10 @@ def validate(
 ) -> None:
     """Validate CONFIG and print it resolved, every default explicit (model factories are imported and checked)."""
     from edgecompress.config import config_factories, dump_config, load_config
+    from edgecompress.pipeline.run import check_components
 
     cfg = load_config(config)
+    check_components(cfg)  # imports the config's plugins: the user's own config, like run
     factories = config_factories(cfg)
     if factories:
         from edgecompress.models.build import trust_notes
