@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -128,9 +128,10 @@ class RunLog(logging.Handler):
         super().close()
 
 
-def setup_logging(*, debug: bool, verbose: bool) -> None:
+def setup_logging(*, debug: bool, verbose: bool, filters: Sequence[Callable[[logging.LogRecord], bool]] = ()) -> None:
     """The console's handlers: own warnings once each (quiet), everything from INFO with ``--verbose``, DEBUG with
-    ``--debug``. Python warnings become log records; library loggers are re-routed as they are imported."""
+    ``--debug``. Python warnings become log records; library loggers are re-routed as they are imported. ``filters``
+    run last on the console's records (the CLI escapes control characters there)."""
     from rich.console import Console
     from rich.logging import RichHandler
 
@@ -148,6 +149,8 @@ def setup_logging(*, debug: bool, verbose: bool) -> None:
     if not (debug or verbose):
         console.addFilter(_ours)
         console.addFilter(OnceEach())
+    for record_filter in filters:
+        console.addFilter(record_filter)
     console.set_name(_TAG)
     root.addHandler(console)
     logging.captureWarnings(True)

@@ -129,10 +129,10 @@ def _choice(b: ScratchBaseline | None, student: ModelEntry | None) -> str:
         return (f"Shipped {what}; no scratch baseline was trained in this run, so whether distillation beat "
                 "training on labels alone is not measured (distill.trials.scratch_baseline).")  # fmt: skip
     if b.same_model:
-        text = (f"Shipped the student trained on labels alone: scratch won the decide trials "
+        text = (f"Shipped the student trained on labels alone: no teacher was in the loop "
                 f"(val {fmt_pct(b.baseline_val_accuracy)}).")  # fmt: skip
     elif b.shipped == "baseline":
-        text = (f"Shipped the student trained on labels alone: it beat the distilled student on val "
+        text = (f"Shipped the student trained on labels alone: it beat the distilled student significantly on val "
                 f"({fmt_pct(b.baseline_val_accuracy)} vs {fmt_pct(b.distilled_val_accuracy)}; test "
                 f"{fmt_pct(b.baseline_test_accuracy)} vs {fmt_pct(b.distilled_test_accuracy)}).")  # fmt: skip
     else:
