@@ -105,12 +105,16 @@ class ExportResult(StageResult):
     """Every requested artifact, failed ones included (``ok`` False, ``error`` says why)."""
 
     artifacts: list[Artifact]
+    reference: Artifact | None = Field(
+        None, description="The teacher's FP32 export, measured beside the artifacts; never bundled or recommended."
+    )
 
 
 class BenchmarkResult(StageResult):
     """One row per (device, accepted artifact)."""
 
     rows: list[BenchRow]
+    reference_rows: list[BenchRow] = Field(default_factory=list, description="The teacher's reference, per device.")
 
 
 class StageRecord(BaseModel):
