@@ -129,7 +129,7 @@ def _with_outputs(proto: Any, names: list[str]) -> bytes:
     return extra.SerializeToString()
 
 
-def rank_layers(qdq_path: Path, float_path: Path, x: np.ndarray, *, batch: int = 16) -> list[LayerSensitivity]:
+def rank_layers(qdq_path: Path, float_path: Path, x: np.ndarray, *, batch: int = 8) -> list[LayerSensitivity]:
     """The INT8 layers of ``qdq_path`` ranked by local error on ``x`` (the float graph ``float_path`` it was made from).
 
     Args:
