@@ -18,6 +18,7 @@ families, 10 classes, RGB 224x224):
 MACs, a short KD budget) in a child process, with its peak RSS: the data stay uint8 and are normalized a batch at
 a time (:mod:`edgecompress.data.arrays`), so memory is bounded by the model and the batch, not the dataset.
 
+The data file and each trained teacher are written once and reused by a later invocation (delete them to redo).
 The proxy images are Fashion-MNIST (``/usr/share/datasets/fashion-mnist``, no download) upscaled to 224x224 and
 tinted per image (:func:`benchmarks.rgb_workload.tint`). Timings on a shared machine are labelled so; the command:
 
@@ -83,10 +84,13 @@ def train_teacher(arch: str, npz: Path, out: Path, args: argparse.Namespace) -> 
     initial values after a short run); saved as a plain state dict, as a user's checkpoint would be."""
     import torch
 
+    from edgecompress._io import atomic_write_json
     from edgecompress.data import DataConfig, load_splits
     from edgecompress.models import ModelSpec, build_model, save_state
 
-    path = out / arch / "teacher.pt"
+    path, record = out / arch / "teacher.pt", out / arch / "teacher.json"
+    if path.is_file() and record.is_file():  # trained by an earlier invocation (kept, like the data file)
+        return json.loads(record.read_text())
     splits = load_splits(DataConfig(**_data(npz, args)), seed=0)
     c, h, w = splits.input_shape
     model = build_model(ModelSpec(family=arch), in_channels=c, num_classes=splits.num_classes, input_size=(h, w))
@@ -115,7 +119,9 @@ def train_teacher(arch: str, npz: Path, out: Path, args: argparse.Namespace) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state(model, path)
     val = float((logits.argmax(1).numpy() == splits.val.y).mean())
-    return {"checkpoint": str(path), "seconds": round(time.perf_counter() - start, 1), "val_accuracy": val}
+    res = {"checkpoint": str(path), "seconds": round(time.perf_counter() - start, 1), "val_accuracy": val}
+    atomic_write_json(record, res)
+    return res
 
 
 def deploy_config(arch: str, npz: Path, checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -288,6 +294,7 @@ def measure_distill(arch: str, checkpoint: Path, npz: Path, args: argparse.Names
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    args.out = args.out.resolve()  # the child configs name files by absolute path (a config resolves its own)
     args.out.mkdir(parents=True, exist_ok=True)
     npz = prepare(args.out, n_train=args.train, n_test=args.eval)
     report: dict[str, Any] = {"machine": machine_info(args.threads), "command": " ".join(sys.argv), "archs": []}

@@ -68,10 +68,10 @@ def test_deploy_only_refuses_what_needs_a_student(changes: dict, expected: str) 
 def test_deploy_only_run_ships_the_teacher_calibrated_and_quantized(tmp_path: Path) -> None:
     import torch
 
+    from benchmarks.int8_sensitive import digits
     from edgecompress.models import ModelSpec, build_model
     from edgecompress.models.checkpoint import state_hash
     from edgecompress.pipeline import run_pipeline
-    from int8_sensitive import digits
 
     torch.manual_seed(0)
     teacher = build_model(ModelSpec(family="cnn", params={"channels": [8, 16]}), in_channels=1, num_classes=10,

@@ -24,7 +24,7 @@ def sensitive() -> tuple[Any, dict[str, np.ndarray]]:
     """The outlier net trained on digits (train split), with val and calibration splits it never saw."""
     import torch
 
-    from int8_sensitive import digits, trained_outlier_net
+    from benchmarks.int8_sensitive import digits, trained_outlier_net
 
     torch.set_num_threads(1)
     x, y = digits()
@@ -148,10 +148,10 @@ def _pipeline_config(tmp_path: Path, teacher: Path, **recovery: Any) -> Any:
 
     raw = {
         "name": "sensitive",
-        "trust_factories": ["int8_sensitive"],
+        "trust_factories": ["benchmarks.int8_sensitive"],
         "data": {"dataset": "digits", "val_fraction": 0.2, "calib_size": 200, "test_fraction": 0.25, "mean": [0.0],
                  "std": [1.0]},
-        "teacher": {"model": {"factory": "int8_sensitive:outlier_net"}, "checkpoint": str(teacher)},
+        "teacher": {"model": {"factory": "benchmarks.int8_sensitive:outlier_net"}, "checkpoint": str(teacher)},
         "distill": {"student": "none"},
         "calibration": {"method": "ts", "refit_threshold": 0.0},  # re-fit T after every precision change
         "export": {"formats": ["onnx:int8"], "int8_calibration": "minmax", "keep_head_float": False,
@@ -195,19 +195,13 @@ def test_pipeline_refits_temperature_on_the_recovered_artifact(
 def test_recovered_artifact_is_within_half_a_point_and_faster_than_fp32(tmp_path: Path) -> None:
     """At 28x28 with 32-128 channels INT8 pays: what ships (mixed precision, or QAT when mixed is below 1.3x) keeps
     FP32's val accuracy within half a point and its measured speed (batch 1, paired rounds) beats FP32."""
-    from edgecompress.data.fashion import load_fashion_mnist
-    from int8_sensitive import trained_outlier_net
-
-    try:
-        x, y, _, _ = load_fashion_mnist(None, allow_download=False)
-    except Exception as exc:  # noqa: BLE001 - the dataset is a Debian package on the test machines
-        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
-    x = ((x[:, None].astype(np.float32) / 255.0 - 0.286) / 0.353)[:5000]  # Fashion-MNIST's mean and std
-    y = y[:5000].astype(np.int64)
-    model = trained_outlier_net(x[:4000], y[:4000], epochs=4, width=32)
-    data = {"val_x": x[4000:4600], "val_y": y[4000:4600], "calib_x": x[4600:]}
+    from benchmarks.int8_recovery import scenario
     from edgecompress.export import ExportContract, export_all
 
+    try:
+        model, data = scenario()  # the setting of docs/performance.md (python -m benchmarks.int8_recovery)
+    except Exception as exc:  # noqa: BLE001 - the dataset is a Debian package on the test machines
+        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
     cfg = ExportConfig(formats=["onnx:int8"], int8_calibration="minmax", keep_head_float=False, max_accuracy_drop=0.005)
     art = export_all(model, contract=ExportContract((1, 28, 28), 10), out_dir=tmp_path, cfg=cfg, **data)[0]
     rec = art.int8_recovery

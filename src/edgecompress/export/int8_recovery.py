@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def recover(s: ExportSession, art: Artifact, export_one: ExportOne) -> Artifact:
     except Exception as exc:  # recovery is a fallback: whatever stops it leaves the artifact failed, never crashes
         why = str(exc) if isinstance(exc, EdgeCompressError) else f"{type(exc).__name__}: {exc}"
         log.warning("INT8 recovery of %s stopped: %s", art.name, why, exc_info=log.isEnabledFor(logging.DEBUG))
-        flow.record.steps.append(RecoveryStep(kind="mixed", note=f"recovery stopped: {why.splitlines()[0][:300]}"))
+        flow.record.steps.append(RecoveryStep(kind=flow.phase, note=f"stopped: {why.splitlines()[0][:300]}"))
         flow.chosen_folder, rec = None, flow.record
     chosen = flow.chosen_folder
     if chosen is None:
@@ -109,6 +109,7 @@ class _Flow:
         self.head = bool(selection.get("keep_head_float", False))
         self.root = s.work / "int8-recovery" / art.format
         self.root.mkdir(parents=True, exist_ok=True)
+        self.phase: Literal["mixed", "qat"] = "mixed"  # the step running (named in the record if it stops)
         self.chosen_folder: Path | None = None
         self.chosen_info: dict[str, Any] = {}
         self.record = Int8Recovery(
@@ -134,6 +135,7 @@ class _Flow:
         mixed = self._mixed([r.name for r in ranking], max(1, int(self.cfg.max_float_fraction * len(compute))))
         if mixed is not None and (mixed[1].speedup or 0.0) >= self.cfg.min_speedup:
             return self._choose(*mixed)
+        self.phase = "qat"
         qat = self._qat() if self.cfg.qat else None
         if qat is not None and qat[1].within_gate:
             return self._choose(*qat)

@@ -4,9 +4,9 @@
 BN weight and bias) by ``scale`` and divides the next conv's weights on that input channel by the same factor. ReLU
 and max-pool are positively homogeneous, so the float function is unchanged — but a per-tensor 8-bit grid on that
 activation is now 300x coarser, and every other channel falls to one or two levels: plain post-training INT8 loses
-many points, as on real networks with outlier channels (hard-swish / SE tails, depthwise outputs). Importable as a
-factory
-(``int8_sensitive:outlier_net``, with ``trust_factories: [int8_sensitive]``) and used by the tests directly.
+many points, as on real networks with outlier channels (hard-swish / SE tails, depthwise outputs). A config names it
+as ``factory: benchmarks.int8_sensitive:outlier_net`` with ``trust_factories: [benchmarks.int8_sensitive]``;
+``benchmarks.int8_recovery`` and the tests use it directly.
 """
 
 from __future__ import annotations
