@@ -27,6 +27,7 @@ from edgecompress._io import atomic_write_json
 from edgecompress.distill.config import DistillConfig
 from edgecompress.distill.evaluate import (
     LogitEnsemble,
+    SplitLogits,
     TemperatureScaled,
     compute_metrics,
     fidelity,
@@ -35,6 +36,7 @@ from edgecompress.distill.evaluate import (
     predict_logits,
 )
 from edgecompress.distill.gates import QualityGateError, check_student, near_chance
+from edgecompress.distill.losses import resolve_loss
 from edgecompress.distill.trainer import key_seed, train_model
 from edgecompress.errors import ConfigError, DataError
 
@@ -71,6 +73,7 @@ class MemberRecord:
     lr: float | None = None  # the peak learning rate it trained with (chosen by the range test with lr: auto)
     events: list[str] = field(default_factory=list)  # training recoveries, one line each (for the report)
     teacher_precision: dict[str, Any] | None = None  # what its KD teacher ran in (``TeacherPrecision.to_dict``)
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: val accuracy, NLL, loss terms
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,8 +139,10 @@ class _Evaluated:
     temperature: float = 1.0
 
 
-def _evaluate(model: nn.Module, splits: Any) -> _Evaluated:
+def _evaluate(model: nn.Module, splits: Any, known: SplitLogits | None = None) -> _Evaluated:
     test = getattr(splits, "test", None)
+    if known is not None and known.val is not None and (test is None or known.test is not None):
+        return _Evaluated(model=model, val=known.val, test=None if test is None else known.test)
     return _Evaluated(
         model=model,
         val=predict_logits(model, splits.val.x),
@@ -194,6 +199,7 @@ def distill_chain(
     augment_cfg: Any = None,
     device: str | torch.device | None = None,
     gate: bool = True,
+    teacher_logits: SplitLogits | None = None,
 ) -> ChainResult:
     """Distill ``teacher`` → members[0] → … → members[-1] (the student), one KD hop at a time.
 
@@ -212,6 +218,8 @@ def distill_chain(
         augment_cfg: passed to ``train_model``.
         device: passed to ``train_model``.
         gate: check the teacher and each assistant before it teaches (off for the short runs of a search).
+        teacher_logits: the teacher's raw logits on the splits, when the caller computed them (the pipeline does,
+            once per run); the teacher then never runs here.
 
     Raises:
         QualityGateError: the teacher is at chance, or an assistant failed the gate (its hop record is written).
@@ -228,7 +236,8 @@ def distill_chain(
             "loss.kind 'auto' reached distill_chain: it is decided by trials before the chain trains",
             "decide it first (edgecompress.distill.decide.decide, the pipeline's decide stage) or give a fixed kind",
         )
-    if cfg.teacher_label_smoothing and loss.temperature > 1:
+    loss = resolve_loss(loss)
+    if cfg.teacher_label_smoothing and loss.temperature is not None and loss.temperature > 1:
         log.warning(
             "the teacher was trained with label smoothing: distilling at T=1 instead of T=%g (Müller et al., 2019)",
             loss.temperature,
@@ -236,7 +245,7 @@ def distill_chain(
         loss = loss.model_copy(update={"temperature": 1.0})
     calibrate = cfg.calibrate_teachers
 
-    t_ev = _evaluate(teacher, splits)
+    t_ev = _evaluate(teacher, splits, teacher_logits)
     t_rec = MemberRecord(name="teacher", role="teacher", model=teacher)
     teacher_val_accuracy = _record(t_rec, t_ev, splits, calibrate)
     num_classes = int(t_ev.val.shape[1])
@@ -254,7 +263,8 @@ def distill_chain(
     weights: list[float] | None = None
     for i, (name, model) in enumerate(members):
         role = "student" if i == len(members) - 1 else "assistant"
-        if role == "student" and cfg.ensemble and len(assistants) >= 1:
+        ensemble_hop = role == "student" and cfg.ensemble and len(assistants) >= 1
+        if ensemble_hop:
             teach_parts = [_teaching(ev, calibrate) for _, ev in assistants]
             y_val = _labels(splits, "val")
             assert y_val is not None  # checked at the top
@@ -272,6 +282,9 @@ def distill_chain(
             teach, teach_test, _ = _teaching(current[1], calibrate)
             teach_name = current[0]
         hop_dir = workdir / f"{i + 1:02d}-{_safe(name)}"
+        known_train = None  # the first hop's KD targets, from the caller's teacher logits (z / T)
+        if i == 0 and teacher_logits is not None and teacher_logits.train is not None and not ensemble_hop:
+            known_train = teacher_logits.train / (t_ev.temperature if calibrate else 1.0)
         started = time.perf_counter()
         res = train_model(
             model,
@@ -285,6 +298,8 @@ def distill_chain(
             progress=progress,
             device=device,
             teacher_precision=cfg.teacher_precision,
+            teacher_targets=cfg.teacher_targets,
+            teacher_logits=known_train,
         )
         ev = _evaluate(res.model, splits)
         rec = MemberRecord(
@@ -296,6 +311,7 @@ def distill_chain(
             lr=res.lr,
             events=list(res.events),
             teacher_precision=res.teacher_precision,
+            history=list(res.history),
         )
         val_accuracy = _record(rec, ev, splits, calibrate)
         rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started
