@@ -155,7 +155,8 @@ def build_report(ctx: Context) -> Report:
         figures={k: v for k, v in figures.items() if v},
         warnings=ctx.warnings,
         datafree=distill.datafree,
-        decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal),
+        decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal)
+        + [a.int8_recovery.decision(a.name) for a in artifacts if a.int8_recovery is not None and not a.refit_of],
         scratch_baseline=entries.scratch_baseline_entry(distill),
         reference_benchmarks=ref_rows,
         test_samples=ctx.result("data", DataResult).sizes.get("test") or None,
