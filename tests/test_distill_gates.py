@@ -83,10 +83,11 @@ def test_escalation_ladder_doubles_macs_up_to_half_the_teacher() -> None:
 
 def test_gate_config_fields() -> None:
     cfg = DistillConfig()
-    assert cfg.max_accuracy_drop == 0.05 and cfg.on_gate_failure == "stop"
-    assert DistillConfig(on_gate_failure="escalate").student.prune_ratio == 0.1
-    with pytest.raises(ValidationError, match="escalate' needs a pruned student"):
-        DistillConfig(student={"model": {"family": "cnn"}}, on_gate_failure="escalate")
+    assert cfg.max_accuracy_drop == 0.05 and cfg.on_gate_failure == "escalate" and cfg.escalation_budget == 3.0
+    # a given (unprunable) student escalates too: with more epochs
+    assert DistillConfig(student={"model": {"family": "cnn"}}).on_gate_failure == "escalate"
+    with pytest.raises(ValidationError):
+        DistillConfig(escalation_budget=0.5)
     with pytest.raises(ValidationError):
         DistillConfig(max_accuracy_drop=5)  # points instead of a fraction
 

@@ -45,7 +45,7 @@ def test_dist_golden_two_classes() -> None:
     # With 2 classes every Pearson correlation is ±1: the sign says whether the two predictions move together.
     zs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     agree = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
-    loss = DISTLoss(temperature=1.0, alpha=1.0, beta=1.0, gamma=1.0)
+    loss = DISTLoss(temperature=1.0, beta=1.0, gamma=1.0)
     out = loss(zs, agree, torch.tensor([0, 1]))
     assert out["inter"].item() == pytest.approx(0.0, abs=1e-6)
     assert out["intra"].item() == pytest.approx(0.0, abs=1e-6)
@@ -54,12 +54,19 @@ def test_dist_golden_two_classes() -> None:
     out = loss(zs, torch.tensor([[0.0, 2.0], [0.0, 3.0]]), torch.tensor([0, 1]))
     assert out["inter"].item() == pytest.approx(1.0, abs=1e-6)
     assert out["intra"].item() == pytest.approx(0.0, abs=1e-6)
-    assert out["loss"].item() == pytest.approx(1.0, abs=1e-6)
-    weighted = DISTLoss(temperature=2.0, alpha=0.5, beta=2.0, gamma=1.0)(
-        zs, torch.tensor([[0.0, 2.0], [0.0, 3.0]]), Y.repeat(2)
-    )
-    # 0.5·CE + 0.5·T²·(2·inter + 1·intra) with T = 2 -> 0.5·CE + 0.5·4·2·1
-    assert weighted["loss"].item() == pytest.approx(0.5 * weighted["ce"].item() + 4.0, abs=1e-5)
+    # the paper's weights: CE at 1 plus the relation terms
+    assert out["loss"].item() == pytest.approx(out["ce"].item() + 1.0, abs=1e-6)
+    weighted = DISTLoss(temperature=2.0, beta=2.0, gamma=1.0)(zs, torch.tensor([[0.0, 2.0], [0.0, 3.0]]), Y.repeat(2))
+    # CE + T²·(2·inter + 1·intra) with T = 2 -> CE + 4·2·1
+    assert weighted["loss"].item() == pytest.approx(weighted["ce"].item() + 8.0, abs=1e-5)
+
+
+def test_dist_weights_ce_at_one_as_the_paper() -> None:
+    """DIST (Huang et al., 2022; hunto/DIST_KD): L = CE + T²(β·inter + γ·intra); no 1 − α on the CE."""
+    torch.manual_seed(0)
+    zs, zt, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    out = build_loss(LossConfig(kind="dist"))(zs, zt, y)
+    assert out["loss"].item() == pytest.approx((out["ce"] + out["inter"] + out["intra"]).item(), abs=1e-6)
 
 
 def test_bdkd_golden() -> None:
@@ -103,3 +110,43 @@ def test_kd_loss_needs_teacher() -> None:
 
     with pytest.raises(ConfigError, match="needs a teacher"):
         build_loss(LossConfig(kind="kd"), has_teacher=False)
+
+
+def test_config_defaults_come_from_the_loss_classes() -> None:
+    """One default per loss: a config that leaves T / alpha out gets the class's (issue 27: they disagreed)."""
+    from edgecompress.distill.losses import resolve_loss
+
+    kd = resolve_loss(LossConfig(kind="kd"))
+    assert (kd.temperature, kd.alpha) == (KDLoss.defaults["temperature"], KDLoss.defaults["alpha"])
+    assert KDLoss().temperature == kd.temperature and KDLoss().alpha == kd.alpha
+    dist = resolve_loss(LossConfig(kind="dist"))
+    assert dist.temperature == DISTLoss.defaults["temperature"] == DISTLoss().temperature and dist.alpha is None
+
+
+def test_dist_refuses_alpha_with_the_fix() -> None:
+    from edgecompress.distill.losses import resolve_loss
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alpha does not apply to loss 'dist'"):
+        resolve_loss(LossConfig(kind="dist", alpha=0.5))
+
+
+def test_unknown_loss_lists_the_registered_ones() -> None:
+    from edgecompress.errors import ConfigError
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown loss 'fancy'; use one of: ce, kd, dist, bdkd"):
+        LossConfig(kind="fancy")
+    # a config that lists plugins defers the check to the run's start, where the registry answers in one line
+    deferred = LossConfig.model_validate({"kind": "fancy"}, context={"plugins": True})
+    with pytest.raises(ConfigError) as err:
+        build_loss(deferred)
+    assert "unknown loss 'fancy' in distill.loss.kind" in str(err.value) and "ce, kd, dist, bdkd" in str(err.value)
+
+
+def test_builtin_loss_names_match_what_the_losses_module_registers() -> None:
+    """The light name list (config checks without importing torch) is pinned to the registry."""
+    from edgecompress.distill.registry import LOSSES
+
+    assert tuple(LOSSES.names()[: len(LOSSES.builtin_names)]) == LOSSES.builtin_names

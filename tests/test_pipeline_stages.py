@@ -192,3 +192,38 @@ def test_refit_on_a_format_without_a_rescale_hook_is_a_note_not_a_failure(tmp_pa
     assert "ort-int8-refit" not in arts and ort["test_metrics"]["accuracy"] > 0.5
     assert ort["val_ece_shift"] is not None and "was not folded in" in ort["note"] and "export" in ort["note"]
     assert ort["reliability_png"] and Path(ort["reliability_png"]).is_file()
+
+
+def test_gate_escalates_a_student_that_misses_then_passes(tmp_path: Path) -> None:
+    """Issue 25: a student below distill.max_accuracy_drop is trained again (twice the epochs while it was still
+    improving) until it passes; every attempt is recorded and is a row of the report."""
+    out = tmp_path / "run"
+    short = {"epochs": 1, "batch_size": 32, "lr": 0.02, "warmup_epochs": 0}
+    cfg = _cfg(train=short, max_accuracy_drop=0.08, escalation_budget=12.0, scratch_baseline=False)
+    run_pipeline(cfg, out, progress=False)
+    attempts = _state(out)["distill"]["attempts"]
+    assert len(attempts) >= 2 and not attempts[0]["passed"] and attempts[-1]["passed"], attempts
+    assert [a["epochs"] for a in attempts] == [2**i for i in range(len(attempts))]  # still improving: x2 epochs
+    assert all("twice the epochs" in a["why"] for a in attempts[1:])
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["attempts"]) == len(attempts)
+    assert "the student's attempts" in (out / "report.md").read_text()
+    # with on_gate_failure: stop the first miss ends the run with the numbers
+    from edgecompress.distill.gates import QualityGateError
+
+    stop = _cfg(train=short, max_accuracy_drop=0.08, on_gate_failure="stop", scratch_baseline=False)
+    with pytest.raises(QualityGateError, match="points below the teacher"):
+        run_pipeline(stop, tmp_path / "stop", progress=False)
+
+
+def test_scratch_baseline_and_verdict_in_every_run(tmp_path: Path) -> None:
+    """Issue 25: without any 'auto', the scratch baseline still trains and the verdict (difference ± its paired
+    standard error on val) is in run.json and the report."""
+    out = tmp_path / "run"
+    run_pipeline(_cfg(loss={"kind": "kd"}), out, progress=False)
+    base = _state(out)["distill"]["scratch_baseline"]
+    assert base is not None and not base["same_as_student"]
+    assert base["n"] > 0 and base["stderr"] >= 0 and isinstance(base["significant"], bool)
+    assert abs(base["difference"]) <= 1 and base["shipped"] == (base["significant"] and base["difference"] < 0)
+    md = (out / "report.md").read_text()
+    assert "Verdict:" in md and "points (n =" in md

@@ -304,6 +304,60 @@ def hard_coded_view(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return HardCodedView(num_classes, in_channels)
 
 
+class ViewCNN(nn.Module):
+    """The tutorial CNN as most people write it: no BatchNorm, and ``x.view(x.size(0), -1)`` over a 2x2 map."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 2 * 2, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # 8 -> 4
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # 4 -> 2
+        x = x.view(x.size(0), -1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def view_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return ViewCNN(num_classes, in_channels)
+
+
+class FlattenCNN(ViewCNN):
+    """The same BN-free CNN flattening its 2x2 map with ``torch.flatten(x, 1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def flatten_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return FlattenCNN(num_classes, in_channels)
+
+
+class StrictSize(nn.Module):
+    """A model that refuses any input but the size it was trained for (as many production models check)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, size: int = 8) -> None:
+        super().__init__()
+        self.size, self.in_channels = size, in_channels
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU())  # fmt: skip
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != (self.in_channels, self.size, self.size):
+            raise ValueError(f"expected input [N, {self.in_channels}, {self.size}, {self.size}], got {tuple(x.shape)}")
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def strict_size(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return StrictSize(num_classes, in_channels)
+
+
 def resnet_like_torchvision(num_classes: int = 1000) -> nn.Module:
     """A factory with torchvision's signature (no ``in_channels``): 3-channel input, ``num_classes`` only."""
     return SmallResNet(num_classes, 3, width=8)
@@ -318,4 +372,7 @@ ZOO = {
     "head_first": (head_first, 1),
     "tuple_output": (tuple_output, 1),
     "rgb_net": (rgb_net, 3),
+    "view_cnn": (view_cnn, 1),
+    "flatten_cnn": (flatten_cnn, 1),
+    "strict_size": (strict_size, 1),
 }

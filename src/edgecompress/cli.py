@@ -152,8 +152,11 @@ def schema() -> None:
 def validate(config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")]) -> None:
     """Validate CONFIG and print it resolved, every default explicit."""
     from edgecompress.config import dump_config, load_config
+    from edgecompress.pipeline.run import check_components
 
-    typer.echo(dump_config(load_config(config)))
+    cfg = load_config(config)
+    check_components(cfg)  # imports the config's plugins: the user's own config, like run
+    typer.echo(dump_config(cfg))
 
 
 @app.command()

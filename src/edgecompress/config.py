@@ -110,13 +110,19 @@ class PipelineConfig(StrictModel):
         description="Modules whose factories this config may import ('pkg.mod' allows 'pkg.mod:fn' and its "
         "submodules). A config is trusted like code only where the user says so: here or with --trust-factory.",
     )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules imported before the run starts, so that the components they register (a loss, a "
+        "calibration method, a transport: edgecompress._registry) can be named in this config. Code the user chose "
+        "to run, trusted like trust_factories; never imported from a received run.",
+    )
     target: TargetConfig | None = Field(
         None,
         description="Compress to a budget: a device and a latency / size / speed-up target; the pipeline measures "
         "candidate students there before training and distills the largest that meets it (sets the student).",
     )
 
-    @field_validator("trust_factories")
+    @field_validator("trust_factories", "plugins")
     @classmethod
     def _module_names(cls, value: list[str]) -> list[str]:
         for module in value:
@@ -168,8 +174,8 @@ def parse_config(data: Any, *, source: str = "config", base_dir: Path | None = N
             f"{source}: the top level must be a mapping of sections, got {type(data).__name__}",
             "start from examples/digits.yaml",
         )
-    try:
-        cfg = PipelineConfig.model_validate(data)
+    try:  # with plugins listed, a component name they register is checked when the run imports them
+        cfg = PipelineConfig.model_validate(data, context={"plugins": bool(data.get("plugins"))})
     except ValidationError as exc:
         raise _format_error(exc, source) from None
     return _resolve_paths(cfg, base_dir) if base_dir else cfg

@@ -45,7 +45,13 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         rows = (di[:, None] + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
         cols = (dj[:, None] + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
         batch = torch.arange(n, device=x.device)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()  # [N, C, H, W]
+        # clone, not .contiguous(): with one channel the permuted strides (HW, 1, W, 1) count as contiguous, and
+        # convolutions would read them as channels-last (then a user's x.view(x.size(0), -1) fails)
+        out = (
+            padded.permute(0, 2, 3, 1)[batch, rows, cols]
+            .permute(0, 3, 1, 2)
+            .clone(memory_format=torch.contiguous_format)
+        )  # [N, C, H, W]
     if cfg.hflip and n > 0:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -35,6 +35,7 @@ from edgecompress.distill.evaluate import (
     predict_logits,
 )
 from edgecompress.distill.gates import QualityGateError, check_student, near_chance
+from edgecompress.distill.losses import resolve_loss
 from edgecompress.distill.trainer import key_seed, train_model
 from edgecompress.errors import ConfigError, DataError
 
@@ -71,6 +72,7 @@ class MemberRecord:
     lr: float | None = None  # the peak learning rate it trained with (chosen by the range test with lr: auto)
     events: list[str] = field(default_factory=list)  # training recoveries, one line each (for the report)
     teacher_precision: dict[str, Any] | None = None  # what its KD teacher ran in (``TeacherPrecision.to_dict``)
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: val accuracy, NLL, loss terms
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,7 +230,8 @@ def distill_chain(
             "loss.kind 'auto' reached distill_chain: it is decided by trials before the chain trains",
             "decide it first (edgecompress.distill.decide.decide, the pipeline's decide stage) or give a fixed kind",
         )
-    if cfg.teacher_label_smoothing and loss.temperature > 1:
+    loss = resolve_loss(loss)
+    if cfg.teacher_label_smoothing and loss.temperature is not None and loss.temperature > 1:
         log.warning(
             "the teacher was trained with label smoothing: distilling at T=1 instead of T=%g (Müller et al., 2019)",
             loss.temperature,
@@ -285,6 +288,7 @@ def distill_chain(
             progress=progress,
             device=device,
             teacher_precision=cfg.teacher_precision,
+            teacher_targets=cfg.teacher_targets,
         )
         ev = _evaluate(res.model, splits)
         rec = MemberRecord(
@@ -296,6 +300,7 @@ def distill_chain(
             lr=res.lr,
             events=list(res.events),
             teacher_precision=res.teacher_precision,
+            history=list(res.history),
         )
         val_accuracy = _record(rec, ev, splits, calibrate)
         rec.seconds = sum(h.get("seconds", 0.0) for h in res.history) or time.perf_counter() - started

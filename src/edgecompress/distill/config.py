@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edgecompress._schema import StrictModel
 from edgecompress.distill.datafree.config import DataFreeConfig
 
 _MODEL_KEYS = {"family", "params", "factory"}
-DIST_TEMPERATURE = 4.0  # DIST's own setting (Huang et al., 2022): its default here and its decide-stage trial
 
 
 class TrainConfig(StrictModel):
@@ -70,33 +69,44 @@ class TrainConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """The student's loss. Every kind is (1 − alpha)·CE + alpha·(distillation term); see ``distill.losses``."""
+    """The student's loss: a registered loss (``edgecompress.distill.registry.LOSSES``) and its parameters.
 
-    kind: Literal["ce", "kd", "dist", "bdkd", "auto"] = Field(
+    A parameter left out (None) takes the loss's own default (``distill.losses.resolve_loss``), so each loss has one
+    default, written beside its formula.
+    """
+
+    kind: str = Field(
         "kd",
-        description="ce: labels only; kd: Hinton KD; dist: DIST correlation loss; bdkd: balanced fwd/rev KL; auto: "
-        "decided by short seeded trials on val (the pipeline's decide stage, see distill.trials) among scratch "
-        "(ce, no teacher), KD over trials.kd_temperatures x trials.kd_alphas, and DIST.",
+        description="A registered loss: ce (labels only), kd (Hinton KD), dist (DIST correlation loss), bdkd "
+        "(balanced fwd/rev KL), or one a plugin module registers; auto: decided by trials on val (the decide stage, "
+        "see distill.trials) among scratch (ce) and the settings each registered loss offers for trials.",
     )
-    temperature: float = Field(
-        2.0,
+    temperature: float | None = Field(
+        None,
         gt=0,
-        description="Softmax temperature T of the distillation term. Default 2 for KD (measured: a 1.4k-parameter "
-        "Fashion-MNIST student, 3 seeds, 80.4 % at T = 2 vs 78.7 % at T = 4 and 79.2 % on labels alone; "
-        "docs/results.md), 4 for DIST (its paper's setting) when not given.",
+        description="Softmax temperature T of the distillation term; None = the loss's default (kd: 2, measured; "
+        "dist: 1, its paper's).",
     )
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 − alpha.")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="kd / bdkd: weight of the distillation term, CE gets 1 − alpha; None = the loss's default (0.9). "
+        "dist weights CE at 1 (its paper) and takes dist_beta / dist_gamma instead.",
+    )
     dist_beta: float = Field(1.0, ge=0, description="DIST weight of the inter-class (per-sample) relation.")
     dist_gamma: float = Field(1.0, ge=0, description="DIST weight of the intra-class (per-class) relation.")
     mbls_margin: float | None = Field(None, gt=0, description="MbLS logit margin m; None disables the margin term.")
     mbls_weight: float = Field(0.1, ge=0, description="MbLS weight λ of the margin penalty.")
 
-    @model_validator(mode="before")
+    @field_validator("kind")
     @classmethod
-    def _kind_temperature(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "temperature" not in data and data.get("kind") == "dist":
-            return {**data, "temperature": DIST_TEMPERATURE}
-        return data
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        from edgecompress.distill.registry import LOSSES  # light: the names, not the losses
+
+        if v == "auto":
+            return v
+        return LOSSES.check_name(v, plugins=bool((info.context or {}).get("plugins")))
 
 
 class MemberSpec(StrictModel):
@@ -135,54 +145,57 @@ class MemberSpec(StrictModel):
 
 
 class TrialsConfig(StrictModel):
-    """The decide stage's trials (``assistants: auto`` / ``loss.kind: auto``): short, seeded, without augmentation.
+    """The decide stage's trials (``assistants: auto`` / ``loss.kind: auto``): successive halving on val.
 
-    Every trial trains a fresh copy of the student (or of an assistant) for ``budget`` x the final student's optimizer
-    steps (``train.epochs`` x steps per epoch), at least ``min_steps``, on a seeded subset of the training split just
-    large enough for those steps; the teacher's logits on that subset are computed once and reused by every trial.
-    Default cost: 8 loss trials (scratch, 6 KD, DIST) and 1-2 chain trials (an assistant, then its student) at
-    0.03 of the final steps each: about 0.3 of the final student's steps (a trial step costs about a final step:
-    both read cached teacher logits), plus one teacher pass over the subset. With little data (under ~700 final
-    steps) the ``min_steps`` floor dominates and the trials cost about as much as the final training (seconds).
+    Every candidate (scratch and each registered loss's trial settings) trains a fresh student for ``b`` optimizer
+    steps with the final run's augmentation and teacher targets; the best 1/``eta`` is promoted to ``eta`` x the
+    steps, and so on while more than one is left. ``b`` is set so that every trial together (rungs, chain trials,
+    learning-rate range tests) costs ``budget`` x the final student's steps, at least ``min_steps`` per model.
     """
 
     budget: float = Field(
-        0.03,
+        0.3,
         gt=0,
-        le=1,
-        description="Optimizer steps of each trial, as a fraction of the final student's steps (default 0.03: "
-        "8 loss trials + up to 2 chain trials cost about 0.3 of the final training's steps).",
+        le=2,
+        description="All trials together, as a fraction of the final student's optimizer steps (default 0.3).",
     )
-    min_steps: int = Field(20, ge=1, description="At least this many optimizer steps per trial.")
-    kd_temperatures: list[float] = Field(
-        default_factory=lambda: [1.0, 2.0, 4.0], description="With loss.kind: auto: KD temperatures T tried."
+    eta: int = Field(3, ge=2, le=8, description="Successive halving: keep the best 1/eta, give them eta x the steps.")
+    min_steps: int = Field(20, ge=1, description="At least this many optimizer steps per model at the first rung.")
+    kd_temperatures: list[float] | None = Field(
+        None, description="With loss.kind: auto: KD temperatures T tried (None: the KD loss's grid, 1, 2, 4)."
     )
-    kd_alphas: list[float] = Field(
-        default_factory=lambda: [0.5, 0.9], description="With loss.kind: auto: KD weights alpha tried (with every T)."
+    kd_alphas: list[float] | None = Field(
+        None, description="With loss.kind: auto: KD weights alpha tried with every T (None: the grid's, 0.5, 0.9)."
     )
-    dist: bool = Field(True, description="With loss.kind: auto: DIST is a candidate.")
+    dist: bool = Field(True, description="With loss.kind: auto: DIST (at its grid's T = 1 and 4) is a candidate.")
     scratch: bool = Field(
-        True, description="Training on labels without a teacher (ce) is a candidate: a teacher must beat it to be used."
-    )
-    scratch_baseline: bool | None = Field(
-        None,
-        description="Also train the student on labels with the final budget (no teacher: cheap), report it beside "
-        "the distilled student and ship it if it is better on val; None = on when loss.kind or assistants is auto.",
+        True,
+        description="Training on labels without a teacher (ce) is a trial candidate, so the table shows where label "
+        "training stands (whether distillation paid is decided at full budget: distill.scratch_baseline).",
     )
 
     @field_validator("kd_temperatures")
     @classmethod
-    def _temps(cls, v: list[float]) -> list[float]:
-        if any(not (math.isfinite(t) and t > 0) for t in v):
+    def _temps(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not (math.isfinite(t) and t > 0) for t in v):
             raise ValueError(f"kd_temperatures {v} must all be finite and > 0 (e.g. [1, 2, 4])")
         return v
 
     @field_validator("kd_alphas")
     @classmethod
-    def _alphas(cls, v: list[float]) -> list[float]:
-        if any(not 0 < a <= 1 for a in v):
+    def _alphas(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not 0 < a <= 1 for a in v):
             raise ValueError(f"kd_alphas {v} must all be in (0, 1] (the weight of the KD term, e.g. [0.5, 0.9])")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scratch_baseline" in data:
+            raise ValueError(
+                "distill.trials.scratch_baseline moved: use distill.scratch_baseline (on by default in every run)"
+            )
+        return data
 
 
 class DistillConfig(StrictModel):
@@ -220,6 +233,13 @@ class DistillConfig(StrictModel):
         "training images) and the teacher has >= 10 M MACs per image (smaller ones gain nothing), else fp32; 'fp32'; "
         "'bf16' (error if not faithful). Recorded per hop.",
     )
+    teacher_targets: Literal["clean", "online"] = Field(
+        "clean",
+        description="With augmentation, the teacher's targets: 'clean' = its logits on the un-augmented images, "
+        "computed once for the run, which the student learns on its augmented views (one teacher pass: a large "
+        "teacher costs no more than a small one); 'online' = the teacher runs on every augmented batch (targets "
+        "consistent with the view, one teacher pass per epoch). docs/results.md measures both.",
+    )
     datafree: DataFreeConfig | None = Field(
         None, description="Set to distill without training data: synthesize the transfer set from the teacher."
     )
@@ -237,9 +257,23 @@ class DistillConfig(StrictModel):
         "export (or escalates, see on_gate_failure).",
     )
     on_gate_failure: Literal["stop", "escalate"] = Field(
-        "stop",
-        description="When the student fails the gate: stop with both accuracies and what to try, or escalate: retry "
-        "with the next larger pruned student (MACs x2 per retry, up to half the teacher's).",
+        "escalate",
+        description="When the student fails the gate: escalate (try again: twice the epochs when its val accuracy "
+        "was still rising, else the next larger pruned student, MACs x2; within escalation_budget; every attempt is "
+        "a row in the report), or stop at once with both accuracies and what to try.",
+    )
+    escalation_budget: float = Field(
+        3.0,
+        ge=1,
+        description="With on_gate_failure: escalate, the cap on the total distillation time of all attempts, in "
+        "multiples of the first attempt's (an attempt estimated to pass it is not started).",
+    )
+    scratch_baseline: bool = Field(
+        True,
+        description="Also train the student on labels alone with the same budget and seed (no teacher: cheap), and "
+        "compare it with the distilled student on val with a paired standard error: scratch ships only when it is "
+        "significantly better (distill.verdict). false opts out (the report then cannot say whether distillation "
+        "paid).",
     )
 
     @field_validator("search_candidates")
@@ -274,8 +308,6 @@ class DistillConfig(StrictModel):
                         f"assistant prune_ratio {a.prune_ratio} <= student's {self.student.prune_ratio}; "
                         "assistants sit between teacher and student"
                     )
-        if self.on_gate_failure == "escalate" and self.student.prune_ratio is None:
-            raise ValueError("on_gate_failure 'escalate' needs a pruned student (student.prune_ratio); or set 'stop'")
         if self.loss.kind == "ce" and self.assistants != "none":
             raise ValueError("loss.kind 'ce' ignores the teachers; use kd/dist/bdkd/auto or assistants: none")
         # loss.kind auto with an explicit list or 'planned' is allowed: the loss is decided on the direct hop and the

@@ -15,7 +15,10 @@ it (AVX2, or AVX-512 without BF16/AMX) oneDNN emulates bf16 and was 20x slower t
 
 Channels-last training (``channels_last_ok``): conv nets train 1.2-1.3x faster per step in NHWC on this CPU
 (measured: demo teacher 566 vs 681 ms per batch of 128, the 8/16-channel student 39 vs 52 ms); a model whose forward
-fails in that layout (``x.view`` after a conv) keeps NCHW.
+or backward fails in that layout (``x.view(x.size(0), -1)`` after a conv) keeps NCHW, and the trainer records why.
+Batches are put in the chosen layout with :func:`in_layout`, never with ``.contiguous()`` alone: a one-channel batch
+made by a permute (the crop augmentation) has strides ``(HW, 1, W, 1)``, counts as contiguous, and yet makes every
+convolution return channels-last outputs — on which the user's ``.view`` fails although the model is in NCHW.
 """
 
 from __future__ import annotations
@@ -126,20 +129,55 @@ def fast_logits(model: nn.Module, x: Inputs | Tensor, *, runner: Runner | None =
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
-def channels_last_ok(model: nn.Module, probe: Tensor) -> bool:
-    """Whether ``model`` can train in channels-last layout: CPU, 4-D input, and a forward in NHWC works (on a copy)."""
-    if model_device(model).type != "cpu" or probe.ndim != 4 or len(probe) < 2:
-        return False
+def in_layout(x: Tensor, layout: torch.memory_format) -> Tensor:
+    """``x`` with the canonical strides of ``layout`` (a copy only when its strides differ).
+
+    ``x.contiguous()`` keeps the strides of size-1 dimensions as they are, so a ``[N, 1, H, W]`` batch with strides
+    ``(HW, 1, W, 1)`` stays as it is — and convolutions read those strides as channels-last.
+    """
+    if layout == torch.channels_last:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.ndim != 4 or x.stride() == _contiguous_strides(tuple(x.shape)):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(1, size)
+    return tuple(reversed(strides))
+
+
+def channels_last_problem(model: nn.Module, probe: Tensor) -> str | None:
+    """Why ``model`` cannot train in channels-last layout, or None when it can.
+
+    Tried on a copy: a training-mode forward and backward in NHWC on ``probe`` (a real batch ``[n >= 2, C, H, W]``
+    on the model's device), under a forked RNG so that the caller's random streams are untouched.
+    """
     try:
         trial = copy.deepcopy(model)
         set_layout(trial, torch.channels_last)
-        with torch.inference_mode():  # eval mode: no BatchNorm update, no dropout draw from the global RNG
-            trial.eval()
-            trial(probe.contiguous(memory_format=torch.channels_last))
+        trial.train()
+        with torch.random.fork_rng(devices=[]):
+            out = trial(probe.contiguous(memory_format=torch.channels_last))
+            if not isinstance(out, Tensor):  # a tuple/dict output: its first tensor stands for it
+                out = next(t for t in (out.values() if isinstance(out, dict) else out) if isinstance(t, Tensor))
+            out.float().sum().backward()
     except Exception as exc:  # noqa: BLE001 - a layout-dependent forward (x.view after a conv): keep NCHW
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         log.debug("channels-last refused: %s", exc)
+        return f"{type(exc).__name__}: {first[:120]}"
+    return None
+
+
+def channels_last_ok(model: nn.Module, probe: Tensor) -> bool:
+    """Whether ``model`` can train in channels-last layout here: CPU, a 4-D batch, and no
+    :func:`channels_last_problem`."""
+    if model_device(model).type != "cpu" or probe.ndim != 4 or len(probe) < 2:
         return False
-    return True
+    return channels_last_problem(model, probe) is None
 
 
 __all__ = [
@@ -148,6 +186,8 @@ __all__ = [
     "PARITY_RTOL",
     "Runner",
     "channels_last_ok",
+    "channels_last_problem",
+    "in_layout",
     "fast_logits",
     "frozen_runner",
     "set_layout",

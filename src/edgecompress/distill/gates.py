@@ -16,9 +16,25 @@ ESCALATE_MAX_RATIO = 0.5  # ... up to half the teacher's; beyond that compressio
 
 
 class QualityGateError(TrainingError):
-    """A trained model fails the quality gate (near chance, or too far below its teacher); nothing is exported."""
+    """A trained model fails the quality gate (near chance, or too far below its teacher); nothing is exported.
+
+    ``accuracy`` and ``history`` (its val accuracy and per-epoch training history, when known) let the caller
+    decide how to escalate.
+    """
 
     kind = "quality_gate"
+
+    def __init__(
+        self,
+        problem: str,
+        fix: str | None = None,
+        *,
+        accuracy: float | None = None,
+        history: list[dict[str, float]] | None = None,
+    ) -> None:
+        super().__init__(problem, fix)
+        self.accuracy = accuracy
+        self.history = list(history or [])
 
 
 def chance_threshold(num_classes: int) -> float:

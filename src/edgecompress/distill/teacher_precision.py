@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgecompress.distill.evaluate import model_device
-from edgecompress.distill.fast_eval import Runner, set_layout
+from edgecompress.distill.fast_eval import Runner, in_layout, set_layout
 from edgecompress.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,22 @@ def bf16_runner(model: nn.Module) -> Runner | None:
     for p in frozen.parameters():
         p.requires_grad_(False)
     set_layout(frozen, torch.channels_last)
+    layout = [torch.channels_last]  # NCHW for good once a forward fails in NHWC (a user's x.view after a conv)
+
+    def forward(x: Tensor) -> Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return frozen(in_layout(x, layout[0]) if x.ndim == 4 else x)
 
     def run(x: Tensor) -> Tensor:
         x = x.detach().to("cpu", torch.float32)
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            z = frozen(x)
+        try:
+            z = forward(x)
+        except RuntimeError:
+            if layout[0] != torch.channels_last or x.ndim != 4:
+                raise
+            layout[0] = torch.contiguous_format
+            set_layout(frozen, torch.contiguous_format)
+            z = forward(x)
         return z.float().contiguous().clone()  # out of inference mode: usable as a constant in autograd
 
     return run

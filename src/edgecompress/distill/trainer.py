@@ -43,7 +43,14 @@ from torch import Tensor, nn
 from edgecompress._io import atomic_path, atomic_write_json, sha256_json
 from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
-from edgecompress.distill.fast_eval import Runner, channels_last_ok, fast_logits, frozen_runner, set_layout
+from edgecompress.distill.fast_eval import (
+    Runner,
+    channels_last_problem,
+    fast_logits,
+    frozen_runner,
+    in_layout,
+    set_layout,
+)
 from edgecompress.distill.inputs import data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
 from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
@@ -131,6 +138,17 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}", f"delete {path} to start this run over") from exc
 
 
+def _training_layout(model: nn.Module, sample: Tensor, fast: bool) -> tuple[torch.memory_format, str | None]:
+    """Channels-last when ``fast`` on CPU and the model trains in it (a probe step on a copy), else NCHW; the second
+    value is the one-line event when the model refused it (a user's ``x.view`` after a conv, say)."""
+    if not fast or model_device(model).type != "cpu" or sample.ndim != 4 or len(sample) < 2:
+        return torch.contiguous_format, None
+    problem = channels_last_problem(model, sample)
+    if problem is None:
+        return torch.channels_last, None
+    return torch.contiguous_format, f"channels-last training refused by the model ({problem}): trained in NCHW"
+
+
 def train_model(
     model: nn.Module,
     splits: Any,
@@ -146,6 +164,7 @@ def train_model(
     teacher_logits: Tensor | None = None,
     fast: bool = True,
     teacher_precision: str = "auto",
+    teacher_targets: str = "online",
 ) -> TrainResult:
     """Train ``model`` on ``splits.train``, select the epoch with the best ``splits.val`` accuracy, return it loaded.
 
@@ -172,6 +191,10 @@ def train_model(
         teacher_precision: with augmentation on CPU, what the teacher runs in: ``auto`` (bf16 with AMX, when the teacher
             has >= 10 M MACs and bf16 is faithful), ``fp32`` or ``bf16`` (``distill.teacher_precision``); ignored
             with ``fast=False``.
+        teacher_targets: with augmentation, ``online`` runs the teacher on every augmented batch (its targets match
+            what the student sees); ``clean`` computes its logits once on the un-augmented images (or takes
+            ``teacher_logits``) and the student learns them on its augmented views — one teacher pass for the whole
+            run (``distill.teacher_targets``).
 
     Raises:
         TrainingError: the loss became NaN/Inf and no recovery is left (names epoch and step; the last good
@@ -198,9 +221,13 @@ def train_model(
     if teacher is not None:
         teacher.to(dev).eval()
     sample = x_tr.rows(0, min(8, len(x_tr))).to(dev)
-    layout = torch.channels_last if fast and channels_last_ok(model, sample) else torch.contiguous_format
+    layout, layout_event = _training_layout(model, sample, fast)
     set_layout(model, layout)
-    per_step = fast and teacher is not None and augment is not None  # the teacher runs on every augmented batch
+    if teacher_targets not in ("online", "clean"):
+        raise ValueError(f"teacher_targets must be 'online' or 'clean', got {teacher_targets!r}")
+    clean = teacher is not None and teacher_targets == "clean"
+    # the teacher runs on every augmented batch
+    per_step = fast and teacher is not None and augment is not None and not clean
     teacher_run = frozen_runner(teacher, sample) if per_step and teacher is not None else None
 
     def logits(m: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
@@ -218,6 +245,7 @@ def train_model(
             "augment": None if augment is None else repr(augment_cfg),
             # only when pinned, so that the fingerprints of default runs are those of earlier versions
             **({} if teacher_precision == "auto" else {"teacher_precision": teacher_precision}),
+            **({"teacher_targets": teacher_targets} if clean and augment is not None else {}),
         }
     )
     opt = make_optimizer(model, cfg)
@@ -260,7 +288,7 @@ def train_model(
         restore = None
         from_scratch = at_chance(cur["accuracy"], z0.shape[1], len(y_val), majority)
         peak_lr = math.nan if cfg.lr == "auto" else float(cfg.lr)  # nan: chosen by the range test below
-        lr_range, lr_scale, recoveries, events = None, 1.0, 0, []
+        lr_range, lr_scale, recoveries, events = None, 1.0, 0, [layout_event] if layout_event else []
         precision = None
     if per_step and teacher is not None:
         if precision is not None:  # the precision this run started with, not timed again
@@ -279,13 +307,13 @@ def train_model(
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     cache = None
-    if teacher is not None and augment is None and start_epoch < cfg.epochs:
+    if teacher is not None and (augment is None or clean) and start_epoch < cfg.epochs:
         if teacher_logits is not None and tuple(teacher_logits.shape[:1]) != (len(x_tr),):
             raise DataError(
                 f"teacher_logits has {teacher_logits.shape[0]} rows for {len(x_tr)} training samples",
                 "pass the teacher's logits on exactly the train split, in its order",
             )
-        # once per sample: valid because the inputs never change
+        # once per sample: the inputs never change (without augmentation), or the targets are the clean images'
         cache = (teacher_logits if teacher_logits is not None else logits(teacher, x_tr)).to(dev)
 
     def terms_of(m: nn.Module, idx: Tensor, aug_gen: torch.Generator) -> dict[str, Tensor]:
@@ -302,7 +330,7 @@ def train_model(
             with torch.inference_mode():
                 zt = teacher(xb)
             zt = zt.clone()
-        return loss_fn(m(xb.contiguous(memory_format=layout)), zt, yb)
+        return loss_fn(m(in_layout(xb, layout)), zt, yb)
 
     if ck is None and cfg.lr == "auto":
         gen = keyed_generator(seed, "lr_range", "augment")

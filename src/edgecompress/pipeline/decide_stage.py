@@ -24,6 +24,7 @@ def _decide_key(ctx: Context) -> dict[str, Any]:
         "data": ctx.keys.get("data"),
         "seed": ctx.cfg.seed,
         "label_smoothing": ctx.cfg.teacher.label_smoothing,
+        "students_augment": ctx.cfg.data.augment.model_dump(mode="json"),  # the trials train as the final run does
     }
 
 
@@ -49,7 +50,7 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
 
     started = time.perf_counter()
     d = decide(ctx.models["teacher"], make_member, splits, dcfg, student_ratio=ratio, workdir=sd.path / "trials",
-               seed=ctx.cfg.seed, progress=ctx.progress)  # fmt: skip
+               seed=ctx.cfg.seed, progress=ctx.progress, augment_cfg=ctx.cfg.data.augment)  # fmt: skip
     if d.scratch:
         ctx.warn(f"decide: {d.reason}")
     return DecideResult(
@@ -62,6 +63,9 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
         subset=d.subset,
         final_steps=final_steps(dcfg, len(splits.train.y) if splits.train is not None else 0),
         seconds=round(time.perf_counter() - started, 3),
+        ranking=d.ranking,
+        rungs=d.rungs,
+        budget_steps=d.budget_steps,
     )
 
 

@@ -138,45 +138,116 @@ def _distill_key(ctx: Context) -> dict[str, Any]:
     }
 
 
+class _Trained:
+    """One attempt's chain that passed the gate: what the scratch baseline and the verdict need."""
+
+    def __init__(self, chain: Any, members: list[Any], dcfg: Any, decided: Any, member: Any, student_val: float | None,
+                 macs: int, history: list[dict[str, Any]]) -> None:  # fmt: skip
+        self.chain, self.members, self.dcfg, self.decided, self.member = chain, members, dcfg, decided, member
+        self.student_val, self.macs, self.history = student_val, macs, history
+
+
 def _distill_compute(ctx: Context, sd: StageDir) -> DistillResult:
-    """The chain, then the quality gate on val; with ``on_gate_failure: escalate`` a student that fails it is
-    replaced by the next larger pruned one (MACs doubled) until one passes or none is left."""
-    from edgecompress.distill.gates import QualityGateError, escalate_ratio
+    """The chain, then the quality gate on val, then the scratch baseline and the verdict.
+
+    With ``on_gate_failure: escalate`` (the default) a student that fails the gate is trained again — twice the epochs
+    when it was still improving, else the next larger pruned student — within ``escalation_budget`` x the first
+    attempt's time (``distill.escalation``); every attempt is recorded.
+    """
+    import time
+
+    from edgecompress.distill.escalation import Attempt, attempts_line, next_attempt
+    from edgecompress.distill.gates import QualityGateError
 
     dcfg = ctx.cfg.distill
     if dcfg.datafree is not None:
         return _datafree(ctx, sd)
-    member = dcfg.student
+    member, train, why = dcfg.student, dcfg.train, "configured"
+    attempts: list[Attempt] = []
+    teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
     while True:
+        started = time.perf_counter()
         try:
-            return _distill_chain(ctx, sd, member)
+            done = _distill_chain(ctx, sd, member, train, len(attempts))
         except QualityGateError as exc:
-            ratio = member.prune_ratio
-            bigger = escalate_ratio(ratio) if dcfg.on_gate_failure == "escalate" and ratio is not None else None
-            if bigger is None:
-                raise
-            ctx.warn(f"student at prune_ratio {ratio:g} failed the quality gate ({exc.problem}); trying {bigger:g}")
-            member = member.model_copy(update={"prune_ratio": bigger})
+            attempts.append(_attempt(len(attempts), member, train, None, exc, teacher_val, started, why))
+            spent = sum(a.seconds for a in attempts)
+            nxt = None
+            if dcfg.on_gate_failure == "escalate":
+                nxt = next_attempt(attempts[-1], attempts[0], spent, history=exc.history,
+                                   budget=dcfg.escalation_budget)  # fmt: skip
+            if nxt is None:
+                _write_attempts(sd, attempts)
+                if len(attempts) == 1:
+                    raise
+                raise QualityGateError(
+                    f"{exc.problem} — after {len(attempts)} attempts ({attempts_line(attempts)}), the next would pass "
+                    f"the escalation budget of {dcfg.escalation_budget:g}x the first attempt's "
+                    f"{attempts[0].seconds:.0f} s",
+                    f"{exc.fix or 'a bigger student or more epochs'}; or raise distill.escalation_budget",
+                ) from exc
+            ctx.warn(f"student attempt {len(attempts)} failed the quality gate ({exc.problem}); next: {nxt.why}")
+            member = member.model_copy(update={"prune_ratio": nxt.prune_ratio})
+            train = train.model_copy(update={"epochs": nxt.epochs})
+            why = nxt.why
+            continue
+        attempts.append(_attempt(len(attempts), member, train, done, None, teacher_val, started, why))
+        _write_attempts(sd, attempts)
+        return _finish_distill(ctx, sd, done, attempts)
 
 
-def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
+def _attempt(index: int, member: Any, train: Any, done: _Trained | None, exc: Any, teacher_val: float | None,
+             started: float, why: str) -> Any:  # fmt: skip
+    import time
+
+    from edgecompress.distill.escalation import Attempt
+
+    return Attempt(
+        index=index,
+        prune_ratio=member.prune_ratio,
+        epochs=train.epochs,
+        macs=None if done is None else done.macs,
+        val_accuracy=done.student_val if done is not None else getattr(exc, "accuracy", None),
+        teacher_val_accuracy=teacher_val,
+        passed=done is not None,
+        seconds=round(time.perf_counter() - started, 3),
+        why=why,
+        problem=None if exc is None else exc.problem,
+    )
+
+
+def _write_attempts(sd: StageDir, attempts: list[Any]) -> None:
+    from edgecompress._io import atomic_write_json
+
+    atomic_write_json(sd.path / "attempts.json", [a.to_dict() for a in attempts])
+
+
+def _attempt_dir(sd: StageDir, member: Any, train: Any, index: int) -> Any:
+    if index == 0:
+        return sd.path / "chain"
+    ratio = "model" if member.prune_ratio is None else f"{member.prune_ratio:g}"
+    return sd.path / f"chain-{index}-r{ratio}-e{train.epochs}"
+
+
+def _distill_chain(ctx: Context, sd: StageDir, member: Any, train: Any, index: int) -> _Trained:
+    """One attempt: plan the members, distill the chain, gate the student on val (raises QualityGateError with the
+    student's val accuracy and history attached)."""
     from edgecompress.distill import distill_chain
-    from edgecompress.distill.gates import check_student
-    from edgecompress.models import save_state
+    from edgecompress.distill.gates import QualityGateError, check_student
+    from edgecompress.models import count_macs
     from edgecompress.pipeline.decide_stage import decided_config
 
-    dcfg, splits = ctx.cfg.distill, splits_of(ctx)
-    dcfg, decided = decided_config(ctx, dcfg.model_copy(update={"student": member}))
+    splits = splits_of(ctx)
+    dcfg, decided = decided_config(ctx, ctx.cfg.distill.model_copy(update={"student": member, "train": train}))
     members = _plan_members(ctx, dcfg)
     if ctx.cfg.teacher.label_smoothing and not dcfg.teacher_label_smoothing:
         dcfg = dcfg.model_copy(update={"teacher_label_smoothing": True})
-    first = member.prune_ratio == ctx.cfg.distill.student.prune_ratio
     chain = distill_chain(
         ctx.models["teacher"],
         [(n, m) for n, m, _ in members],
         splits,
         dcfg,
-        workdir=sd.path / ("chain" if first else f"chain-{member.prune_ratio:g}"),
+        workdir=_attempt_dir(sd, member, train, index),
         seed=ctx.cfg.seed,
         augment_cfg=ctx.cfg.data.augment,
         progress=ctx.progress,
@@ -184,22 +255,40 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
     student = chain.members[-1].model
     teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
     student_val = val_accuracy(student, splits)
+    history = list(chain.members[-1].history)
+    if student_val is not None and teacher_val is not None:
+        try:
+            check_student(student_val, teacher_val, splits.num_classes, max_drop=dcfg.max_accuracy_drop,
+                          name=members[-1][0], prune_ratio=member.prune_ratio)  # fmt: skip
+        except QualityGateError as exc:
+            raise QualityGateError(exc.problem, exc.fix, accuracy=student_val, history=history) from None
+    macs = int(count_macs(student, splits.input_shape))
+    return _Trained(chain, members, dcfg, decided, member, student_val, macs, history)
+
+
+def _finish_distill(ctx: Context, sd: StageDir, done: _Trained, attempts: list[Any]) -> DistillResult:
+    """The scratch baseline and the verdict (which student ships), then the files and the result."""
+    from edgecompress.models import save_state
+
+    splits = splits_of(ctx)
+    chain, members = done.chain, done.members
+    student, student_val = chain.members[-1].model, done.student_val
     baseline = None
-    if _wants_baseline(ctx.cfg.distill) and decided is not None and decided["scratch"]:
+    scratch_only = done.dcfg.loss.kind == "ce" or (done.decided is not None and done.decided["scratch"])
+    if scratch_only:  # no teacher in the loop: the shipped student is the scratch student
         baseline = {"val_accuracy": student_val, "same_as_student": True, "shipped": True,
                     **_test_metrics(student, splits)}  # fmt: skip
-    elif _wants_baseline(ctx.cfg.distill):
-        base_model, baseline = _scratch_baseline(ctx, sd, dcfg, member, len(members) - 1)
-        if student_val is not None and baseline["val_accuracy"] is not None and baseline["val_accuracy"] > student_val:
-            ctx.warn(
-                f"the student trained on labels alone beats the distilled one on val "
-                f"({100 * baseline['val_accuracy']:.2f} % vs {100 * student_val:.2f} %): shipping the scratch student"
-            )
-            baseline["shipped"] = True
+    elif ctx.cfg.distill.scratch_baseline:
+        base_model, baseline = _scratch_baseline(ctx, sd, done.dcfg, done.member, len(members) - 1)
+        verdict = _verdict(student, base_model, splits, chain.members[-1].fidelity_agreement)
+        baseline.update(verdict.to_dict())
+        baseline["shipped"] = verdict.shipped == "scratch"
+        if verdict.shipped == "scratch":
+            ctx.warn(f"the student trained on labels alone is significantly better: {verdict.reason}")
             student, student_val = base_model, baseline["val_accuracy"]
-    if student_val is not None and teacher_val is not None:
-        check_student(student_val, teacher_val, splits.num_classes, max_drop=dcfg.max_accuracy_drop,
-                      name=members[-1][0], prune_ratio=member.prune_ratio)  # fmt: skip
+        else:
+            log.info("verdict: %s", verdict.reason)
+    teacher_val = ctx.result("teacher", TeacherResult).val_accuracy
     save_state(student, sd.path / "student.pt")
     for rec in chain.members[1:-1]:  # the assistants, kept for inspection and the report
         save_state(rec.model, sd.path / f"{rec.name}.pt")
@@ -213,15 +302,24 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any) -> DistillResult:
         member_specs={n: s for n, _, s in members},
         student_val_accuracy=student_val,
         teacher_val_accuracy=teacher_val,
-        decided=decided,
+        decided=done.decided,
         scratch_baseline=baseline,
+        attempts=[a.to_dict() for a in attempts],
     )
 
 
-def _wants_baseline(dcfg: Any) -> bool:
-    """Whether to train the scratch baseline: ``trials.scratch_baseline``, by default when the run decides."""
-    flag = dcfg.trials.scratch_baseline
-    return bool(dcfg.decides) if flag is None else bool(flag)
+def _verdict(distilled: nn.Module, scratch: nn.Module, splits: Any, fidelity: float | None) -> Any:
+    """Distilled vs scratch on val (decides) and test (reported), paired."""
+    from edgecompress.distill.verdict import decide_shipping, paired_difference
+
+    def correct(model: nn.Module, split: Any) -> np.ndarray:
+        return np.asarray(predict_logits(model, split.x).argmax(1) == np.asarray(split.y))
+
+    val = paired_difference(correct(distilled, splits.val), correct(scratch, splits.val))
+    test = None
+    if splits.test is not None and len(splits.test.y):
+        test = paired_difference(correct(distilled, splits.test), correct(scratch, splits.test))
+    return decide_shipping(val, test, fidelity=fidelity)
 
 
 def _test_metrics(model: nn.Module, splits: Any) -> dict[str, Any]:
@@ -239,7 +337,9 @@ def _scratch_baseline(ctx: Context, sd: StageDir, dcfg: Any, member: Any, hop: i
 
     splits = splits_of(ctx)
     model, _ = member_model(ctx, member)
-    res = train_model(model, splits, dcfg.train, workdir=sd.path / "scratch-baseline",
+    first = member.prune_ratio == ctx.cfg.distill.student.prune_ratio and dcfg.train == ctx.cfg.distill.train
+    folder = "scratch-baseline" if first else f"scratch-baseline-r{member.prune_ratio}-e{dcfg.train.epochs}"
+    res = train_model(model, splits, dcfg.train, workdir=sd.path / folder,
                       seed=key_seed(ctx.cfg.seed, "hop", hop), loss=LossConfig(kind="ce"),
                       augment_cfg=ctx.cfg.data.augment, progress=ctx.progress)  # fmt: skip
     return res.model, {"val_accuracy": val_accuracy(res.model, splits), "same_as_student": False, "shipped": False,

@@ -140,13 +140,17 @@ def decision_entries(decide: DecideResult | None, distill: DistillResult, cal: C
     out: list[dict[str, Any]] = []
     if decide is not None:
         keys = ("name", "step", "val_accuracy", "val_ece", "val_nll", "seconds", "steps", "chosen")
+        rungs = " → ".join(str(s) for s in decide.rungs) or str(decide.trial_steps)
+        share = decide.budget_steps / decide.final_steps if decide.final_steps else 0.0
         notes = [
-            f"Each trial: {decide.trial_steps} optimizer steps per model trained, on {decide.subset} training samples "
-            f"without augmentation, same seed; the final student trains {decide.final_steps} steps. The trials took "
-            f"{decide.seconds:.1f} s in all."
+            f"Successive halving: {rungs} optimizer steps per model at each rung (the best third promoted), with the "
+            f"final run's augmentation, same seed; {decide.budget_steps} trial steps in all, {100 * share:.0f} % of "
+            f"the final student's {decide.final_steps}. The trials took {decide.seconds:.1f} s."
         ]
+        if decide.ranking:
+            notes.append("Ranking: " + " > ".join(decide.ranking) + ".")
         if decide.scratch:
-            notes.append("Scratch won: the shipped student is trained on labels (loss ce), without a teacher.")
+            notes.append("No teacher loss was a candidate: the shipped student is trained on labels (loss ce).")
         out.append({"title": "Why this chain", "reason": decide.reason, "notes": notes,
                     "rows": [{k: t.get(k) for k in keys} for t in decide.trials]})  # fmt: skip
     if cal.candidates:
@@ -191,4 +195,8 @@ def scratch_baseline_entry(distill: DistillResult) -> dict[str, Any] | None:
         "distilled_test_accuracy": distilled.get("accuracy"),
         "shipped": "baseline" if shipped and not b.get("same_as_student") else "student",
         "same_model": bool(b.get("same_as_student")),
+        **{
+            k: b.get(k)
+            for k in ("difference", "stderr", "n", "significant", "test_difference", "test_stderr", "reason")
+        },
     }

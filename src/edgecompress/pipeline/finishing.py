@@ -145,6 +145,7 @@ def build_report(ctx: Context) -> Report:
         datafree=distill.datafree,
         decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal),
         scratch_baseline=entries.scratch_baseline_entry(distill),
+        attempts=distill.attempts if len(distill.attempts) > 1 else [],
     )
 
 

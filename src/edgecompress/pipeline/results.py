@@ -72,8 +72,14 @@ class DistillResult(StageResult):
     )
     scratch_baseline: dict[str, Any] | None = Field(
         None,
-        description="The student trained on labels with the final budget: val_accuracy, test metrics, and "
-        "shipped (true when it beat the distilled student on val and replaced it).",
+        description="The student trained on labels with the final budget: val_accuracy, test metrics, the verdict "
+        "(difference = distilled minus scratch val accuracy, stderr, n, significant, reason, test_difference, "
+        "test_stderr, test_n; distill.verdict) and shipped (true when scratch was significantly better and replaced "
+        "the distilled student).",
+    )
+    attempts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every attempt at the student (distill.escalation.Attempt): the first, then each escalation.",
     )
 
 
@@ -161,10 +167,13 @@ class DecideResult(StageResult):
         description="One per candidate: name, step (loss/chain), loss, ratios, val_accuracy, val_ece, val_nll, "
         "seconds, steps, chosen.",
     )
-    trial_steps: int = Field(0, description="Optimizer steps of each model trained in a trial.")
-    subset: int = Field(0, description="Training samples the trials use (a seeded subset of the train split).")
+    trial_steps: int = Field(0, description="Optimizer steps of each model trained at the first rung.")
+    subset: int = Field(0, description="Training samples the trials draw from.")
     final_steps: int = Field(0, description="Optimizer steps of the final student, for comparison.")
     seconds: float = 0.0
+    ranking: list[str] = Field(default_factory=list, description="Every loss candidate, best first.")
+    rungs: list[int] = Field(default_factory=list, description="Optimizer steps per model at each rung.")
+    budget_steps: int = Field(0, description="Every optimizer step of the trials (range tests included).")
 
 
 class BudgetResult(StageResult):

@@ -75,6 +75,17 @@ def stage_index(name: str | None, option: str) -> int | None:
     return STAGE_NAMES.index(name)
 
 
+def check_components(cfg: PipelineConfig) -> None:
+    """Import the config's plugin modules, then check every component it names against its registry (before any
+    work: an unknown loss is one line listing the registered ones)."""
+    from edgecompress._registry import load_plugins
+    from edgecompress.distill.registry import LOSSES
+
+    load_plugins(cfg.plugins)
+    if cfg.distill.loss.kind != "auto":
+        LOSSES.get(cfg.distill.loss.kind)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     out: str | Path,
@@ -99,6 +110,7 @@ def run_pipeline(
     """
     last = stage_index(until, "--until")
     first = stage_index(from_, "--from")
+    check_components(cfg)
     target = [cfg.target.device] if cfg.target is not None else []
     check_devices([*cfg.benchmark.devices, *target], cfg.benchmark.profiles_dir)  # fail before any work
     run = RunDir(out)

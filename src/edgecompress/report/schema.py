@@ -124,7 +124,29 @@ class ScratchBaseline(_Model):
     distilled_val_accuracy: float | None = Field(None, description="The distilled student's, shipped or not (val).")
     distilled_test_accuracy: float | None = Field(None, description="The distilled student's (test).")
     shipped: Literal["student", "baseline"] = "student"
-    same_model: bool = Field(False, description="Scratch won the trials: the shipped student is this baseline.")
+    same_model: bool = Field(False, description="No teacher in the loop: the shipped student is this baseline.")
+    difference: float | None = Field(None, description="Distilled minus scratch val accuracy, paired (fraction).")
+    stderr: float | None = Field(None, description="Standard error of the difference (paired, fraction).")
+    n: int | None = Field(None, description="Val images of the comparison.")
+    significant: bool | None = Field(None, description="|difference| > 1.96 standard errors.")
+    test_difference: float | None = Field(None, description="The same difference on test (reported only).")
+    test_stderr: float | None = None
+    reason: str | None = Field(None, description="The verdict in one line (distill.verdict).")
+
+
+class AttemptEntry(_Model):
+    """One attempt at the student (``distill.on_gate_failure: escalate``): the first, then each escalation."""
+
+    index: int
+    prune_ratio: float | None
+    epochs: int
+    macs: int | None = None
+    val_accuracy: float | None = None
+    teacher_val_accuracy: float | None = None
+    passed: bool
+    seconds: float
+    why: str
+    problem: str | None = None
 
 
 class Report(_Model):
@@ -140,6 +162,9 @@ class Report(_Model):
         default_factory=list, description="Device x artifact rows (edgecompress.measurements.BenchRow)."
     )
     stages: list[StageEntry] = Field(default_factory=list)
+    attempts: list[AttemptEntry] = Field(
+        default_factory=list, description="Every attempt at the student; more than one when the gate escalated."
+    )
     recommendations: list[Recommendation] = Field(default_factory=list)
     figures: dict[str, str] = Field(default_factory=dict, description="Figure name -> PNG path relative to the run.")
     warnings: list[str] = Field(default_factory=list)
