@@ -187,13 +187,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--flip", action=argparse.BooleanOptionalAction, default=True)
     add("--reset-l0", type=int, default=76, help="reset_l0 round (-1: never); official 140 of 220")
     add("--ks", type=int, nargs="+", default=[2, 5, 10])
-    add("--di-steps", type=int, nargs="+", default=[50, 200])
+    add("--di-steps", type=int, nargs="+", default=[100, 200])
     add("--eval-every", type=int, default=10)
     add("--eval-n", type=int, default=2000, help="val images for the curve")
     add("--calib-n", type=int, default=1000, help="labelled val images that fit the temperature")
     add("--seed", type=int, default=0)
-    add("--threads", type=int, default=2)
+    add("--threads", type=int, default=1)
     add("--no-reference", action="store_true", help="skip KD on the real data")
+    add(
+        "--only",
+        nargs="+",
+        default=None,
+        help="run only these runs (slugs, e.g. fastdfkd-k5 real-data-kd); the table lists every finished run",
+    )
     add("--verbose", action="store_true", help="log every round")
     return ap.parse_args(argv)
 
@@ -232,8 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     assert splits.test is not None
     t_logits = predict_logits(teacher, splits.test.x)
     teacher_acc = float((t_logits.argmax(1).numpy() == splits.test.y).mean())
-    rows = [run_one(r, teacher, make_student, splits, args, t_logits) for r in runs]
-    if not args.no_reference:
+
+    def wanted(slug: str) -> bool:
+        return args.only is None or slug in args.only or (args.workdir / slug / "metrics.json").is_file()
+
+    rows = [run_one(r, teacher, make_student, splits, args, t_logits) for r in runs if wanted(r.slug)]
+    if not args.no_reference and wanted("real-data-kd"):
         rows.append(run_reference(ref_cfg, teacher, make_student, splits, args, t_logits))
     if args.figures is not None:
         t_val = float((predict_logits(teacher, splits.val.x[: args.eval_n]).argmax(1).numpy()

@@ -122,7 +122,7 @@ def test_fastdfkd_student_learns_from_synthetic_digits(digits: dict, tmp_path, c
 def test_the_plan_is_logged_before_the_first_round(digits: dict, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     res = _run(digits, _small(rounds=4, eval_every=2))
-    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    lines = [r.getMessage() for r in caplog.records if r.name in (LOGGER, f"{LOGGER}.plan")]
     plan_at = next(i for i, m in enumerate(lines) if m.startswith("datafree plan: "))
     first_round = next(i for i, m in enumerate(lines) if "round 1/4" in m)
     assert plan_at < first_round

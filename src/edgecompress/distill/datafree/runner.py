@@ -38,6 +38,7 @@ from edgecompress.distill.datafree.plan import Plan
 from edgecompress.errors import ConfigError, ModelError
 
 log = loop.log
+plan_log = logging.getLogger(f"{log.name}.plan")  # shown by the CLI even on a terminal (see cli.py)
 
 
 @dataclass
@@ -305,7 +306,7 @@ def _run(
         resumed_from = state.next_round
         with loss_fn:
             plan = loop.pilot(state, teacher, cfg, num_classes, seed, shape)
-            log.info("datafree plan: %s", plan.text())
+            plan_log.info("datafree plan: %s", plan.text())
             for r in range(state.next_round, cfg.rounds):
                 loop.run_round(r, state, teacher, cfg, num_classes, level, val)
                 state.next_round = r + 1
