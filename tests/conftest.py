@@ -211,6 +211,10 @@ class Sshd:
                     "Subsystem sftp internal-sftp",
                     "PrintMotd no",
                     "LogLevel ERROR",
+                    # bash sources the user's ~/.bashrc for a command run over ssh unless SHLVL says it is nested; this
+                    # machine's .bashrc runs `pyenv init`, whose rehash waits 60 s on a stale lock left by a killed
+                    # process and made every remote command time out. The tests are about the transport, not dotfiles.
+                    "SetEnv SHLVL=1",
                 ]
             )
             + "\n"
@@ -341,7 +345,8 @@ def record(group: str, case: str, given: str, how: str, outcome: str, message: s
 
 def render_catalogue(jsonl: Path) -> str:
     """The Markdown table of docs/reliability.md from a recorded catalogue (one row per observed case)."""
-    order = ["config", "data", "checkpoint", "device", "export", "numerics", "bundle", "resource", "interrupt"]
+    order = ["config", "data", "checkpoint", "device", "export", "numerics", "bundle", "resource", "interrupt",
+             "received", "app"]  # fmt: skip
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: (order.index(r["group"]) if r["group"] in order else 99, r["case"]))
     out = [
@@ -493,3 +498,93 @@ def proto_splits(n: int = 192):  # noqa: ANN201 - a namespace with train/val
         return NS(x=(protos[y] + 0.7 * r.normal(size=(k, 1, 8, 8))).astype(np.float32), y=y)
 
     return NS(train=part(n, 1), val=part(64, 2))
+
+
+# ---------------------------------------------------------------------------------- a finished run, without training
+
+
+def synthetic_run(root: Path) -> Path:
+    """A finished run directory, as ``edgecompress run`` leaves it, built in a second without training anything.
+
+    The digits logistic regression (:func:`digits_onnx`) is its one artifact (``onnx-fp32``); ``run.json`` records
+    every stage in ``root/stages/<name>-<key>/`` with absolute paths, the benchmark folder holds the shipped
+    ``eval.npz`` (normalized digits and labels), and ``config.resolved.yaml`` is the digits example's. ``edgecompress
+    bench root`` re-benchmarks it, rewrites the report and bundles it, like a received run.
+    """
+    from edgecompress.config import dump_config, parse_config
+    from edgecompress.export import Artifact
+    from edgecompress.pipeline.results import (
+        BenchmarkResult,
+        CalibrateResult,
+        DataResult,
+        DistillResult,
+        ExportResult,
+        RunState,
+        StageRecord,
+        TeacherResult,
+    )
+
+    root = Path(root)
+    folders = {name: root / "stages" / f"{name}-{i:012x}" for i, name in enumerate(
+        ["data", "teacher", "distill", "calibrate", "export", "benchmark"])}  # fmt: skip
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    art_dir = folders["export"] / "artifacts" / "onnx-fp32"
+    art_dir.mkdir(parents=True)
+    model, x, y = digits_onnx(art_dir / "model.onnx")
+    np.savez(folders["benchmark"] / "eval.npz", x=((x / 16.0 - 0.5) / 0.5)[:64, None].astype(np.float32), y=y[:64])
+    pre = {"mean": [0.5], "std": [0.5], "size": [8, 8], "channels": 1, "layout": "NCHW", "scale": 1 / 16,
+           "input_dtype": "float32", "value_range": [0.0, 16.0], "color_mode": "L"}  # fmt: skip
+    member = {"name": "student", "role": "student", "params": 650, "macs": 640, "accuracy": 0.9}
+    state = RunState(
+        config_hash="0" * 64,
+        stages=[
+            StageRecord(name=n, seconds=0.1, cached=False, output_dir=str(f), key=f.name.rsplit("-", 1)[1])
+            for n, f in folders.items()
+        ],
+        data=DataResult(
+            fingerprint="f",
+            labels=[str(i) for i in range(10)],
+            num_classes=10,
+            input_shape=(1, 8, 8),
+            preprocess=pre,
+            sizes={"train": 1000, "val": 100, "calib": 64, "test": 797},
+        ),
+        teacher=TeacherResult(spec={"family": "mlp", "params": {}}, params=650, macs=640),
+        distill=DistillResult(student_spec={"family": "mlp", "params": {}}, chain={"members": [member]}),
+        calibrate=CalibrateResult(temperature=1.0),
+        export=ExportResult(
+            artifacts=[
+                Artifact(
+                    name="onnx-fp32",
+                    format="onnx",
+                    precision="fp32",
+                    files=[model],
+                    model_file=model,
+                    runtime="onnxruntime",
+                    size_bytes=model.stat().st_size,
+                )
+            ]
+        ),
+        benchmark=BenchmarkResult(rows=[]),
+    )
+    (root / "run.json").write_text(state.model_dump_json(indent=2))
+    cfg = tiny_config()
+    cfg["export"]["formats"] = ["onnx:fp32"]
+    cfg["bundle"] = {"zip": False}
+    (root / "config.resolved.yaml").write_text(dump_config(parse_config(cfg)))
+    (root / ".edgecompress").mkdir()
+    (root / ".edgecompress" / "run-dir.json").write_text('{"tool": "edgecompress"}')
+    return root
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims ``width`` x ``height`` 8-bit gray pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

@@ -132,9 +132,9 @@ def test_dist_refuses_alpha_with_the_fix() -> None:
 
 
 def test_unknown_loss_lists_the_registered_ones() -> None:
-    from edgecompress.errors import ConfigError
-
     from pydantic import ValidationError
+
+    from edgecompress.errors import ConfigError
 
     with pytest.raises(ValidationError, match="unknown loss 'fancy'; use one of: ce, kd, dist, bdkd"):
         LossConfig(kind="fancy")
@@ -147,6 +147,6 @@ def test_unknown_loss_lists_the_registered_ones() -> None:
 
 def test_builtin_loss_names_match_what_the_losses_module_registers() -> None:
     """The light name list (config checks without importing torch) is pinned to the registry."""
-    from edgecompress.distill.registry import LOSSES
+    from edgecompress._registry import LOSSES
 
     assert tuple(LOSSES.names()[: len(LOSSES.builtin_names)]) == LOSSES.builtin_names

@@ -42,7 +42,7 @@ LAYER = {
 }
 # measurements: typed records between packages (pydantic + stdlib), a foundation by its own docstring; the doc's list
 # of foundations is to name it too
-TOP_FOUNDATIONS = {"errors", "_io", "_schema", "_lazy", "_registry", "config", "measurements"}
+TOP_FOUNDATIONS = {"errors", "_io", "_schema", "_lazy", "_registry", "_contain", "_text", "config", "measurements"}
 TOP_CLI = {"cli", "__main__", "presets"}  # presets: the commands that make the shipped teachers
 # (importing package, imported module or package prefix): the doc's allowed sideways arrows
 EXCEPTIONS = {

@@ -30,6 +30,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     removed and ``path`` is untouched, so a reader never sees a half-written file.
     """
     path = Path(path)
+    check_write(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _new_temp(path.parent, f".{path.name}.", ".tmp", folder=False)
     try:
@@ -68,6 +69,29 @@ def unregister_ledger(root: str | os.PathLike[str]) -> None:
     """Stop recording names under ``root``."""
     with _LEDGER_LOCK:
         _LEDGERS.pop(Path(root).resolve(), None)
+
+
+def check_write(folder: str | os.PathLike[str]) -> None:
+    """Refuse a write into ``folder`` when it lies in a registered run directory but resolves outside it (a symbolic
+    link planted in a received run, e.g. ``figures`` -> elsewhere): one line naming the link
+    (:func:`edgecompress._contain.contained`)."""
+    if not _LEDGERS:
+        return
+    full = Path(os.path.abspath(folder))
+    with _LEDGER_LOCK:
+        roots = [r for r in _LEDGERS if r == full or r in full.parents]
+    if roots:
+        from edgecompress._contain import contained
+        from edgecompress.errors import ResourceError
+
+        contained(
+            roots[0],
+            full,
+            what="a write into the run directory",
+            error=ResourceError,
+            fix="a run directory holds its own folders, never links to elsewhere",
+            label="the run directory",
+        )
 
 
 def ledger_record(path: str | os.PathLike[str], kind: str = "temp") -> bool:
@@ -117,6 +141,7 @@ def make_temp_dir(parent: str | os.PathLike[str], prefix: str, suffix: str = "")
     """Create a new private folder ``parent/<prefix>XXXXXXXX<suffix>`` (like ``tempfile.mkdtemp``), recorded first in
     the ledger of the run directory holding ``parent`` so that a rerun removes it if this process is killed."""
     parent = Path(parent)
+    check_write(parent)
     parent.mkdir(parents=True, exist_ok=True)
     return _new_temp(parent, prefix, suffix, folder=True)
 

@@ -131,3 +131,13 @@ def _qualname(obj: Any) -> str:
 def _first_line(obj: Any) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+# The registries of the package. Each names the modules whose import registers its built-ins (imported on the first
+# look-up, by name: this foundation module imports none of them) and the names they register, for light checks.
+LOSSES: Registry[Any] = Registry(  # of distill.losses.DistillLoss subclasses
+    "loss",
+    ("edgecompress.distill.losses",),
+    builtin_names=("ce", "kd", "dist", "bdkd"),
+    field_name="distill.loss.kind",
+)

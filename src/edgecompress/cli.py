@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, overload
 
 import typer
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress._text import printable
+from edgecompress.errors import EdgeCompressError, describe_failure
 
 app = typer.Typer(
     add_completion=False,
@@ -56,6 +58,7 @@ def _main(
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     stderr_handler = RichHandler(console=_console(), show_path=False)
     stderr_handler.setLevel(level)
+    stderr_handler.addFilter(_escape_record)
     logging.basicConfig(level=level, format="%(message)s", handlers=[stderr_handler])
     if not debug and not verbose:
         # Progress below WARNING goes to stdout (stderr keeps its one-line error contract): stage start/finish lines
@@ -63,6 +66,7 @@ def _main(
         progress = logging.StreamHandler(sys.stdout)
         progress.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
         progress.addFilter(lambda record: record.levelno < logging.WARNING)
+        progress.addFilter(_escape_record)
         names = ["edgecompress.pipeline.context"]
         if not sys.stderr.isatty():
             names += ["edgecompress.distill.trainer", "edgecompress.distill.datafree.runner"]
@@ -75,11 +79,25 @@ def _main(
             logger.handlers = [h for h in logger.handlers if h.get_name() != "edgecompress-progress"] + [progress]
 
 
+def _escape_record(record: logging.LogRecord) -> bool:
+    """Log lines name labels, files and devices from runs and bundles: escape their control characters."""
+    record.msg, record.args = printable(record.getMessage()), None
+    return True
+
+
 def _summary(report_paths: dict[str, Path], run_dir: Path) -> None:
+    from rich.markup import escape
+
     out = _console()
-    out.print(f"[bold green]done[/]: run directory {run_dir}")
+    out.print(f"[bold green]done[/]: run directory {escape(printable(run_dir))}")
     for kind, path in report_paths.items():
-        out.print(f"  {kind}: {path}")
+        out.print(f"  {escape(printable(kind))}: {escape(printable(path))}", highlight=False)
+
+
+def _echo(text: str) -> None:
+    """Print untrusted text (names, labels, paths from a run or bundle) with control characters escaped."""
+    for line in text.splitlines() or [""]:
+        typer.echo(printable(line))
 
 
 @app.command()
@@ -151,13 +169,25 @@ def schema() -> None:
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")]) -> None:
-    """Validate CONFIG and print it resolved, every default explicit."""
-    from edgecompress.config import dump_config, load_config
+def validate(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
+    trust_factory: Annotated[
+        list[str] | None,
+        typer.Option("--trust-factory", metavar="MODULE", help="As for `run`: allow model factories from MODULE."),
+    ] = None,
+) -> None:
+    """Validate CONFIG and print it resolved, every default explicit (model factories are imported and checked)."""
+    from edgecompress.config import config_factories, dump_config, load_config
     from edgecompress.pipeline.run import check_components
 
     cfg = load_config(config)
     check_components(cfg)  # imports the config's plugins: the user's own config, like run
+    factories = config_factories(cfg)
+    if factories:
+        from edgecompress.models.build import trust_notes
+
+        for note in trust_notes(factories, [*cfg.trust_factories, *_modules(trust_factory)]):
+            _echo(f"# {note}")
     typer.echo(dump_config(cfg))
 
 
@@ -174,11 +204,17 @@ def bench(
             "this flag no code it names is imported.",
         ),
     ] = None,
+    profiles_dir: Annotated[
+        Path | None,
+        typer.Option(help="A directory of your own device profiles; the run's own profiles_dir is never used."),
+    ] = None,
 ) -> None:
     """Benchmark the run's artifacts again on the given devices and rewrite the report."""
     from edgecompress.pipeline import bench_run
 
-    paths = bench_run(run_dir, devices=device or ["local"], trust_factories=_modules(trust_factory))
+    paths = bench_run(
+        run_dir, devices=device or ["local"], trust_factories=_modules(trust_factory), profiles_dir=profiles_dir
+    )
     _summary(paths, run_dir)
 
 
@@ -192,7 +228,7 @@ def devices(
     extra = [profiles_dir] if profiles_dir else []
     for name in list_profiles(extra):
         profile = load_profile(name, extra)
-        typer.echo(f"{name:20s} {profile.transport:6s} {profile.description}")
+        _echo(f"{name:20s} {profile.transport:6s} {profile.description}")
 
 
 @app.command()
@@ -208,7 +244,7 @@ def verify(
 
     manifest = verify_bundle(bundle, allowed_signers=allowed_signers, identity=identity)
     signed = f", signed by {identity}" if identity else ""
-    typer.echo(
+    _echo(
         f"ok: {manifest.name} ({manifest.model.format}:{manifest.model.precision}), {len(manifest.files)} files{signed}"
     )
 
@@ -222,7 +258,7 @@ def sign(
     from edgecompress.bundle import sign_bundle, verify_bundle
 
     verify_bundle(bundle)  # never sign what does not verify
-    typer.echo(f"signed: {sign_bundle(bundle, key)}")
+    _echo(f"signed: {sign_bundle(bundle, key)}")
 
 
 @app.command()
@@ -230,25 +266,38 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .zip.")],
     images: Annotated[list[Path], typer.Argument(help="Image files (8- or 16-bit) or .npy arrays.")],
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image (at least 1).")] = 3,
+    time_limit: Annotated[
+        float, typer.Option(min=0.1, help="Seconds the model may take for the images; past that, an error.")
+    ] = 120.0,
 ) -> None:
     """Classify images with a bundle (checksums verified first); prints calibrated probabilities."""
     from edgecompress.bundle import predict_images
+    from edgecompress.bundle.predict import PredictTimeout
 
-    for row in predict_images(bundle, images, top_k=top_k):
-        typer.echo(json.dumps(row))
+    try:
+        rows = predict_images(bundle, images, top_k=top_k, time_limit_s=time_limit)
+    except PredictTimeout as exc:
+        if not exc.stuck:
+            raise
+        print(f"error: {printable(exc)}", file=sys.stderr, flush=True)
+        os._exit(exc.exit_code)  # the runtime cannot be stopped: leave without waiting for its thread
+    for row in rows:
+        _echo(json.dumps(row, allow_nan=False))  # ensure_ascii: JSON escapes every control character itself
 
 
 @app.command()
 def inspect(path: Annotated[Path, typer.Argument(help="Run directory or bundle.")]) -> None:
     """Summarize a run directory (its report) or a bundle (its manifest)."""
-    report = path / "report.json"
+    from edgecompress._contain import contained
+
+    report = contained(path, "report.json", what="inspect", fix="a run directory's report.json is its own file")
     if report.is_file():
         for line in _report_lines(report):
-            typer.echo(line)
+            _echo(line)
         return
     from edgecompress.bundle import verify_bundle
 
-    typer.echo(verify_bundle(path).model_dump_json(indent=2))
+    _echo(verify_bundle(path).model_dump_json(indent=2))
 
 
 def _report_lines(report: Path) -> list[str]:
@@ -299,11 +348,12 @@ def _click_types(name: Literal["Abort"]) -> tuple[type[Exception], ...]: ...
 
 
 def _click_types(name: str) -> tuple[type, ...]:
-    """The exception class ``name`` of click and of the copy of click that typer ships (typer._click)."""
+    """The exception class ``name`` of click, of the copy of click that typer ships (typer._click) and of typer
+    itself (typer.exceptions.Abort wraps an EOFError or Ctrl-C)."""
     import importlib
 
     found = []
-    for module in ("click.exceptions", "typer._click.exceptions"):
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
         try:
             cls = getattr(importlib.import_module(module), name, None)
         except ImportError:
@@ -314,7 +364,7 @@ def _click_types(name: str) -> tuple[type, ...]:
 
 
 def _one_line(text: object, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -333,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeCompressError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
@@ -357,16 +407,20 @@ def main(argv: list[str] | None = None) -> int:
             ctx = getattr(exc, "ctx", None)
             command = ctx.command_path if ctx is not None else "edgecompress"
             command = "edgecompress" + command.split("edgecompress", 1)[1] if "edgecompress" in command else command
-            print(f"error: {_one_line(exc.format_message())} — fix: see `{command} --help`", file=sys.stderr)
+            print(f"error: {_one_line(exc.format_message())} — fix: see `{printable(command)} --help`", file=sys.stderr)
             return exc.exit_code
         if isinstance(exc, _click_types("ClickException")):
             print(f"error: {_one_line(exc.format_message())} — fix: see `edgecompress --help`", file=sys.stderr)
             return exc.exit_code
-        if isinstance(exc, _click_types("Abort")):
+        if isinstance(exc, _click_types("Abort")) and not isinstance(exc.__context__, EOFError):
             print("aborted", file=sys.stderr)
             return 130
         if debug:
             raise
+        known = describe_failure(exc.__context__ if isinstance(exc, _click_types("Abort")) else exc)
+        if known is not None:
+            print(f"error: {printable(known)}", file=sys.stderr)
+            return known.exit_code
         print(
             f"error: unexpected {type(exc).__name__}: {_one_line(exc)} — fix: rerun with --debug to see the traceback "
             "and report it",

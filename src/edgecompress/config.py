@@ -31,21 +31,49 @@ MAX_YAML_BYTES = 1 << 20  # a config is a few KiB
 MAX_YAML_ALIASES = 1000
 MAX_YAML_NODES = 200_000  # after expanding aliases: an alias bomb stops here, before anything is built
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-# Packages whose functions run commands, import or unpickle arbitrary code (torch.hub loads hubconf.py): never a
-# factory, whatever a config or flag says.
+# Packages besides the standard library whose functions load, unpickle or run other code (torch.hub loads
+# hubconf.py): never a factory, whatever a config or flag says.
 UNTRUSTABLE_MODULES = frozenset(
-    {"__main__", "builtins", "code", "codeop", "ctypes", "importlib", "marshal", "multiprocessing", "nt", "os",
-     "pickle", "posix", "pty", "runpy", "shutil", "signal", "socket", "subprocess", "sys", "torch"}
+    {"__main__", "cloudpickle", "dill", "edgecompress", "IPython", "joblib", "numpy", "pandas", "requests", "torch",
+     "yaml"}
 )  # fmt: skip
+
+
+def untrusted_reason(module: str) -> str | None:
+    """Why ``module`` may never provide a model factory, or None.
+
+    A listed module is code the user chose to run: importing it runs its top-level code, and its factory runs when
+    the model is built. What can never be chosen: Python's standard library (``sys.stdlib_module_names``: ``os``,
+    ``subprocess``, ``timeit``, ``cProfile``, ``runpy``, ... run strings or commands) and the packages in
+    :data:`UNTRUSTABLE_MODULES`, which load or run other code. The rule is by top-level package name, so a submodule
+    cannot get around it.
+    """
+    import sys
+
+    root = module.split(".", 1)[0]
+    if root in sys.stdlib_module_names or root in sys.builtin_module_names:
+        return "a standard-library module: modules such as os, subprocess, timeit or cProfile run strings or commands"
+    if root in UNTRUSTABLE_MODULES:
+        return f"the {root} package loads, unpickles or runs other code (torch.hub, numpy.load, yaml.unsafe_load, ...)"
+    return None
 
 
 def check_trustable(module: str) -> str:
     """``module`` if it may be named as a trusted factory module, else ``ValueError`` saying why not."""
     if not _MODULE_RE.match(module):
         raise ValueError(f"{module!r} is not a module name (dotted identifiers, e.g. mypkg.models)")
-    if module.split(".", 1)[0] in UNTRUSTABLE_MODULES:
-        raise ValueError(f"{module!r} can run any code (torch.hub, os, subprocess, ...); it cannot be trusted")
+    reason = untrusted_reason(module)
+    if reason is not None:
+        raise ValueError(f"{module!r} can run any code ({reason}); it cannot be trusted")
     return module
+
+
+def config_factories(cfg: PipelineConfig) -> list[str]:
+    """Every ``pkg.mod:fn`` model factory the config names (teacher, student, assistants)."""
+    found = [cfg.teacher.model.factory] if cfg.teacher.model is not None and cfg.teacher.model.factory else []
+    members = [cfg.distill.student, *(cfg.distill.assistants if isinstance(cfg.distill.assistants, list) else [])]
+    found += [str(m.model["factory"]) for m in members if m.model and m.model.get("factory")]
+    return list(dict.fromkeys(found))
 
 
 class TeacherConfig(StrictModel):
@@ -97,7 +125,7 @@ class PipelineConfig(StrictModel):
 
     version: int = Field(CONFIG_VERSION, description="Config schema version.")
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Run name (letters, digits, ._-).")
-    seed: int = Field(0, ge=0, description="Seed of splits, initialization, shuffling and augmentation.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of splits, initialization, shuffling and augmentation.")
     data: DataConfig
     teacher: TeacherConfig
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -185,6 +213,13 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
+    named = {"data.path": cfg.data.path, "teacher.checkpoint": cfg.teacher.checkpoint,
+             "benchmark.profiles_dir": cfg.benchmark.profiles_dir,
+             "target.cache_dir": cfg.target.cache_dir if cfg.target is not None else None}  # fmt: skip
+    for field, value in named.items():
+        if value is not None and "\x00" in str(value):
+            raise ConfigError(f"{field}: the path {str(value)!r} holds a NUL byte", f"give {field} as a plain path")
+
     updates: dict[str, Any] = {}
     if cfg.data.path is not None:
         updates["data"] = cfg.data.model_copy(update={"path": fix(cfg.data.path)})
@@ -197,6 +232,10 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
 
 class YamlLimitError(ValueError):
     """A YAML document over the size, alias or expansion limits."""
+
+
+class DuplicateKeyError(ValueError):
+    """A YAML mapping that gives one key twice (a plain YAML loader would silently keep the last value)."""
 
 
 def safe_load_yaml(text: str, *, source: str = "YAML") -> Any:
@@ -217,6 +256,21 @@ def safe_load_yaml(text: str, *, source: str = "YAML") -> Any:
                 if self.aliases > MAX_YAML_ALIASES:
                     raise YamlLimitError(f"{source} uses more than {MAX_YAML_ALIASES} YAML aliases")
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue  # merge keys may override on purpose; complex keys fail in the constructor
+                    key = self.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    if key in seen:
+                        raise DuplicateKeyError(
+                            f"{source}: the key {key!r} appears twice in one mapping (lines {seen[key]} and {line})"
+                        )
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
 
     if len(text) > MAX_YAML_BYTES:
         raise YamlLimitError(f"{source} is {len(text)} characters, more than a config holds ({MAX_YAML_BYTES})")
@@ -281,6 +335,8 @@ def load_config(path: str | Path) -> PipelineConfig:
         data = safe_load_yaml(path.read_text(encoding="utf-8"), source=str(path))
     except YamlLimitError as exc:
         raise ConfigError(str(exc), "write the config without YAML anchors/aliases (or with a few)") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(exc), "keep one of the two; YAML keeps only the last, which hides the first") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""

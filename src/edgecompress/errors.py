@@ -91,3 +91,30 @@ class MissingExtraError(EdgeCompressError):
             f"the optional package '{package}' is not installed{what}",
             f"pip install 'edgecompress[{extra}]'",
         )
+
+
+def describe_failure(exc: BaseException | None) -> EdgeCompressError | None:
+    """A one-line error naming what went wrong for the OS and library failures a bad input can still cause where no
+    stage caught it (a file that cannot be read, a document nested too deeply, a file that ends early, a pixel bomb,
+    a NUL byte in a path); None for anything else (a bug: the CLI says "unexpected" and asks for ``--debug``)."""
+    if exc is None:
+        return None
+    text = " ".join(str(exc).split())[:200]
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) is not None:
+        return ResourceError(
+            f"cannot use {exc.filename}: {exc.strerror or text}", "check that the path exists and can be read/written"
+        )
+    if isinstance(exc, RecursionError):
+        return DataError(
+            "an input file is nested too deeply to read (a hostile or corrupt JSON/YAML document?)",
+            "use the file edgecompress wrote, or rerun the step that writes it",
+        )
+    if isinstance(exc, EOFError):
+        return DataError(f"an input file ends before its end ({text or 'EOFError'})", "use a complete copy of the file")
+    if type(exc).__name__ == "DecompressionBombError":  # PIL.Image.DecompressionBombError (PIL stays lazy)
+        return DataError(f"an image has more pixels than allowed ({text})", "downscale the image first")
+    if isinstance(exc, ValueError) and "null byte" in text:
+        return ConfigError(f"a path holds a NUL byte ({text})", "remove the \\0 from the path (config or arguments)")
+    if type(exc).__name__ == "BadZipFile":
+        return DataError(f"a zip-based file (.npz, .pt, bundle) is damaged ({text})", "use a complete copy of the file")
+    return None

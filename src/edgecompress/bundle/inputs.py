@@ -20,6 +20,8 @@ from edgecompress.bundle.manifest import Preprocessing
 from edgecompress.errors import DataError
 
 MAX_IMAGE_PIXELS = 64 << 20  # width x height of one input image or array
+MAX_ARRAY_BYTES = 256 << 20  # one .npy input, checked from its header before any data is read
+_ARRAY_KINDS = "buf"  # bool, unsigned and float samples; anything else has no known range
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}
 
@@ -90,10 +92,21 @@ def load_array(path: Path, pre: Preprocessing) -> np.ndarray:
         if not isinstance(a, np.ndarray):
             raise DataError(f"{path} is not a single array", "save one image per .npy with numpy.save")
         shape = a.shape
-        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)) or 0 in shape:
             raise DataError(f"{path} has shape {list(shape)}", "save one image per .npy, HxW or HxWxC (C = 1, 3 or 4)")
         if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
             raise DataError(f"{path} is {shape[0]}x{shape[1]}, more than {MAX_IMAGE_PIXELS} pixels", "downscale it")
+        if a.dtype.kind not in _ARRAY_KINDS or a.dtype.fields is not None:
+            lo, hi = pre.value_range
+            raise DataError(
+                f"{path} holds {a.dtype} values, whose range is unknown",
+                f"give uint8 or uint16 images, or floats in the bundle's value_range [{lo:g}, {hi:g}]",
+            )
+        if a.nbytes > MAX_ARRAY_BYTES:  # e.g. a sparse file whose header claims gigabytes of float64
+            raise DataError(
+                f"{path} holds {a.nbytes} bytes of {a.dtype}, more than an input image needs (limit {MAX_ARRAY_BYTES})",
+                "save it as uint8/uint16, or downscale it",
+            )
         a = np.array(a)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read array {path} ({exc})", "save it with numpy.save(path, array)") from None
@@ -117,14 +130,16 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", image_mod.DecompressionBombWarning)
-            with image_mod.open(path) as img:
-                w, h = img.size
+            with image_mod.open(path) as opened:
+                w, h = opened.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise DataError(
                         f"image {path} is {w}x{h} pixels, more than the limit {MAX_IMAGE_PIXELS}",
                         "downscale the image first",
                     )
-                if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
+                # a phone photo is stored sideways with an EXIF orientation tag: turn it upright, as viewers do
+                img = require("PIL.ImageOps", "reading images").exif_transpose(opened)
+                if img.mode in _SIXTEEN_BIT or (img.mode == "I" and opened.format == "PNG"):
                     a = np.asarray(img).astype(np.float32)[:, :, None]
                     a = _resize_float(_match_channels(a, pre.channels), pre.size)
                     lo, hi = pre.value_range

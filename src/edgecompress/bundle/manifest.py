@@ -202,6 +202,20 @@ class Manifest(StrictModel):
         datetime.fromisoformat(value)
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("labels is empty; a classifier has at least one class name")
+        seen: set[str] = set()
+        for label in value:
+            if not label.strip():
+                raise ValueError("labels holds an empty name")
+            if label in seen:
+                raise ValueError(f"labels names {label!r} twice; output columns need distinct names")
+            seen.add(label)
+        return value
+
     @field_validator("files")
     @classmethod
     def _files_ok(cls, value: dict[str, str]) -> dict[str, str]:

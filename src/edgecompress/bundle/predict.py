@@ -5,17 +5,64 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecompress._contain import contained
 from edgecompress.bundle.inputs import _match_channels, check_regular, load_image, to_contract
 from edgecompress.bundle.manifest import Manifest
 from edgecompress.bundle.verify import check_bundle_path, find_bundle_root, safe_extract, verify_dir
-from edgecompress.errors import BundleError, DataError
+from edgecompress.errors import BundleError, DataError, ResourceError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TIME_LIMIT_S = 120.0
+
+
+class PredictTimeout(ResourceError):
+    """The model did not finish within the time limit. ``stuck`` is True when its runtime could not be stopped (the
+    call still runs in a background thread; a command-line tool should exit)."""
+
+    def __init__(self, problem: str, fix: str, *, stuck: bool) -> None:
+        super().__init__(problem, fix)
+        self.stuck = stuck
+
+
+def run_with_limit(runtime: Any, x: np.ndarray, limit_s: float | None) -> np.ndarray:
+    """``runtime.run(x)`` in a worker thread, waited for at most ``limit_s`` seconds (None: no limit).
+
+    A graph can loop for ever (an ONNX ``Loop`` of 10^15 iterations): past the limit the run is cancelled where the
+    runtime can stop it (ONNX Runtime's terminate flag) and :class:`PredictTimeout` is raised either way.
+    """
+    if limit_s is None:
+        return np.asarray(runtime.run(x))
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["out"] = np.asarray(runtime.run(x))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["exc"] = exc
+
+    worker = threading.Thread(target=work, name="edgecompress-predict", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        cancel = getattr(runtime, "cancel", None)
+        if callable(cancel):
+            cancel()
+            worker.join(5.0)
+        raise PredictTimeout(
+            f"the model did not finish within {limit_s:g} s (an endless loop in its graph, or far too slow here)",
+            "check the bundle's model, or allow more time (--time-limit)",
+            stuck=worker.is_alive(),
+        )
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
 
 
 def _get_runtime(name: str) -> Any:
@@ -35,10 +82,19 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded bundle: ``preprocess`` images, ``predict`` probabilities. Use as a context manager or ``close()``."""
 
-    def __init__(self, manifest: Manifest, bundle_dir: Path, runtime: Any, tmpdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        bundle_dir: Path,
+        runtime: Any,
+        tmpdir: Path | None = None,
+        *,
+        time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
+    ) -> None:
         self.manifest = manifest
         self.bundle_dir = bundle_dir
         self.runtime = runtime
+        self.time_limit_s = time_limit_s
         self._tmpdir = tmpdir
 
     @property
@@ -87,14 +143,14 @@ class Predictor:
     def _run(self, x: np.ndarray) -> np.ndarray:
         batch = self.manifest.model.input.shape[0]
         if not isinstance(batch, int) or batch == x.shape[0]:
-            return np.asarray(self.runtime.run(x))
+            return run_with_limit(self.runtime, x, self.time_limit_s)
         outs = []  # a fixed-batch model: run in chunks of its batch size, padding the last one
         for start in range(0, x.shape[0], batch):
             chunk = x[start : start + batch]
             n = chunk.shape[0]
             if n < batch:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-            outs.append(np.asarray(self.runtime.run(chunk))[:n])
+            outs.append(run_with_limit(self.runtime, chunk, self.time_limit_s)[:n])
         return np.concatenate(outs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -104,6 +160,8 @@ class Predictor:
 
         Raises:
             DataError: the input's type, dtype or shape does not match the manifest's input contract.
+            BundleError: the model's output does not match the labels, or holds NaN or infinite values.
+            PredictTimeout: the model ran longer than ``time_limit_s``.
         """
         out = self._run(self._check_input(x)).astype(np.float64)
         k = len(self.manifest.labels)
@@ -111,6 +169,13 @@ class Predictor:
             raise BundleError(
                 f"the model returned shape {list(out.shape)}, the manifest lists {k} labels",
                 "rebuild the bundle; its labels and model do not match",
+            )
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise BundleError(
+                f"the model returned NaN or infinite outputs for {int(bad.sum())} of {len(out)} input(s) (first: "
+                f"#{int(np.argmax(bad))}); no probability can be given",
+                "check that the input matches the bundle's preprocessing; if it does, the model is broken: rebuild it",
             )
         if self.manifest.model.output.kind == "logits":
             if not self.manifest.temperature.folded and self.manifest.temperature.value:
@@ -173,8 +238,12 @@ class Predictor:
         return results
 
 
-def load_bundle(path: Path, *, threads: int | None = None) -> Predictor:
+def load_bundle(
+    path: Path, *, threads: int | None = None, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
+) -> Predictor:
     """Verify a bundle (folder or ``.zip``), then load its model with its runtime.
+
+    ``time_limit_s`` bounds each model call of :meth:`Predictor.predict` (None: no limit).
 
     Raises:
         BundleError: the bundle fails verification (see :func:`edgecompress.bundle.verify.verify_bundle`).
@@ -195,7 +264,15 @@ def load_bundle(path: Path, *, threads: int | None = None) -> Predictor:
     try:
         manifest = verify_dir(root)
         runtime = _get_runtime(manifest.model.runtime)
-        runtime.load(root / manifest.model.file, threads=threads)
+        model_file = contained(
+            root,
+            manifest.model.file,
+            what="manifest.json model.file",
+            error=BundleError,
+            fix="rebuild the bundle with edgecompress, or use the original",
+            label="the bundle",
+        )
+        runtime.load(model_file, threads=threads)
     except BaseException:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -203,10 +280,12 @@ def load_bundle(path: Path, *, threads: int | None = None) -> Predictor:
     log.info(
         "loaded bundle %s (%s %s via %s)", root, manifest.model.format, manifest.model.precision, manifest.model.runtime
     )
-    return Predictor(manifest, root, runtime, tmpdir)
+    return Predictor(manifest, root, runtime, tmpdir, time_limit_s=time_limit_s)
 
 
-def predict_images(bundle: Path, paths: list[Path], *, top_k: int = 5) -> list[dict[str, Any]]:
+def predict_images(
+    bundle: Path, paths: list[Path], *, top_k: int = 5, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
+) -> list[dict[str, Any]]:
     """Load ``bundle`` and predict the image files (what ``edgecompress predict BUNDLE IMAGE...`` calls)."""
-    with load_bundle(bundle) as predictor:
+    with load_bundle(bundle, time_limit_s=time_limit_s) as predictor:
         return predictor.predict_images(paths, top_k=top_k)

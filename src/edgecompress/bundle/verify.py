@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from edgecompress._contain import contained
 from edgecompress._io import make_temp_dir, sha256_file
 from edgecompress.bundle.manifest import MANIFEST_NAME, SUMS_NAME, Manifest, check_relative, read_manifest
 from edgecompress.bundle.sign import SIG_NAME, verify_signature
@@ -135,12 +136,10 @@ def safe_extract(
 
 
 def _extract_all(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path, limit: int) -> None:
-    root_resolved = root.resolve()
     written = 0
     for info in infos:
-        target = (root / info.filename.replace("\\", "/")).resolve()
-        if target != root_resolved and root_resolved not in target.parents:
-            raise BundleError(f"zip entry '{info.filename}' would land outside the folder (zip-slip)", _FIX)
+        target = contained(root, info.filename.replace("\\", "/"), what=f"zip entry '{info.filename}' (zip-slip)",
+                           error=BundleError, fix=_FIX, label="the extraction folder")  # fmt: skip
         if info.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
@@ -243,6 +242,18 @@ def _external_data(path: Path) -> list[str]:
     return found
 
 
+def _may_be_onnx(path: Path, rel: str, model_file: str) -> bool:
+    """Whether a runtime could read ``rel`` as ONNX: ``.onnx`` files, and the model file or any ``.xml`` whose content
+    is not XML (OpenVINO reads an ONNX file whatever its name, external data included)."""
+    if rel.lower().endswith(".onnx"):
+        return True
+    if rel != model_file and not rel.lower().endswith(".xml"):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return not head.startswith(b"<")
+
+
 def verify_dir(bundle_dir: Path, *, allowed_signers: Path | None = None, identity: str | None = None) -> Manifest:
     """Verify an unpacked bundle folder and return its manifest.
 
@@ -279,7 +290,7 @@ def verify_dir(bundle_dir: Path, *, allowed_signers: Path | None = None, identit
     for rel in present:
         if rel not in manifest.files and rel != MANIFEST_NAME:
             raise BundleError(f"bundle file '{rel}' is not listed in the manifest's files", _FIX)
-        if rel.lower().endswith(".onnx"):
+        if _may_be_onnx(bundle_dir / rel, rel, manifest.model.file):
             ext = _external_data(bundle_dir / rel)
             if ext:
                 raise BundleError(

@@ -67,7 +67,9 @@ def _header(image_mod: Any, path: Path) -> tuple[str, tuple[int, int]] | str:
     try:
         with image_mod.open(path) as im:
             return im.mode, (im.size[1], im.size[0])  # (H, W)
-    except (OSError, ValueError) as exc:
+    except image_mod.DecompressionBombError as exc:
+        return f"image {path} has more pixels than Pillow reads ({exc}; decompression bomb?)"
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return f"cannot read image {path} ({exc})"
 
 
@@ -142,7 +144,9 @@ def load_folder_raw(
                 if im.size != (width, height):
                     im = im.resize((width, height), resample)
                 out[i] = np.asarray(im, dtype=dtype).reshape(height, width, channels)
-        except (OSError, ValueError) as exc:
+        except image_mod.DecompressionBombError as exc:
+            return f"image {path} has more pixels than Pillow reads ({exc}; decompression bomb?)"
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
             return f"cannot read image {path} ({exc})"
         return None
 

@@ -8,8 +8,11 @@ read by :mod:`edgecompress.data.folder`.
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +105,30 @@ def check_arrays(
             "use class indices 0..K-1 (and K label names)",
         )
     return x, y
+
+
+def check_label_names(names: Any, what: str) -> list[str]:
+    """Class names as a list of distinct, non-empty strings (an array of str, or a list); refuses numbers, repeats.
+
+    Raises:
+        DataError: a name that is not a string, an empty name, or a name given twice (two outputs would print alike).
+    """
+    arr = np.asarray(names) if not isinstance(names, list) else None
+    if arr is not None and (arr.ndim != 1 or arr.dtype.kind != "U"):
+        raise DataError(
+            f"{what} is a {arr.dtype} array of shape {list(arr.shape)}, not a list of class names",
+            "store the class names as a 1-D string array, e.g. labels=np.array(['cat', 'dog'])",
+        )
+    items = arr.tolist() if arr is not None else list(names)
+    bad = next((v for v in items if not isinstance(v, str) or not v.strip()), None)
+    if bad is not None or any(not isinstance(v, str) for v in items):
+        raise DataError(f"{what} holds {bad!r}, not a class name", "give every class a non-empty string name")
+    seen: set[str] = set()
+    for v in items:
+        if v in seen:
+            raise DataError(f"{what} names the class {v!r} twice", "give every class a distinct name")
+        seen.add(v)
+    return items
 
 
 def check_classes(y: np.ndarray, labels: list[str], what: str) -> None:
@@ -211,7 +238,7 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise DataError(f"npz file not found: {path}", "set data.path to an existing .npz file")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})", "write it with numpy.savez") from None
 
 
@@ -227,8 +254,10 @@ def _npz(path: Path, keys: tuple[str, str], value_range: tuple[float, float] | N
             arrays = {k: z[k] for k in wanted}  # only what is used: each array is read once, in its own dtype
         except ValueError as exc:  # object arrays need pickle, which is refused
             raise DataError(f"{path}: {exc}", "store labels as a plain string array, images as numbers") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a truncated or damaged member
+            raise DataError(f"{path} is damaged ({type(exc).__name__}: {exc})", "save it with numpy.savez") from None
     labels_arr = arrays.pop("labels", None)
-    labels = [str(s) for s in labels_arr.tolist()] if labels_arr is not None else None
+    labels = check_label_names(labels_arr, f"{path.name}:labels") if labels_arr is not None else None
     num_classes = len(labels) if labels is not None else None
     what = f"{path.name}:{keys[0]}"
     x, y = check_arrays(arrays.pop(keys[0]), arrays.pop(keys[1]), what, num_classes)

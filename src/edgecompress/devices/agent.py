@@ -143,13 +143,26 @@ class OnnxRuntimeRuntime:
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
             raise AgentError(f"ONNX Runtime could not load {path.name}: {exc}", "re-export the artifact") from exc
         self._threads = threads
+        self._run_options = self._new_run_options()
         inp = self._sess.get_inputs()[0]
         self._input_name = inp.name
         self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self._sess.run(None, {self._input_name: np.ascontiguousarray(x, dtype=self._input_dtype)})[0]
+        feed = {self._input_name: np.ascontiguousarray(x, dtype=self._input_dtype)}
+        out = self._sess.run(None, feed, self._run_options)[0]
         return np.asarray(out, dtype=np.float32)
+
+    def cancel(self) -> None:
+        """Stop the run in flight from another thread (ONNX Runtime's terminate flag: that run raises); later runs
+        get fresh options."""
+        in_flight, self._run_options = self._run_options, self._new_run_options()
+        in_flight.terminate = True
+
+    def _new_run_options(self) -> Any:
+        options = self._ort.RunOptions()
+        options.log_severity_level = 4  # a failed or cancelled run raises with the message; no second copy on stderr
+        return options
 
     def input_shape(self) -> tuple:
         return tuple(d if isinstance(d, int) else None for d in self._sess.get_inputs()[0].shape)

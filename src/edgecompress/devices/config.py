@@ -16,6 +16,10 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,253}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
 _WORKDIR_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 _FORMAT_RE = re.compile(r"^[a-z0-9_]+(:[a-z0-9_*]+)?$")
+# An executable a profile names (python, benchmark_binary): a bare command name, looked up on PATH (never in the
+# current folder), or an absolute path — never a relative path, which would resolve against wherever the tool runs.
+_COMMAND_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+_ABS_COMMAND_RE = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 
 
 class BenchmarkConfig(StrictModel):
@@ -105,6 +109,30 @@ class DeviceProfile(StrictModel):
         # scp's remote path is not shell-quoted (SFTP mode takes it literally), so keep it to a plain charset
         if not _WORKDIR_RE.match(v):
             raise ValueError(f"workdir {v!r} must be an absolute path of letters, digits and '/._-'")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _valid_python(cls, v: str) -> str:
+        if not (_COMMAND_RE.match(v) or (_ABS_COMMAND_RE.match(v) and ".." not in v.split("/"))):
+            raise ValueError(
+                f"python {v!r} must be an interpreter name found on PATH (e.g. python3) or an absolute path "
+                "(letters, digits, '/._+-'); a relative path is never resolved against the current folder"
+            )
+        return v
+
+    @field_validator("benchmark_binary")
+    @classmethod
+    def _valid_binary(cls, v: str | None) -> str | None:
+        if v is not None and not (_ABS_COMMAND_RE.match(v) and ".." not in v.split("/")):
+            raise ValueError(f"benchmark_binary {v!r} must be an absolute device path (letters, digits, '/._+-')")
+        return v
+
+    @field_validator("benchmark_binary_local")
+    @classmethod
+    def _absolute_local_binary(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"benchmark_binary_local {str(v)!r} must be an absolute path on this machine")
         return v
 
     @field_validator("formats")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.devices.config import DeviceProfile
-from edgecompress.errors import TransportError
+from edgecompress.errors import DeviceError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,28 @@ def _failed(what: str, failures: list[str], kind: str) -> dict[str, Any]:
     return {"ok": False, "error": f"{what} failed after {len(failures)} attempt(s): {failures[-1]}", "error_type": kind}
 
 
+def local_command(name: str) -> str:
+    """An executable for this machine as an absolute path: ``name`` itself when absolute, else looked up on PATH
+    (a PATH entry that is relative, e.g. ``.``, is skipped: nothing resolves against the current folder)."""
+    if os.path.isabs(name):
+        return name
+    dirs = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(d)]
+    found = shutil.which(name, path=os.pathsep.join(dirs))
+    if found is None or not os.path.isabs(found):
+        raise DeviceError(
+            f"the local profile's python {name!r} is not on PATH", "give an interpreter on PATH or an absolute path"
+        )
+    return found
+
+
 class LocalTransport:
     """Runs the agent on this machine as a subprocess of ``sys.executable`` (isolates thread settings per run)."""
 
     def __init__(self, profile: DeviceProfile, *, python: str | None = None) -> None:
         self.profile = profile
         # the host's own interpreter unless the local profile names another one (e.g. a wrapper script)
-        self.python = python or (profile.python if "python" in profile.model_fields_set else sys.executable)
+        self.python = python or (local_command(profile.python) if "python" in profile.model_fields_set else
+                                 sys.executable)  # fmt: skip
 
     def run(self, job: AgentJob, *, local_dir: Path, timeout_s: float) -> dict[str, Any]:
         local_dir = Path(local_dir).resolve()  # the agent runs with cwd=local_dir: every path must be absolute

@@ -27,6 +27,7 @@ from edgecompress._io import atomic_write_json
 from edgecompress.distill.config import DistillConfig
 from edgecompress.distill.evaluate import (
     LogitEnsemble,
+    SplitLogits,
     TemperatureScaled,
     compute_metrics,
     fidelity,
@@ -138,8 +139,10 @@ class _Evaluated:
     temperature: float = 1.0
 
 
-def _evaluate(model: nn.Module, splits: Any) -> _Evaluated:
+def _evaluate(model: nn.Module, splits: Any, known: SplitLogits | None = None) -> _Evaluated:
     test = getattr(splits, "test", None)
+    if known is not None and known.val is not None and (test is None or known.test is not None):
+        return _Evaluated(model=model, val=known.val, test=None if test is None else known.test)
     return _Evaluated(
         model=model,
         val=predict_logits(model, splits.val.x),
@@ -196,6 +199,7 @@ def distill_chain(
     augment_cfg: Any = None,
     device: str | torch.device | None = None,
     gate: bool = True,
+    teacher_logits: SplitLogits | None = None,
 ) -> ChainResult:
     """Distill ``teacher`` → members[0] → … → members[-1] (the student), one KD hop at a time.
 
@@ -214,6 +218,8 @@ def distill_chain(
         augment_cfg: passed to ``train_model``.
         device: passed to ``train_model``.
         gate: check the teacher and each assistant before it teaches (off for the short runs of a search).
+        teacher_logits: the teacher's raw logits on the splits, when the caller computed them (the pipeline does,
+            once per run); the teacher then never runs here.
 
     Raises:
         QualityGateError: the teacher is at chance, or an assistant failed the gate (its hop record is written).
@@ -239,7 +245,7 @@ def distill_chain(
         loss = loss.model_copy(update={"temperature": 1.0})
     calibrate = cfg.calibrate_teachers
 
-    t_ev = _evaluate(teacher, splits)
+    t_ev = _evaluate(teacher, splits, teacher_logits)
     t_rec = MemberRecord(name="teacher", role="teacher", model=teacher)
     teacher_val_accuracy = _record(t_rec, t_ev, splits, calibrate)
     num_classes = int(t_ev.val.shape[1])
@@ -257,7 +263,8 @@ def distill_chain(
     weights: list[float] | None = None
     for i, (name, model) in enumerate(members):
         role = "student" if i == len(members) - 1 else "assistant"
-        if role == "student" and cfg.ensemble and len(assistants) >= 1:
+        ensemble_hop = role == "student" and cfg.ensemble and len(assistants) >= 1
+        if ensemble_hop:
             teach_parts = [_teaching(ev, calibrate) for _, ev in assistants]
             y_val = _labels(splits, "val")
             assert y_val is not None  # checked at the top
@@ -275,6 +282,9 @@ def distill_chain(
             teach, teach_test, _ = _teaching(current[1], calibrate)
             teach_name = current[0]
         hop_dir = workdir / f"{i + 1:02d}-{_safe(name)}"
+        known_train = None  # the first hop's KD targets, from the caller's teacher logits (z / T)
+        if i == 0 and teacher_logits is not None and teacher_logits.train is not None and not ensemble_hop:
+            known_train = teacher_logits.train / (t_ev.temperature if calibrate else 1.0)
         started = time.perf_counter()
         res = train_model(
             model,
@@ -289,6 +299,7 @@ def distill_chain(
             device=device,
             teacher_precision=cfg.teacher_precision,
             teacher_targets=cfg.teacher_targets,
+            teacher_logits=known_train,
         )
         ev = _evaluate(res.model, splits)
         rec = MemberRecord(

@@ -69,7 +69,7 @@ class TrainConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """The student's loss: a registered loss (``edgecompress.distill.registry.LOSSES``) and its parameters.
+    """The student's loss: a registered loss (``edgecompress._registry.LOSSES``) and its parameters.
 
     A parameter left out (None) takes the loss's own default (``distill.losses.resolve_loss``), so each loss has one
     default, written beside its formula.
@@ -102,7 +102,7 @@ class LossConfig(StrictModel):
     @field_validator("kind")
     @classmethod
     def _registered(cls, v: str, info: ValidationInfo) -> str:
-        from edgecompress.distill.registry import LOSSES  # light: the names, not the losses
+        from edgecompress._registry import LOSSES  # light: the names, not the losses
 
         if v == "auto":
             return v
@@ -316,6 +316,12 @@ class DistillConfig(StrictModel):
             raise ValueError(
                 "loss.kind 'auto' is decided by trials that assistants: search does not run; use assistants: auto "
                 "(trials the chain too) or a fixed loss.kind"
+            )
+        tc = self.trials
+        if self.loss.kind == "auto" and not tc.dist and ([] in (tc.kd_temperatures, tc.kd_alphas)):
+            raise ValueError(
+                "loss.kind auto has no teacher-loss candidate (empty KD grid and dist: false); give "
+                "trials.kd_temperatures / kd_alphas or dist: true — or train on labels alone with loss.kind: ce"
             )
         if self.datafree is not None and (self.loss.kind == "auto" or self.assistants == "auto"):
             raise ValueError("datafree distillation has no trials: set a fixed loss.kind and assistants (not 'auto')")

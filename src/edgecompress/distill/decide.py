@@ -35,12 +35,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgecompress._registry import LOSSES
 from edgecompress.distill.chain import plan_assistant_ratios
 from edgecompress.distill.config import DistillConfig, LossConfig, TrainConfig
-from edgecompress.distill.evaluate import TemperatureScaled, compute_metrics, fit_temperature, predict_logits
+from edgecompress.distill.evaluate import (
+    SplitLogits,
+    TemperatureScaled,
+    compute_metrics,
+    fit_temperature,
+    predict_logits,
+)
 from edgecompress.distill.inputs import split_arrays
 from edgecompress.distill.losses import resolve_loss
-from edgecompress.distill.registry import LOSSES
 from edgecompress.distill.trainer import epoch_batches, key_seed, train_model
 from edgecompress.errors import ConfigError
 
@@ -211,11 +217,19 @@ class _Teacher:
     temperature: float
 
 
-def _teaching(model: nn.Module, splits: Any, y_val: Tensor, calibrate: bool, clean: bool) -> _Teacher:
-    """``model`` as a teacher: temperature-scaled on val when ``calibrate``, with its train logits when ``clean``."""
-    t = fit_temperature(predict_logits(model, splits.val.x), y_val) if calibrate else 1.0
+def _teaching(
+    model: nn.Module, splits: Any, y_val: Tensor, calibrate: bool, clean: bool, known: SplitLogits | None = None
+) -> _Teacher:
+    """``model`` as a teacher: temperature-scaled on val when ``calibrate``, with its train logits when ``clean``
+    (``known``: its raw logits, already computed)."""
+    val = known.val if known is not None and known.val is not None else predict_logits(model, splits.val.x)
+    t = fit_temperature(val, y_val) if calibrate else 1.0
     module = TemperatureScaled(model, t) if calibrate else model
-    logits = predict_logits(module, splits.train.x) if clean else None
+    logits = None
+    if clean and known is not None and known.train is not None:
+        logits = known.train / t
+    elif clean:
+        logits = predict_logits(module, splits.train.x)
     return _Teacher(module=module, train_logits=logits, temperature=t)
 
 
@@ -231,6 +245,7 @@ def decide(
     progress: bool = False,
     device: str | torch.device | None = None,
     augment_cfg: Any = None,
+    teacher_logits: SplitLogits | None = None,
 ) -> Decision:
     """Run the trials of ``cfg`` (``loss.kind``/``assistants`` auto) and return the decision with every trial.
 
@@ -247,6 +262,7 @@ def decide(
         progress: progress bars.
         device: passed to ``train_model``.
         augment_cfg: the data's augmentation, as the final run uses it (None: none).
+        teacher_logits: the teacher's raw logits on the splits, when the caller has them (else computed here).
     """
     workdir = Path(workdir)
     if getattr(splits, "val", None) is None:
@@ -255,7 +271,7 @@ def decide(
     _, y_val = split_arrays(splits, "val")
     n_train = len(x_tr)
     clean = cfg.teacher_targets == "clean"
-    t_teach = _teaching(teacher, splits, y_val, cfg.calibrate_teachers, clean)
+    t_teach = _teaching(teacher, splits, y_val, cfg.calibrate_teachers, clean, teacher_logits)
     hop_seed = key_seed(seed, "trial")
     candidates = loss_candidates(cfg)
     chain_models = _chain_models(cfg, student_ratio) if cfg.assistants == "auto" else 0

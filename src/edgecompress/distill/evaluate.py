@@ -6,6 +6,7 @@ Metrics and temperature fitting are ``edgecompress.calibration``'s (one definiti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,45 @@ def predict_logits(model: nn.Module, x: np.ndarray | Tensor | Inputs, *, batch_s
     if not outs:
         return torch.empty(0, 0)
     return torch.cat(outs).clone()
+
+
+class SplitLogits:
+    """A model's raw logits on each split (train, val, test; None where a split is absent), computed once per run.
+
+    The teacher's logits are what every later step reads — its val accuracy and temperature, the KD targets on the
+    train split (``teacher_targets: clean``), its test metrics and the students' fidelity — so the pipeline computes
+    them in one pass per split (``distill.fast_eval``) and hands them on instead of running the teacher again.
+    """
+
+    def __init__(self, train: Tensor | None, val: Tensor | None, test: Tensor | None) -> None:
+        self.train, self.val, self.test = train, val, test
+
+    @classmethod
+    def of(cls, model: nn.Module, splits: object) -> SplitLogits:
+        """The logits of ``model`` on every split of ``splits`` that exists (through a frozen ORT graph on CPU)."""
+        from edgecompress.distill.fast_eval import fast_logits
+
+        def run(name: str) -> Tensor | None:
+            split = getattr(splits, name, None)
+            return None if split is None or len(split.y) == 0 else fast_logits(model, split.x)
+
+        return cls(run("train"), run("val"), run("test"))
+
+    def save(self, path: Path) -> None:
+        """Write the logits to an ``.npz`` file (atomic)."""
+        from edgecompress._io import atomic_path
+
+        arrays = {
+            k: v.numpy() for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None
+        }
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, allow_pickle=False, **arrays)  # type: ignore[arg-type]  # stubs: kwargs vs the flag
+
+    @classmethod
+    def load(cls, path: Path) -> SplitLogits:
+        with np.load(path, allow_pickle=False) as z:
+            got = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
+        return cls(got.get("train"), got.get("val"), got.get("test"))
 
 
 class TemperatureScaled(nn.Module):

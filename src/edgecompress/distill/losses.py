@@ -1,5 +1,5 @@
 """Distillation losses. Each is a small ``nn.Module`` returning a dict of named terms with the total under ``"loss"``,
-registered by name in :data:`edgecompress.distill.registry.LOSSES` (the config's ``distill.loss.kind``).
+registered by name in :data:`edgecompress._registry.LOSSES` (the config's ``distill.loss.kind``).
 
 Notation: z_s / z_t student / teacher logits [N, K], y labels [N], T temperature, p^T = softmax(z / T). Every loss
 may add the MbLS margin penalty ``λ·mean_i Σ_k max(0, max_j z_ij − z_ik − m)`` on the student's logits (Liu et al.,
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgecompress._registry import LOSSES
 from edgecompress.distill.config import LossConfig
-from edgecompress.distill.registry import LOSSES
 from edgecompress.errors import ConfigError
 
 
@@ -228,7 +228,8 @@ class BDKDLoss(DistillLoss):
 
 def loss_class(kind: str) -> type[DistillLoss]:
     """The registered loss class called ``kind`` (:class:`ConfigError` listing the registered ones)."""
-    return LOSSES.get(kind).obj
+    cls: type[DistillLoss] = LOSSES.get(kind).obj
+    return cls
 
 
 def resolve_loss(cfg: LossConfig) -> LossConfig:

@@ -1,8 +1,10 @@
 """Build a model from a :class:`ModelSpec`, and count its parameters and multiply-accumulates.
 
-Trust: a factory ``"pkg.mod:fn"`` runs code, so it is imported only when ``pkg.mod`` or a parent package of it is in
-``trusted_modules`` (the config's ``trust_factories`` or ``--trust-factory``). Modules that load or run other code
-(``torch.hub``, ``os``, ``subprocess``, ``importlib``, ``builtins``, …) are refused even when listed.
+Trust: a factory ``"pkg.mod:fn"`` is code the user chose to run (importing ``pkg.mod`` runs its top-level code, and
+``fn`` runs), so it is imported only when ``pkg.mod`` or a parent package of it is in ``trusted_modules`` (the
+config's ``trust_factories`` or ``--trust-factory``). The standard library and packages that load or run other code
+(``torch``, ``pickle``, ``dill``, ...) are refused even when listed, and ``fn`` must be a function or ``nn.Module``
+class defined in that module.
 """
 
 from __future__ import annotations
@@ -21,15 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Never imported as a factory, whatever the trust list says: they import, download or run other code.
-DENIED_MODULES = frozenset(
-    {
-        "builtins", "code", "codeop", "ctypes", "importlib", "marshal", "multiprocessing", "os", "pathlib", "pickle",
-        "pkgutil", "posix", "pty", "runpy", "shelve", "shutil", "socket", "subprocess", "sys", "tempfile",
-        "torch.hub", "torch.package", "torch.utils.cpp_extension", "torch.jit", "torch.serialization", "dill",
-        "cloudpickle", "joblib", "zipimport", "urllib", "http", "requests", "webbrowser", "edgecompress",
-    }
-)  # fmt: skip
 _TRUST_FIX = "add it to trust_factories in the config or pass --trust-factory {mod}"
 
 
@@ -38,14 +31,20 @@ def _covers(parent: str, module: str) -> bool:
 
 
 def check_factory_trust(factory: str, trusted_modules: Collection[str]) -> str:
-    """The module of ``factory`` ("pkg.mod:fn") when it may be imported; else :class:`ModelError` with the fix."""
+    """The module of ``factory`` ("pkg.mod:fn") when it may be imported; else :class:`ModelError` with the fix.
+
+    Never the standard library or a package that loads or runs other code
+    (:func:`edgecompress.config.untrusted_reason`), whatever the trust list says; otherwise only a module in
+    ``trusted_modules`` or below one.
+    """
+    from edgecompress.config import untrusted_reason
+
     mod_name = factory.partition(":")[0]
     trusted = [str(t).partition(":")[0].strip() for t in trusted_modules]  # "pkg.mod:fn" names its module
-    denied = next((d for d in sorted(DENIED_MODULES) if _covers(d, mod_name)), None)
-    if denied is not None:
+    reason = untrusted_reason(mod_name)
+    if reason is not None:
         raise ModelError(
-            f"model factory {factory!r}: module {mod_name!r} is never imported as a factory ({denied} loads or runs "
-            "other code)",
+            f"model factory {factory!r}: module {mod_name!r} is never imported as a factory ({reason})",
             "name the module that defines your model's function, e.g. factory: mypkg.nets:build",
         )
     if not any(_covers(t, mod_name) for t in trusted if t):
@@ -54,6 +53,73 @@ def check_factory_trust(factory: str, trusted_modules: Collection[str]) -> str:
             _TRUST_FIX.format(mod=mod_name),
         )
     return mod_name
+
+
+def resolve_factory(factory: str, trusted_modules: Collection[str]) -> Any:
+    """Import a trusted factory and return it, checked to be an ``nn.Module`` class, or a Python function defined in
+    that module (or below it) whose return annotation, when given, is an ``nn.Module`` class.
+
+    A name the module only re-exports from elsewhere (``numpy.load`` as ``mypkg:load``), a builtin, a
+    ``functools.partial`` or any other callable object is refused: the factory must be the user's own model code.
+
+    Raises:
+        ModelError: untrusted or denied module, import failure, missing name, or not a model factory.
+    """
+    from torch import nn
+
+    mod_name = check_factory_trust(factory, trusted_modules)
+    fn_name = factory.partition(":")[2]
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ModelError(
+            f"model factory {factory!r}: cannot import module {mod_name!r} ({exc})",
+            "install the package or put its folder on PYTHONPATH",
+        ) from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ModelError(f"model factory {factory!r}: {mod_name} has no function {fn_name!r}", "check the name")
+    fix = f"point the factory at a function (or nn.Module class) written in {mod_name} that builds your model"
+    if inspect.isclass(fn):
+        if not issubclass(fn, nn.Module):
+            raise ModelError(f"model factory {factory!r} is the class {fn.__name__}, not an nn.Module", fix)
+        return fn
+    if not inspect.isfunction(fn) or not _covers(mod_name, str(getattr(fn, "__module__", ""))):
+        where = getattr(fn, "__module__", None) or type(fn).__name__
+        raise ModelError(f"model factory {factory!r} is not a function defined in {mod_name} (it comes from {where})",
+                         fix)  # fmt: skip
+    returns = _return_annotation(fn)
+    if inspect.isclass(returns) and not issubclass(returns, nn.Module):
+        raise ModelError(f"model factory {factory!r} is annotated to return {returns.__name__}, not an nn.Module", fix)
+    return fn
+
+
+def trust_notes(factories: Collection[str], trusted_modules: Collection[str]) -> list[str]:
+    """Check every factory as the run will (:func:`resolve_factory`: trusted, importable, a model factory defined in
+    its module) and say, one line each, what trusting it means.
+
+    Raises:
+        ModelError: the first factory the run would refuse.
+    """
+    notes = []
+    for factory in factories:
+        fn = resolve_factory(factory, trusted_modules)
+        kind = "nn.Module class" if inspect.isclass(fn) else "function"
+        notes.append(
+            f"{factory} is code you chose to run: importing {factory.partition(':')[0]} runs its top-level code, and "
+            f"the {kind} {fn.__name__} runs when the model is built; edgecompress checks only that it is a model "
+            "factory defined in that module (never the standard library, torch, pickle and the like)"
+        )
+    return notes
+
+
+def _return_annotation(fn: Any) -> Any:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 (unresolvable string annotations: nothing to check)
+        return None
 
 
 def _call_factory(fn: Any, factory: str, offered: dict[str, Any], params: dict[str, Any]) -> Any:
@@ -116,18 +182,7 @@ def build_model(
         )
     else:
         factory = str(spec.factory)
-        mod_name = check_factory_trust(factory, trusted_modules)
-        fn_name = factory.partition(":")[2]
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ModelError(
-                f"model factory {factory!r}: cannot import module {mod_name!r} ({exc})",
-                "install the package or put its folder on PYTHONPATH",
-            ) from None
-        fn = getattr(module, fn_name, None)
-        if not callable(fn):
-            raise ModelError(f"model factory {factory!r}: {mod_name} has no function {fn_name!r}", "check the name")
+        fn = resolve_factory(factory, trusted_modules)
         offered = {"num_classes": num_classes, "in_channels": in_channels, "input_size": tuple(input_size)}
         offered = {k: v for k, v in offered.items() if k not in spec.params}
         model = _call_factory(fn, factory, offered, dict(spec.params))

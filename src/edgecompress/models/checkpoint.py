@@ -74,6 +74,17 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
+def refusal_detail(exc: BaseException) -> str:
+    """What a ``torch.load(weights_only=True)`` refusal names: ``it references posix.system``, else its first line."""
+    text = str(exc).strip()
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if found:
+        return f"it references {found.group(1)}"
+    # torch's refusal is a paragraph: the line after "WeightsUnpickler error:" says what was wrong
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return reason.group(1).strip()[:160] if reason else (text.splitlines()[0][:160] if text else type(exc).__name__)
+
+
 def load_weights_only(path: str | Path) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` for every refusal."""
     import torch
@@ -82,9 +93,7 @@ def load_weights_only(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc).strip()
-        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
-        detail = f"it references {found.group(1)}" if found else (text.splitlines()[0][:160] if text else "")
+        detail = refusal_detail(exc)
         raise CheckpointError(
             f"{path} was refused by torch.load(weights_only=True): it holds pickled Python objects, not only tensors "
             f"({detail}), e.g. a whole model saved with torch.save(model), which could run code when loaded",

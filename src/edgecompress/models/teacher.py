@@ -11,9 +11,10 @@ loaded strictly: a checkpoint whose classifier has another number of outputs tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zipfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,16 +140,44 @@ def checkpoint_kind(path: Path) -> str:
     return "state"
 
 
+@contextlib.contextmanager
+def _quiet_torch_export(causes: list[BaseException]) -> Iterator[None]:
+    """Keep ``torch.export.load``'s own warning (a traceback on stderr) off the user's screen; collect its cause."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                causes.append(record.exc_info[1])
+
+    logger = logging.getLogger("torch.export")
+    handler, propagate = Collect(), logger.propagate
+    saved = logger.handlers[:]
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved, propagate
+
+
 def _load_program(path: Path, kind: str, input_shape: tuple[int, int, int]) -> FrozenProgram:
+    import io
+
+    from edgecompress.models.safe_archive import read_checked
+
+    data = read_checked(path, kind)  # every pickle in it weights-only; the checked bytes are the ones loaded
+    cause: list[BaseException] = []
     try:
         if kind == "torchscript":
-            return FrozenProgram(torch.jit.load(str(path), map_location="cpu").eval(), source="torchscript")
-        ep = torch.export.load(str(path))
+            return FrozenProgram(torch.jit.load(io.BytesIO(data), map_location="cpu").eval(), source="torchscript")
+        with _quiet_torch_export(cause):
+            ep = torch.export.load(io.BytesIO(data))
         program = ep.module()
     except Exception as exc:
         what = "TorchScript file" if kind == "torchscript" else "torch.export program"
+        why = cause[-1] if cause else exc  # torch.export logs the real cause and raises a generic error
+        detail = (str(why).strip().splitlines() or [""])[0][:160]
         raise CheckpointError(
-            f"{path} looks like a {what} but cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+            f"{path} looks like a {what} but cannot be loaded ({type(why).__name__}: {detail})",
             "re-save it with torch.jit.save / torch.export.save from the same PyTorch version",
         ) from None
     args = (getattr(ep, "example_inputs", None) or ((),))[0]

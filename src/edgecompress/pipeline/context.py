@@ -75,6 +75,7 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     eval_data: tuple[np.ndarray, np.ndarray] | None = None  # images + labels devices evaluate, when splits are absent
     report: Any = None  # the Report, once the report stage has built it (the bundles stage reads its entries)
+    teacher_logits: Any = None  # distill.evaluate.SplitLogits: the teacher's raw logits per split, computed once
 
     def cached(self, stage: Stage[R]) -> R:
         """Run ``stage`` in its content-addressed folder, or reuse the finished folder; record time and result."""
@@ -98,9 +99,11 @@ class Context:
     def _reuse(self, stage: Stage[R], sd: StageDir) -> R | None:
         """The finished folder's result, or None when it does not parse as this stage's type (then it is redone)."""
         try:
+            from edgecompress.pipeline.received import contain_paths
+
             data = sd.result()
             check_contained(data, self.run.root, str(sd.path / "_done.json"))
-            return stage.result.model_validate(data)
+            return contain_paths(stage.result.model_validate(data), self.run.root, str(sd.path / "_done.json"))
         except ConfigError as exc:  # a record pointing outside the run: never followed
             self.warn(f"stage {stage.name}: {exc.problem}; recomputing it")
             return None
@@ -144,17 +147,15 @@ class Context:
 
 
 def check_contained(value: object, root: Path, what: str) -> None:
-    """Refuse any absolute path in ``value`` (JSON-like) that resolves outside ``root`` (symlinks followed)."""
-    base = root.resolve()
+    """Refuse any absolute path in ``value`` (JSON-like) that resolves outside ``root``, links included
+    (:func:`edgecompress._contain.contained`); the typed path fields are resolved by
+    :func:`edgecompress.pipeline.received.contain_paths`."""
+    from edgecompress._contain import contained
+    from edgecompress.pipeline.received import FIX
 
     def walk(v: object) -> None:
         if isinstance(v, str) and v.startswith("/") and "\n" not in v:
-            target = Path(v).resolve()
-            if target != base and base not in target.parents:
-                raise ConfigError(
-                    f"{what} records the path {v}, which is outside the run directory {root}",
-                    "a run directory is data: rerun the pipeline to rewrite it; never edit its records by hand",
-                )
+            contained(root, v, what=what, fix=FIX)
         elif isinstance(v, dict):
             for x in v.values():
                 walk(x)

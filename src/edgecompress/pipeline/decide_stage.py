@@ -50,7 +50,8 @@ def _decide_compute(ctx: Context, sd: StageDir) -> DecideResult:
 
     started = time.perf_counter()
     d = decide(ctx.models["teacher"], make_member, splits, dcfg, student_ratio=ratio, workdir=sd.path / "trials",
-               seed=ctx.cfg.seed, progress=ctx.progress, augment_cfg=ctx.cfg.data.augment)  # fmt: skip
+               seed=ctx.cfg.seed, progress=ctx.progress, augment_cfg=ctx.cfg.data.augment,
+               teacher_logits=ctx.teacher_logits)  # fmt: skip
     if d.scratch:
         ctx.warn(f"decide: {d.reason}")
     return DecideResult(

@@ -251,6 +251,7 @@ def _distill_chain(ctx: Context, sd: StageDir, member: Any, train: Any, index: i
         seed=ctx.cfg.seed,
         augment_cfg=ctx.cfg.data.augment,
         progress=ctx.progress,
+        teacher_logits=ctx.teacher_logits,
     )
     student = chain.members[-1].model
     teacher_val = ctx.result("teacher", TeacherResult).val_accuracy

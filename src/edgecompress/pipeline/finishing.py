@@ -6,13 +6,15 @@ Neither is cached: both are rewritten each time the pipeline reaches them (a rer
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecompress._io import sha256_json
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.pipeline import entries
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
 from edgecompress.pipeline.results import (
@@ -45,12 +47,21 @@ def eval_set(ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
     """The images and labels the devices evaluated: the benchmark folder's shipped ``eval.npz`` (inside the run)."""
     if ctx.eval_data is not None:
         return ctx.eval_data
+    from edgecompress._contain import contained
+
     folder = next((r.output_dir for r in reversed(ctx.stages) if r.name == "benchmark" and r.output_dir), None)
-    path = Path(folder) / "eval.npz" if folder else None
+    path = contained(ctx.run.root, Path(folder) / "eval.npz", what="the benchmark stage's eval.npz") if folder else None
     if path is None or not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        return data["x"], data["y"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ConfigError(
+            f"{path} (the images the benchmark stage shipped) is not a readable .npz ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split()).split('. ')[0][:120]})",
+            "a run directory is data: use the original, or rerun the pipeline to rewrite it",
+        ) from None
 
 
 def _bench_reference(ctx: Context, rows: list[BenchRow]) -> tuple[dict[str, Any], str]:
@@ -79,11 +90,12 @@ def _bench_reference(ctx: Context, rows: list[BenchRow]) -> tuple[dict[str, Any]
 
 
 def _rebuild_calibrated(ctx: Context) -> Any:
+    from edgecompress._contain import contained
     from edgecompress.models import ModelSpec, build_model, load_state
     from edgecompress.pipeline.train_stages import fold_with_shape
 
     folder = next((r.output_dir for r in reversed(ctx.stages) if r.name == "calibrate" and r.output_dir), None)
-    state = Path(folder) / "student.pt" if folder else None
+    state = contained(ctx.run.root, Path(folder) / "student.pt", what="the calibrate stage") if folder else None
     if state is None or not state.is_file():
         raise EdgeCompressError("the calibrate stage's student.pt is missing", "rerun the pipeline")
     data = ctx.result("data", DataResult)
@@ -229,9 +241,17 @@ def vet_artifacts(ctx: Context) -> None:
 def _own_files(art: Any, export_dir: Path) -> bool:
     """Whether every file of ``art`` lies in the folder its export wrote (a record edited to ship another
     artifact's model under this name is refused)."""
-    folder = (export_dir / "refit" / art.refit_of) if art.refit_of else (export_dir / "artifacts" / art.name)
-    base = folder.resolve()
-    return all(base in Path(f).resolve().parents for f in [art.model_file, *art.files])
+    from edgecompress._contain import contained
+    from edgecompress.pipeline.received import check_name_field
+
+    try:
+        check_name_field(art.name, "the artifact", "name")
+        check_name_field(art.refit_of, "the artifact", "refit_of")
+        rel = f"refit/{art.refit_of}" if art.refit_of else f"artifacts/{art.name}"
+        base = contained(export_dir, rel, what="the artifact record")
+        return all(base in contained(base, f, what="the artifact record").parents for f in [art.model_file, *art.files])
+    except ConfigError:
+        return False
 
 
 BUNDLES = Stage("bundles", FinishResult, key=lambda ctx: {}, compute=_bundles_compute, cached=False)

@@ -67,11 +67,17 @@ class LoadedRun:
     def teacher(self) -> nn.Module:
         if self.state.teacher.spec is None:
             raise ConfigError("the teacher of this run is a TorchScript / .pt2 program", "load it from its own file")
-        return self.build(self.state.teacher.spec, self.stage_dir("teacher") / "teacher.pt")
+        return self.build(self.state.teacher.spec, self._file("teacher", "teacher.pt"))
 
     def student(self) -> nn.Module:
         """The calibrated student before T is folded (T only rescales the logits; timing is the same)."""
-        return self.build(self.state.distill.student_spec, self.stage_dir("calibrate") / "student.pt")
+        return self.build(self.state.distill.student_spec, self._file("calibrate", "student.pt"))
+
+    def _file(self, stage: str, name: str) -> Path:
+        """A file of a stage's folder, resolved inside the run (a link to elsewhere is refused)."""
+        from edgecompress._contain import contained
+
+        return contained(self.root, self.stage_dir(stage) / name, what=f"the {stage} stage's {name}")
 
     @property
     def temperature(self) -> float:

@@ -24,6 +24,7 @@ from edgecompress.pipeline import distill_stages as chain
 from edgecompress.pipeline import train_stages as train
 from edgecompress.pipeline.context import Context, Stage, check_contained
 from edgecompress.pipeline.finishing import BUNDLES, FinishResult, eval_set, vet_artifacts
+from edgecompress.pipeline.received import check_stage_folder, contain_paths
 from edgecompress.pipeline.results import (
     BenchmarkResult,
     BudgetResult,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 PRESETS = ("digits", "fashion_mnist")
 STATE = "run.json"
+MAX_STATE_BYTES = 64 << 20  # a run state is a few hundred KiB
 
 STAGES: tuple[Stage, ...] = (
     train.DATA,
@@ -78,8 +80,7 @@ def stage_index(name: str | None, option: str) -> int | None:
 def check_components(cfg: PipelineConfig) -> None:
     """Import the config's plugin modules, then check every component it names against its registry (before any
     work: an unknown loss is one line listing the registered ones)."""
-    from edgecompress._registry import load_plugins
-    from edgecompress.distill.registry import LOSSES
+    from edgecompress._registry import LOSSES, load_plugins
 
     load_plugins(cfg.plugins)
     if cfg.distill.loss.kind != "auto":
@@ -174,6 +175,19 @@ def check_devices(devices: list[str], profiles_dir: Path | None) -> None:
         make_transport(load_profile(name, [profiles_dir]))
 
 
+def check_own_profiles(devices: list[str], profiles_dir: Path | None, root: Path) -> None:
+    """Refuse device profiles (names an executable: ``python``) taken from inside the received run ``root``."""
+    from edgecompress._contain import is_inside
+
+    for given in [*(d for d in devices if d.endswith((".yaml", ".yml")) or Path(d).is_file()), profiles_dir]:
+        if given is not None and is_inside(Path(given).expanduser().resolve(), root):
+            raise ConfigError(
+                f"the device profile {given} is inside the run directory {root}: a received run is data and never "
+                "names the programs a benchmark runs",
+                "give device profiles of your own (--device NAME or FILE outside the run, --profiles-dir DIR)",
+            )
+
+
 def read_state(root: Path) -> RunState:
     """``run.json`` of the run directory ``root``, validated; a run that was moved or copied is re-rooted.
 
@@ -185,36 +199,56 @@ def read_state(root: Path) -> RunState:
         raise ConfigError(
             f"{root} is not a finished run directory (no {STATE})", "run `edgecompress run CONFIG --out DIR` first"
         )
+    if state_file.stat().st_size > MAX_STATE_BYTES:
+        raise ConfigError(
+            f"{state_file} is {state_file.stat().st_size} bytes, more than a run state holds (limit {MAX_STATE_BYTES})",
+            "rerun `edgecompress run CONFIG --out DIR` to rewrite it",
+        )
     try:
-        data = json.loads(state_file.read_text())
+        data = json.loads(state_file.read_text(encoding="utf-8"))
         stages = data.get("stages") if isinstance(data, dict) else None
         old = Path(stages[0]["output_dir"]).parent.parent if stages and stages[0].get("output_dir") else root
         if old != root:
             log.info("run directory moved from %s to %s: re-rooting its recorded paths", old, root)
         state = RunState.model_validate(reroot(data, old, root))
-    except (ValueError, TypeError, KeyError, IndexError, ValidationError) as exc:
-        what = exc.errors()[0] if isinstance(exc, ValidationError) else exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ValidationError, RecursionError) as exc:
+        what = exc.errors()[0] if isinstance(exc, ValidationError) else "nested too deeply" if isinstance(
+            exc, RecursionError) else exc  # fmt: skip
         raise ConfigError(
             f"{state_file} is not a valid run state ({str(what)[:160]})",
             "rerun `edgecompress run CONFIG --out DIR` to rewrite it",
         ) from None
     check_contained(state.model_dump(mode="json"), root, str(state_file))
+    state = contain_paths(state, root, str(state_file))
+    for record in state.stages:
+        check_stage_folder(record, root, str(state_file))
     return state
 
 
-def bench_run(run_dir: str | Path, *, devices: list[str], trust_factories: Collection[str] = ()) -> dict[str, Path]:
+def bench_run(
+    run_dir: str | Path,
+    *,
+    devices: list[str],
+    trust_factories: Collection[str] = (),
+    profiles_dir: Path | None = None,
+) -> dict[str, Path]:
     """Benchmark a finished run's artifacts on ``devices`` again and rewrite its report and bundles.
 
-    The run directory is data: only its recorded results are read (no stage is recomputed), and a model factory
-    it names is imported only from a module given in ``trust_factories`` (the CLI's ``--trust-factory``).
+    The run directory is data: only its recorded results are read (no stage is recomputed), a model factory it names
+    is imported only from a module given in ``trust_factories`` (the CLI's ``--trust-factory``), and device profiles
+    (which name the interpreter a device runs) come only from ``devices`` and ``profiles_dir`` — the caller's own —,
+    never from the run's config or folder.
     """
     run = RunDir(run_dir)
     state = read_state(run.root)
+    check_own_profiles(devices, profiles_dir, run.root)
     run.prepare()  # lock the folder: a second process must not write the same report
     cfg = load_config(run.root / "config.resolved.yaml")
-    check_devices(devices, cfg.benchmark.profiles_dir)
+    check_devices(devices, profiles_dir)
     ctx = Context(
-        cfg=cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices})}),
+        cfg=cfg.model_copy(
+            update={"benchmark": cfg.benchmark.model_copy(update={"devices": devices, "profiles_dir": profiles_dir})}
+        ),
         run=run,
         progress=False,
         trusted_modules=tuple(trust_factories),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edgecompress._contain import contained
 from edgecompress._io import atomic_write_json, register_ledger, sha256_json, unregister_ledger
 from edgecompress.errors import ResourceError
 
@@ -122,7 +123,7 @@ class RunDir:
             raise ResourceError(
                 f"cannot read the run directory {self.root}: {exc.strerror}", "choose a readable --out directory"
             ) from None
-        for sub in ("stages", "bundles", META):
+        for sub in ("stages", "bundles", "figures", META):
             if (self.root / sub).is_symlink():
                 raise ResourceError(
                     f"{self.root / sub} is a symbolic link; a run directory holds its own folders",
@@ -317,7 +318,13 @@ class RunDir:
 
     def stage(self, name: str, key_material: dict[str, Any]) -> StageDir:
         key = sha256_json({"stage": name, **key_material})[:12]
-        path = self.root / "stages" / f"{name}-{key}"
+        path = contained(
+            self.root,
+            f"stages/{name}-{key}",
+            what=f"the {name} stage's folder",
+            error=ResourceError,
+            fix="a run directory holds its own folders, never links to elsewhere",
+        )
         path.mkdir(parents=True, exist_ok=True)
         return StageDir(name=name, key=key, path=path)
 

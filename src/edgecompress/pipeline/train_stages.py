@@ -169,14 +169,38 @@ def _teacher_compute(ctx: Context, sd: StageDir) -> TeacherResult:
     if not program:
         save_state(model, sd.path / "teacher.pt")
     ctx.models["teacher"] = model
-    test = metrics_of(predict_logits(model, splits.test.x), splits.test.y) if splits.test is not None else None
+    known = _teacher_logits(ctx, sd, model)
+    test = metrics_of(known.test, splits.test.y) if splits.test is not None and known.test is not None else None
+    val = float((known.val.argmax(1).numpy() == splits.val.y).mean()) if known.val is not None else None
     spec = spec_model.model_dump(mode="json", exclude_none=True) if spec_model is not None and not program else None
     for event in events:
         ctx.warn(f"teacher training: {event}")
-    res = TeacherResult(spec=spec, **model_size(model, splits), test=test, val_accuracy=val_accuracy(model, splits),
-                        events=events)  # fmt: skip
+    res = TeacherResult(spec=spec, **model_size(model, splits), test=test, val_accuracy=val, events=events)
     _check_teacher(ctx, res)
     return res
+
+
+LOGITS = "logits.npz"
+
+
+def _teacher_logits(ctx: Context, sd: StageDir, model: nn.Module) -> Any:
+    """The teacher's raw logits on every split, computed once (train only when a distillation will read it) and
+    kept in the stage folder, so that the decide and distill stages never run the teacher again."""
+    from types import SimpleNamespace
+
+    from edgecompress.distill.evaluate import SplitLogits
+
+    path = sd.path / LOGITS
+    if path.is_file():
+        known = SplitLogits.load(path)
+    else:
+        splits = splits_of(ctx)
+        train = splits.train if ctx.cfg.distill.datafree is None else None
+        parts = SimpleNamespace(train=train, val=splits.val, test=splits.test)
+        known = SplitLogits.of(model, parts)
+        known.save(path)
+    ctx.teacher_logits = known
+    return known
 
 
 def _check_teacher(ctx: Context, res: TeacherResult) -> None:
@@ -197,6 +221,7 @@ def _teacher_load(ctx: Context, sd: StageDir, res: TeacherResult) -> None:
         ctx.models["teacher"] = _load_teacher(ctx)
     else:
         ctx.models["teacher"] = rebuild(ctx, res.spec, sd.path / "teacher.pt", splits_of(ctx)).eval()
+    _teacher_logits(ctx, sd, ctx.models["teacher"])  # kept in the folder (computed now for an older folder)
 
 
 TEACHER = Stage("teacher", TeacherResult, key=_teacher_key, compute=_teacher_compute, load=_teacher_load)

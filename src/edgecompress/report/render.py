@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress._io import atomic_write_text
+from edgecompress._text import printable
 from edgecompress.errors import MissingExtraError
 from edgecompress.measurements import UNSTABLE_CV, BenchRow, LatencyStats
 from edgecompress.report.schema import ModelEntry, Report
@@ -374,7 +375,9 @@ def render_markdown(report: Report, sections: list[Section]) -> str:
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in sec.rows]
         for caption, rel in sec.images:
             lines += [f"![{caption}]({rel})", f"*{caption}*", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    # names, labels and messages come from configs, runs and devices: no control character reaches a terminal or
+    # viewer (the HTML report escapes them as HTML)
+    return "\n".join(printable(line) for line in "\n".join(lines).split("\n")).rstrip() + "\n"
 
 
 _CSS = """
@@ -388,7 +391,15 @@ figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.9em}
 
 
 def _img_src(run_dir: Path, rel: str) -> str | None:
-    path = Path(rel) if Path(rel).is_absolute() else run_dir / rel
+    """The PNG ``rel`` (inside the run: never a file elsewhere, through ``..`` or a link) as a data URL."""
+    from edgecompress._contain import contained
+    from edgecompress.errors import ConfigError
+
+    try:
+        path = contained(run_dir, rel, what="the report")
+    except ConfigError as exc:
+        log.warning("report figure not embedded: %s", exc.problem)
+        return None
     if not path.is_file():
         return None
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
