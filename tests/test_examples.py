@@ -32,7 +32,8 @@ QUICK: dict[str, Any] = {
     "teacher": {"train": TRAIN},
     "distill": {
         "train": TRAIN,
-        "datafree": {"synthesis_batches": 3, "batch_size": 16, "k_inner_steps": 1, "bank_size": 64},
+        "datafree": {"rounds": 3, "warmup_rounds": 1, "batch_size": 16, "k_inner_steps": 1, "generator_width": 8,
+                     "student_steps_per_round": 2, "student_batch_size": 16},
     },
     "export": {"formats": ["onnx:fp32", "onnx:int8"], "calib_samples": 64, "max_accuracy_drop": 1.0},
     "target": {"candidates": 3, "cache_dir": "latency-cache"},

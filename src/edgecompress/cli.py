@@ -68,7 +68,9 @@ def _main(
         progress.addFilter(_escape_record)
         names = ["edgecompress.pipeline.context"]
         if not sys.stderr.isatty():
-            names.append("edgecompress.distill.trainer")
+            names += ["edgecompress.distill.trainer", "edgecompress.distill.datafree.runner"]
+        else:  # the data-free run's plan (a child of the runner's logger, whose round lines stay off a terminal)
+            names.append("edgecompress.distill.datafree.runner.plan")
         progress.set_name("edgecompress-progress")
         for name in names:
             logger = logging.getLogger(name)

@@ -412,6 +412,7 @@ def _datafree(ctx: Context, sd: StageDir) -> DistillResult:
         chain={"members": [member]},
         datafree=res.summary(),
         sample_grid=str(grid),
+        curve_png=str(res.figures["accuracy_vs_rounds"]) if "accuracy_vs_rounds" in res.figures else None,
         bank=str(bank),
         student_val_accuracy=student_val,
         teacher_val_accuracy=teacher_val,

@@ -144,6 +144,8 @@ def build_report(ctx: Context) -> Report:
         else []
     )
     figures = {"datafree_samples": entries.rel(ctx, distill.sample_grid)} if distill.sample_grid else {}
+    if distill.curve_png:
+        figures["datafree_accuracy_vs_rounds"] = entries.rel(ctx, distill.curve_png)
     report = Report(
         name=cfg.name,
         config_hash=sha256_json(cfg.model_dump(mode="json"))[:16],

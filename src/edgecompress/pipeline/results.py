@@ -63,6 +63,7 @@ class DistillResult(StageResult):
     member_specs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datafree: dict[str, Any] | None = None
     sample_grid: str | None = None
+    curve_png: str | None = Field(None, description="Data-free runs: the student's val accuracy against rounds.")
     bank: str | None = None
     student_val_accuracy: float | None = None
     teacher_val_accuracy: float | None = None

@@ -290,7 +290,9 @@ def build_sections(report: Report) -> list[Section]:
 
     out += decision_sections(report)
     if report.datafree:
-        out.append(_kv_section("Data-free distillation", report.datafree))
+        from edgecompress.report.datafree import datafree_section  # imports this module's Section and formatters
+
+        out.append(datafree_section(report.datafree))
     images = [(name.replace("_", " "), rel) for name, rel in report.figures.items()]
     images += [(f"reliability: {m.name}", m.reliability_png) for m in models if m.reliability_png]
     if images:
