@@ -43,8 +43,12 @@ def test_table_deltas_and_goal_lines() -> None:
         return {"name": name, "method": method, "accuracy": acc, "synthesis_seconds": synth, "student_seconds": 10.0,
                 "ece": 0.05, "ece_ts": 0.02, "agreement": 0.9}  # fmt: skip
 
-    rows = [row("FastDFKD k=5", "fastdfkd", 0.86, 100.0), row("DeepInversion 200 steps", "deepinversion", 0.87, 2000.0),
-            row("DeepInversion 50 steps", "deepinversion", 0.80, 500.0), row("KD on real", "real", 0.90, None)]  # fmt: skip
+    rows = [
+        row("FastDFKD k=5", "fastdfkd", 0.86, 100.0),
+        row("DeepInversion 200 steps", "deepinversion", 0.87, 2000.0),
+        row("DeepInversion 50 steps", "deepinversion", 0.80, 500.0),
+        row("KD on real", "real", 0.90, None),
+    ]
     text = datafree.table(rows, 0.93, "header")
     assert "| FastDFKD k=5 | 100 | 10 | 86.00 % | -7.00 | -1.00 | 20.0× | 5.00 → 2.00 % | 90.00 % |" in text
     assert "| KD on real | – | 10 | 90.00 % | -3.00 | +3.00 | – |" in text
