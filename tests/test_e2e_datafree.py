@@ -65,7 +65,9 @@ def datafree_run(tmp_path_factory):
         "teacher": {"model": spec, "checkpoint": "teacher.pt"},
         "distill": {
             "student": {"prune_ratio": 0.3},
-            "max_accuracy_drop": 0.3,  # a data-free student at this budget is ~20 points below (the gate's own tests)
+            # 120 steps of the official SGD student (lr 0.2, T = 20) on 12 rounds: ~40 % against the teacher's ~98 %;
+            # these tests are of the mechanics (the gate has its own)
+            "max_accuracy_drop": 0.75,
             "datafree": {
                 "rounds": 12,
                 "warmup_rounds": 2,
@@ -82,7 +84,9 @@ def datafree_run(tmp_path_factory):
         "benchmark": {"batch_sizes": [1], "min_time_s": 0.05, "repeats": 1, "eval_samples": 200},
     }
     _run(root, cfg, "run")
-    unlabelled = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "path"}}
+    # without a labelled set the run cannot read the input's shape or the classes: the config states them
+    data = {k: v for k, v in cfg["data"].items() if k != "path"} | {"input_shape": [1, 8, 8], "num_classes": 10}
+    unlabelled = {**cfg, "data": data}
     unlabelled["distill"] = {**cfg["distill"], "datafree": {**cfg["distill"]["datafree"], "rounds": 4}}
     _run(root, unlabelled, "run-unlabelled")
     return root / "run"

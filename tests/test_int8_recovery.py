@@ -154,8 +154,9 @@ def _pipeline_config(tmp_path: Path, teacher: Path, **recovery: Any) -> Any:
         "teacher": {"model": {"factory": "benchmarks.int8_sensitive:outlier_net"}, "checkpoint": str(teacher)},
         "distill": {"student": "none"},
         "calibration": {"method": "ts", "refit_threshold": 0.0},  # re-fit T after every precision change
+        # on the pipeline's 135 val images plain PTQ loses about one image (0.7 point): a zero gate makes recovery run
         "export": {"formats": ["onnx:int8"], "int8_calibration": "minmax", "keep_head_float": False,
-                   "max_accuracy_drop": 0.03, "int8_recovery": {"qat_steps": 150, **recovery}},
+                   "max_accuracy_drop": 0.0, "int8_recovery": {"qat_steps": 150, **recovery}},
         "benchmark": {"devices": ["local"], "batch_sizes": [1], "min_time_s": 0.01, "repeats": 1, "eval_samples": 64},
     }  # fmt: skip
     return parse_config(raw)
