@@ -27,35 +27,25 @@ Teacher-logit caches (the teacher's forward dominates KD cost):
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgecompress._io import atomic_path, atomic_write_json, sha256_json
+from edgecompress._io import atomic_write_json, sha256_json
 from edgecompress.distill.config import LossConfig, TrainConfig
 from edgecompress.distill.evaluate import model_device, predict_logits
-from edgecompress.distill.fast_eval import (
-    Runner,
-    channels_last_problem,
-    fast_logits,
-    frozen_runner,
-    in_layout,
-    set_layout,
-)
-from edgecompress.distill.inputs import data_hash, split_arrays
+from edgecompress.distill.fast_eval import Runner, channels_last_problem, fast_logits, frozen_runner, set_layout
+from edgecompress.distill.inputs import Inputs, data_hash, split_arrays
 from edgecompress.distill.losses import build_loss
-from edgecompress.distill.lr_range import LR_BOUNDS, MAX_LR, SAFE_LR, lr_range_test
-from edgecompress.distill.progress import Progress
-from edgecompress.distill.recovery import LR_FACTOR, at_chance, cpu_clone, epoch_problem, left_chance, majority_share
+from edgecompress.distill.recovery import majority_share
 from edgecompress.distill.steps import (
     epoch_batches,
     key_seed,
@@ -65,12 +55,11 @@ from edgecompress.distill.steps import (
     make_optimizer,
     probe_batches,
 )
-from edgecompress.distill.teacher_precision import (
-    FIDELITY_ROWS,
-    TeacherPrecision,
-    choose_teacher_runner,
-    resume_runner,
-)
+from edgecompress.distill.targets import BatchLoss, TeacherTargets
+from edgecompress.distill.teacher_precision import FIDELITY_ROWS, choose_teacher_runner, resume_runner
+from edgecompress.distill.train_hooks import Checkpoint, EpochProgress, RangeTest, Recovery, TrainHook, UsualLayout
+from edgecompress.distill.train_loop import fit
+from edgecompress.distill.train_state import TrainRun, TrainState, fresh_state, load_checkpoint, resume_state
 from edgecompress.errors import CheckpointError, DataError, TrainingError
 from edgecompress.models.checkpoint import state_hash
 
@@ -129,13 +118,6 @@ def _default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}", f"delete {path} to start this run over") from exc
 
 
 def _training_layout(model: nn.Module, sample: Tensor, fast: bool) -> tuple[torch.memory_format, str | None]:
@@ -205,35 +187,89 @@ def train_model(
     workdir = Path(workdir)
     dev = torch.device(device) if device is not None else _default_device()
     rank, world = _dist_context(dev)
-    if loss is None:
-        loss = LossConfig() if teacher is not None else LossConfig(kind="ce")
-    loss_fn = build_loss(loss, label_smoothing=cfg.label_smoothing, has_teacher=teacher is not None)
-    if loss.kind == "ce":
-        teacher = None
-    x_tr, y_tr = split_arrays(splits, "train")
-    x_val, y_val = split_arrays(splits, "val")
-    if len(x_tr) < 2 * world:
-        raise DataError(f"train split has {len(x_tr)} samples for {world} process(es)", "give at least 2 per process")
+    loss, loss_fn, teacher = _loss(loss, teacher, cfg)
+    x_tr, y_tr, x_val, y_val = _arrays(splits, world)
     augment = make_augment(augment_cfg) if cfg.augment else None
-    n_steps = len(epoch_batches(len(x_tr), cfg, seed, 0, 0, world))
+    sample, layout, layout_event = _place(model, teacher, x_tr, dev, fast)
+    if teacher_targets not in ("online", "clean"):
+        raise ValueError(f"teacher_targets must be 'online' or 'clean', got {teacher_targets!r}")
+    clean = teacher is not None and teacher_targets == "clean"
+    logits = partial(_logits, fast)
+    fingerprint = _fingerprint(cfg, loss, seed=seed, world=world, model=model, teacher=teacher, splits=splits,
+                               arrays=[x_tr, y_tr, x_val, y_val], augment=None if augment is None else augment_cfg,
+                               teacher_precision=teacher_precision, clean_targets=clean)  # fmt: skip
+    opt = make_optimizer(model, cfg)
+    majority = majority_share(y_val)  # the accuracy of a constant guess: the floor of "above chance"
+    state, first = _start(workdir, fingerprint, model, opt, cfg, partial(logits, model, x_val), y_val, majority,
+                          layout_event)  # fmt: skip
+    targets = _teacher_targets(teacher, state, x_tr, sample, cfg, online=augment is not None and not clean, fast=fast,
+                               requested=teacher_precision, given=teacher_logits, logits=logits)  # fmt: skip
+    run = TrainRun(model=model, net=_distributed(model, dev, world), opt=opt, cfg=cfg, seed=seed, device=dev, rank=rank,
+                   world=world, n_train=len(x_tr), n_steps=len(epoch_batches(len(x_tr), cfg, seed, 0, 0, world)),
+                   loss=BatchLoss(x_tr, y_tr, augment, targets, loss_fn, layout, dev), y_val=y_val,
+                   val_logits=lambda m: logits(m, x_val), majority=majority, checkpoint=workdir / CHECKPOINT,
+                   resumed_from=state.standing.epoch)  # fmt: skip
+    fit(run, state, [*first, Recovery(), EpochProgress(progress), Checkpoint(fingerprint), UsualLayout()])
+    return _result(run, state, workdir, started)
 
+
+def _logits(fast: bool, model: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
+    """Eval-mode logits: through a frozen graph where it pays (``fast_eval``), else eager ``inference_mode``."""
+    return fast_logits(model, x, runner=runner) if fast else predict_logits(model, x)
+
+
+def _place(
+    model: nn.Module, teacher: nn.Module | None, x_tr: Inputs, dev: torch.device, fast: bool
+) -> tuple[Tensor, torch.memory_format, str | None]:
+    """Both models on ``dev`` (the teacher in eval mode), the student in its training layout; returns the first
+    training rows (the probe batch), the layout and the event when the model refused channels-last."""
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
     sample = x_tr.rows(0, min(8, len(x_tr))).to(dev)
-    layout, layout_event = _training_layout(model, sample, fast)
+    layout, event = _training_layout(model, sample, fast)
     set_layout(model, layout)
-    if teacher_targets not in ("online", "clean"):
-        raise ValueError(f"teacher_targets must be 'online' or 'clean', got {teacher_targets!r}")
-    clean = teacher is not None and teacher_targets == "clean"
-    # the teacher runs on every augmented batch
-    per_step = fast and teacher is not None and augment is not None and not clean
-    teacher_run = frozen_runner(teacher, sample) if per_step and teacher is not None else None
+    return sample, layout, event
 
-    def logits(m: nn.Module, x: Any, runner: Runner | None = None) -> Tensor:
-        return fast_logits(m, x, runner=runner) if fast else predict_logits(m, x)
 
-    fingerprint = sha256_json(
+def _loss(
+    loss: LossConfig | None, teacher: nn.Module | None, cfg: TrainConfig
+) -> tuple[LossConfig, nn.Module, nn.Module | None]:
+    """The loss (None: cross-entropy without a teacher, Hinton KD with one), its module, and the teacher (None for
+    cross-entropy, which has no use for one)."""
+    if loss is None:
+        loss = LossConfig() if teacher is not None else LossConfig(kind="ce")
+    loss_fn = build_loss(loss, label_smoothing=cfg.label_smoothing, has_teacher=teacher is not None)
+    return loss, loss_fn, None if loss.kind == "ce" else teacher
+
+
+def _arrays(splits: Any, world: int) -> tuple[Inputs, Tensor, Inputs, Tensor]:
+    """Train and val inputs and labels, checked (at least two training samples per process)."""
+    x_tr, y_tr = split_arrays(splits, "train")
+    x_val, y_val = split_arrays(splits, "val")
+    if len(x_tr) < 2 * world:
+        raise DataError(f"train split has {len(x_tr)} samples for {world} process(es)", "give at least 2 per process")
+    return x_tr, y_tr, x_val, y_val
+
+
+def _fingerprint(
+    cfg: TrainConfig,
+    loss: LossConfig,
+    *,
+    seed: int,
+    world: int,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    splits: Any,
+    arrays: list[Inputs | Tensor],
+    augment: Any,
+    teacher_precision: str,
+    clean_targets: bool,
+) -> str:
+    """What identifies the run, hashed: a checkpoint with another fingerprint belongs to another run. The dict must
+    stay byte-for-byte what it was for the same inputs, or existing run folders stop resuming
+    (``tests/test_distill_train_golden.py``). ``augment``: the augmentation config when augmentation is on."""
+    return sha256_json(
         {
             "train": cfg.model_dump(mode="json"),
             "loss": loss.model_dump(mode="json"),
@@ -241,270 +277,113 @@ def train_model(
             "world": world,
             "shapes": [(k, list(v.shape)) for k, v in model.state_dict().items()],
             "teacher": state_hash(teacher) if teacher is not None else None,
-            "data": data_hash(splits, [x_tr, y_tr, x_val, y_val]),
-            "augment": None if augment is None else repr(augment_cfg),
+            "data": data_hash(splits, arrays),
+            "augment": None if augment is None else repr(augment),
             # only when pinned, so that the fingerprints of default runs are those of earlier versions
             **({} if teacher_precision == "auto" else {"teacher_precision": teacher_precision}),
-            **({"teacher_targets": teacher_targets} if clean and augment is not None else {}),
+            **({"teacher_targets": "clean"} if clean_targets and augment is not None else {}),
         }
     )
-    opt = make_optimizer(model, cfg)
 
-    # ``cur``: where the run stands (after cur["epoch"] epochs); ``restore``: the last good state, to go back to.
-    ckpt_path = workdir / CHECKPOINT
-    majority = majority_share(y_val)  # the accuracy of a constant guess: the floor of "above chance"
-    from_scratch = False  # at chance before training (decides the rate of an inconclusive range test)
-    ck = _load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ck is not None:
+
+def _start(
+    workdir: Path,
+    fingerprint: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    untrained_val_logits: Callable[[], Tensor],
+    y_val: Tensor,
+    majority: float,
+    layout_event: str | None,
+) -> tuple[TrainState, list[TrainHook]]:
+    """The state to train from — the checkpoint's (weights loaded into ``model`` and ``opt``) or a fresh one — and,
+    the hooks that come first: for a fresh run with ``lr: auto``, the range test that chooses its rate."""
+    path = workdir / CHECKPOINT
+    if path.exists():
+        ck = load_checkpoint(path)
         if ck.get("fingerprint") != fingerprint:
             raise CheckpointError(
-                f"{ckpt_path} belongs to a different run (config, seed, data, model shape or teacher changed)",
+                f"{path} belongs to a different run (config, seed, data, model shape or teacher changed)",
                 "use a fresh workdir, or delete the checkpoint to start over",
             )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        cur = {k: ck[k] for k in ("epoch", "history", "min_nll", "accuracy")}
-        cur["best"] = {
-            "epoch": ck["best_epoch"],
-            "acc": ck["best_acc"],
-            "nll": ck["best_nll"],
-            "state": ck["best_state"],
-        }
-        restore = ck["restore"] or {**cur, "model": cpu_clone(ck["model"]), "optimizer": cpu_clone(ck["optimizer"])}
-        peak_lr, lr_range, lr_scale = float(ck["peak_lr"]), ck["lr_range"], float(ck["lr_scale"])
-        recoveries, events = int(ck["recoveries"]), list(ck["events"])
-        precision = TeacherPrecision.from_dict(ck["teacher_precision"]) if ck.get("teacher_precision") else None
-        log.info("resuming %s at epoch %d/%d", workdir, cur["epoch"], cfg.epochs)
-    else:
-        z0 = logits(model, x_val)  # the untrained state: the first reference for NLL and chance
-        nll0 = F.cross_entropy(z0, y_val).item()
-        cur = {
-            "epoch": 0,
-            "history": [],
-            "min_nll": nll0 if math.isfinite(nll0) else math.inf,
-            "accuracy": (z0.argmax(1) == y_val).float().mean().item(),
-            "best": {"epoch": -1, "acc": -1.0, "nll": math.inf, "state": None},
-        }
-        restore = None
-        from_scratch = at_chance(cur["accuracy"], z0.shape[1], len(y_val), majority)
-        peak_lr = math.nan if cfg.lr == "auto" else float(cfg.lr)  # nan: chosen by the range test below
-        lr_range, lr_scale, recoveries, events = None, 1.0, 0, [layout_event] if layout_event else []
-        precision = None
-    if per_step and teacher is not None:
-        if precision is not None:  # the precision this run started with, not timed again
-            teacher_run = resume_runner(teacher, teacher_run, precision)
+        state = resume_state(ck, model, opt)
+        log.info("resuming %s at epoch %d/%d", workdir, state.standing.epoch, cfg.epochs)
+        return state, []
+    # the untrained state: the first reference for NLL and chance
+    events = [layout_event] if layout_event else []
+    state, from_scratch = fresh_state(untrained_val_logits(), y_val, cfg, majority, events)
+    return state, [RangeTest(from_scratch)] if cfg.lr == "auto" else []
+
+
+def _teacher_targets(
+    teacher: nn.Module | None,
+    state: TrainState,
+    x_tr: Inputs,
+    sample: Tensor,
+    cfg: TrainConfig,
+    *,
+    online: bool,
+    fast: bool,
+    requested: str,
+    given: Tensor | None,
+    logits: Callable[[nn.Module, Any], Tensor],
+) -> TeacherTargets:
+    """Where the KD targets come from (``distill.targets``). ``online`` (augmentation, online targets): the teacher
+    on every augmented batch, with ``fast`` through its frozen graph or bf16 copy (the precision chosen once, then
+    kept in the checkpoint); else its logits once per sample (``given``, or computed here)."""
+    if teacher is None:
+        return TeacherTargets(None)
+    runner = None
+    if fast and online:  # the teacher runs on every augmented batch
+        runner = frozen_runner(teacher, sample)
+        if state.precision is not None:  # the precision this run started with, not timed again
+            runner = resume_runner(teacher, runner, state.precision)
         else:
-            teacher_run, precision = choose_teacher_runner(
-                teacher, x_tr.rows(0, FIDELITY_ROWS).to(dev), teacher_run, teacher_precision,
-                batch_size=cfg.batch_size,
-            )  # fmt: skip
-    start_epoch = int(cur["epoch"])
-
-    net: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    cache = None
-    if teacher is not None and (augment is None or clean) and start_epoch < cfg.epochs:
-        if teacher_logits is not None and tuple(teacher_logits.shape[:1]) != (len(x_tr),):
-            raise DataError(
-                f"teacher_logits has {teacher_logits.shape[0]} rows for {len(x_tr)} training samples",
-                "pass the teacher's logits on exactly the train split, in its order",
+            runner, state.precision = choose_teacher_runner(
+                teacher, x_tr.rows(0, FIDELITY_ROWS).to(sample.device), runner, requested, batch_size=cfg.batch_size
             )
-        # once per sample: the inputs never change (without augmentation), or the targets are the clean images'
-        cache = (teacher_logits if teacher_logits is not None else logits(teacher, x_tr)).to(dev)
-
-    def terms_of(m: nn.Module, idx: Tensor, aug_gen: torch.Generator) -> dict[str, Tensor]:
-        xb, yb = x_tr.take(idx), y_tr[idx].to(dev)
-        if augment is not None:
-            xb = augment(xb, aug_gen)
-        xb = xb.to(dev)
-        zt = None
-        if cache is not None:
-            zt = cache[idx.to(dev)]
-        elif teacher_run is not None:  # the teacher sees this augmented batch (frozen graph, or bf16)
-            zt = teacher_run(xb).to(dev)
-        elif teacher is not None:
-            with torch.inference_mode():
-                zt = teacher(xb)
-            zt = zt.clone()
-        return loss_fn(m(in_layout(xb, layout)), zt, yb)
-
-    if ck is None and cfg.lr == "auto":
-        gen = keyed_generator(seed, "lr_range", "augment")
-        probe = lr_range_test(
-            model,
-            lambda m, idx: terms_of(m, idx, gen)["loss"],
-            probe_batches(len(x_tr), cfg.batch_size, cfg.lr_range_steps, seed),
-            lambda m: make_optimizer(m, cfg),
-            lr_min=LR_BOUNDS[cfg.optimizer][0],
-            lr_max=LR_BOUNDS[cfg.optimizer][1],
-            safe_lr=SAFE_LR[cfg.optimizer],
-            max_lr=MAX_LR[cfg.optimizer],
-            grad_clip=cfg.grad_clip,
-            seed=key_seed(seed, "lr_range", "torch"),
-            # from scratch (at chance before training): an inconclusive probe is a plateau, left with a large rate
-            plateau_lr=MAX_LR[cfg.optimizer] if from_scratch else None,
+    if online or state.standing.epoch >= cfg.epochs:
+        return TeacherTargets(teacher, runner=runner)
+    if given is not None and tuple(given.shape[:1]) != (len(x_tr),):
+        raise DataError(
+            f"teacher_logits has {given.shape[0]} rows for {len(x_tr)} training samples",
+            "pass the teacher's logits on exactly the train split, in its order",
         )
-        peak_lr, lr_range = probe.lr, probe.to_dict()
-        if world > 1:  # every rank probed the same data; rank 0's choice holds
-            t = torch.tensor([peak_lr], dtype=torch.float64, device=dev)
-            torch.distributed.broadcast(t, 0)
-            peak_lr = t.item()
-        log.info("lr auto: %.4g (%s; loss diverged at %s)", peak_lr, probe.rule, probe.diverged_at)
-    if restore is None:
-        restore = {**cur, "model": cpu_clone(model.state_dict()), "optimizer": cpu_clone(opt.state_dict())}
+    # once per sample: the inputs never change (without augmentation), or the targets are the clean images'
+    cache = (given if given is not None else logits(teacher, x_tr)).to(sample.device)
+    return TeacherTargets(teacher, runner=runner, cache=cache)
 
-    def save() -> None:
-        if rank != 0:
-            return
-        b = cur["best"]
-        ck = {
-            "fingerprint": fingerprint,
-            "epoch": cur["epoch"],
-            "step": cur["epoch"] * n_steps,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "history": cur["history"],
-            "best_epoch": b["epoch"],
-            "best_acc": b["acc"],
-            "best_nll": b["nll"],
-            "best_state": b["state"],
-            "min_nll": cur["min_nll"],
-            "accuracy": cur["accuracy"],
-            "restore": None if restore is None or restore["epoch"] == cur["epoch"] else restore,
-            "peak_lr": peak_lr,
-            "lr_range": lr_range,
-            "lr_scale": lr_scale,
-            "recoveries": recoveries,
-            "events": events,
-            "teacher_precision": None if precision is None else precision.to_dict(),
-        }
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(ck, tmp)
 
-    bar = Progress(progress and rank == 0, cfg.epochs * n_steps, start_epoch * n_steps)
-    try:
-        epoch = start_epoch
-        while epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            torch.manual_seed(key_seed(seed, "torch", epoch, rank))
-            aug_gen = keyed_generator(seed, "augment", epoch, rank)
-            model.train()
-            sums: dict[str, float] = {}
-            problem, row, lr = None, None, 0.0
-            for s, idx in enumerate(epoch_batches(len(x_tr), cfg, seed, epoch, rank, world)):
-                lr = lr_at(epoch * n_steps + s, cfg, n_steps, peak_lr) * lr_scale
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                terms = terms_of(net, idx, aug_gen)
-                values = torch.stack([v.detach().float() for v in terms.values()])
-                if world > 1:
-                    torch.distributed.all_reduce(values)
-                    values /= world
-                if not torch.isfinite(values).all():
-                    problem = (
-                        f"loss became non-finite at epoch {epoch + 1} step {s + 1} "
-                        f"({', '.join(f'{k}={v:.4g}' for k, v in zip(terms, values.tolist(), strict=True))})"
-                    )
-                    break
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                for k, v in zip(terms, values.tolist(), strict=True):
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {values[-1]:.3f}")
-            if problem is None:
-                if world > 1:  # BatchNorm statistics of rank 0 everywhere, so every rank evaluates the same model
-                    for b in model.buffers():
-                        torch.distributed.broadcast(b, 0)
-                val = logits(model, x_val)
-                val_acc = (val.argmax(1) == y_val).float().mean().item()
-                val_nll = F.cross_entropy(val, y_val).item()
-                row = {"epoch": epoch + 1, **{f"train_{k}": v / max(1, n_steps) for k, v in sums.items()}}
-                row.update(val_accuracy=val_acc, val_nll=val_nll, lr=lr, seconds=time.perf_counter() - t0)
-                bad = epoch_problem(
-                    val_acc,
-                    val_nll,
-                    best_nll=cur["min_nll"],
-                    start_accuracy=restore["accuracy"],
-                    num_classes=val.shape[1],
-                    n=len(val),
-                    majority=majority,
-                )
-                problem = None if bad is None else f"epoch {epoch + 1}: {bad}"
-            if problem is not None and recoveries < cfg.max_recoveries:
-                recoveries += 1
-                events.append(
-                    f"{problem}: restored the state after epoch {restore['epoch']} and lowered the peak lr "
-                    f"{peak_lr * lr_scale:.3g} -> {peak_lr * lr_scale * LR_FACTOR:.3g} "
-                    f"(recovery {recoveries}/{cfg.max_recoveries})"
-                )
-                lr_scale *= LR_FACTOR
-                log.warning("%s", events[-1])
-                model.load_state_dict(restore["model"])
-                opt.load_state_dict(cpu_clone(restore["optimizer"]))  # the optimizer keeps (and mutates) what it gets
-                cur = copy.deepcopy({k: v for k, v in restore.items() if k not in ("model", "optimizer")})
-                epoch = int(cur["epoch"])
-                save()
-                if world > 1:
-                    torch.distributed.barrier()
-                continue
-            if row is None:
-                raise TrainingError(
-                    f"{problem}{f' after {recoveries} recoveries' if recoveries else ''}; "
-                    f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}",
-                    "lower the learning rate (train.lr), check the inputs for NaN/Inf, or add warm-up",
-                )
-            if problem is not None:
-                events.append(f"{problem}; no recovery left (train.max_recoveries={cfg.max_recoveries}): kept")
-                log.warning("%s", events[-1])
-            cur["history"] = [*cur["history"], row]
-            if (val_acc, -val_nll) > (cur["best"]["acc"], -cur["best"]["nll"]):
-                state = cpu_clone(model.state_dict())
-                cur["best"] = {"epoch": epoch + 1, "acc": val_acc, "nll": val_nll, "state": state}
-            cur.update(epoch=epoch + 1, min_nll=min(cur["min_nll"], val_nll), accuracy=val_acc)
-            if problem is None and left_chance(val_acc, val.shape[1], len(val), majority):  # worth going back to
-                restore = {**cur, "model": cpu_clone(model.state_dict()), "optimizer": cpu_clone(opt.state_dict())}
-            log.info(
-                "epoch %d/%d loss %.4f val_acc %.4f val_nll %.4f lr %.3g",
-                epoch + 1,
-                cfg.epochs,
-                row.get("train_loss", float("nan")),
-                val_acc,
-                val_nll,
-                lr,
-            )
-            save()
-            if world > 1:
-                torch.distributed.barrier()
-            epoch += 1
-    finally:
-        bar.close()
-        set_layout(model, torch.contiguous_format)  # callers (pruning, export) get the usual layout
+def _distributed(model: nn.Module, dev: torch.device, world: int) -> nn.Module:
+    """``model`` wrapped for DistributedDataParallel under torchrun, else itself."""
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-    best = cur["best"]
-    if best["state"] is None:
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _result(run: TrainRun, state: TrainState, workdir: Path, started: float) -> TrainResult:
+    """The best-val weights loaded into the model, and the run's summary (written to ``train_result.json``)."""
+    best = state.standing.best
+    if best.state is None:
         raise TrainingError(f"no epoch finished in {workdir}", "raise epochs")
-    model.load_state_dict(best["state"])
+    run.model.load_state_dict(best.state)
     result = TrainResult(
-        model=model,
-        best_epoch=int(best["epoch"]),
-        best_val_accuracy=float(best["acc"]),
-        history=list(cur["history"]),
-        resumed_from_epoch=start_epoch,
+        model=run.model,
+        best_epoch=int(best.epoch),
+        best_val_accuracy=float(best.acc),
+        history=list(state.standing.history),
+        resumed_from_epoch=run.resumed_from,
         seconds=time.perf_counter() - started,
-        lr=float(peak_lr),
-        lr_range=lr_range,
-        teacher_precision=None if precision is None else precision.to_dict(),
-        events=list(events),
-        recoveries=recoveries,
+        lr=float(state.peak_lr),
+        lr_range=state.lr_range,
+        teacher_precision=None if state.precision is None else state.precision.to_dict(),
+        events=list(state.events),
+        recoveries=state.recoveries,
     )
-    if rank == 0:
+    if run.rank == 0:
         atomic_write_json(workdir / RESULT, result.to_dict())
     return result
 
