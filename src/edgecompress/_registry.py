@@ -141,3 +141,13 @@ LOSSES: Registry[Any] = Registry(  # of distill.losses.DistillLoss subclasses
     builtin_names=("ce", "kd", "dist", "bdkd"),
     field_name="distill.loss.kind",
 )
+TRANSPORTS: Registry[Any] = Registry(  # of devices.transports.Transport subclasses
+    "transport",
+    (
+        "edgecompress.devices.transports.local",
+        "edgecompress.devices.transports.ssh",
+        "edgecompress.devices.transports.adb",
+    ),
+    builtin_names=("local", "ssh", "adb"),
+    field_name="the device profile's transport",
+)
