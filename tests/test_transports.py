@@ -150,3 +150,32 @@ def test_a_toy_transport_in_one_file_runs_a_benchmark(
     assert row.nll == pytest.approx(expected["nll"], rel=1e-4)
     assert row.metrics_full is not None  # the logits came back through the toy's pull
     assert list(device.iterdir()) == []  # the per-run folder was removed through the toy's execute
+
+
+@pytest.mark.slow
+def test_a_toy_transport_from_the_configs_plugins_runs_through_the_pipeline(toy_plugin: str, tmp_path: Path) -> None:
+    """A config lists the toy's module in ``plugins`` and a profile names it: the run checks the profile before any
+    work, measures through it, and measures again when the profile (not its name) changes."""
+    import json
+
+    from conftest import tiny_config
+    from edgecompress.config import PipelineConfig
+    from edgecompress.pipeline.run import run_pipeline
+
+    device = tmp_path / "device"
+    device.mkdir()
+    profile = {"transport": "toy-folder", "workdir": str(device), "threads": 1}
+    profiles = write_yaml(tmp_path / "profiles" / "folder.yaml", profile).parent
+    data = tiny_config()
+    data["plugins"] = [toy_plugin]
+    data["benchmark"].update({"devices": ["folder"], "profiles_dir": str(profiles), "eval_samples": 32})
+    cfg = PipelineConfig.model_validate(data)
+    out = tmp_path / "run"
+    run_pipeline(cfg, out, until="benchmark", progress=False)
+    [first] = list((out / "stages").glob("benchmark-*"))
+    rows = json.loads((first / "_done.json").read_text())["rows"]
+    assert [(r["device"], r["ok"], r["eval_samples"]) for r in rows] == [("folder", True, 32)], rows
+    assert rows[0]["env"]["transport"] == "toy-folder" and rows[0]["latency_ms"]["1"]["p50"] > 0
+    write_yaml(profiles / "folder.yaml", {**profile, "threads": 2})  # same name, another setting
+    run_pipeline(cfg, out, until="benchmark", progress=False)
+    assert len(list((out / "stages").glob("benchmark-*"))) == 2  # measured anew, not the stale rows
