@@ -50,7 +50,10 @@ class FolderTransport(Transport):
 '''
 
 
-def test_the_builtin_transports_register_themselves_in_order() -> None:
+def test_the_builtin_transports_register_themselves_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TRANSPORTS.names()[:3] == ["local", "ssh", "adb"]
+    # whichever transport module a caller imported first, the built-ins are listed in their pinned order
+    monkeypatch.setattr(TRANSPORTS, "_entries", dict(reversed(list(TRANSPORTS._entries.items()))))
     assert TRANSPORTS.names()[:3] == ["local", "ssh", "adb"]
     assert list(TRANSPORTS.builtin_names) == ["local", "ssh", "adb"]  # the light list the profile check reads
     from edgecompress.devices.transports import ADBTransport, LocalTransport, SSHTransport, Transport

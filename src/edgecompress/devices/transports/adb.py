@@ -18,7 +18,14 @@ from typing import Any
 
 from edgecompress._registry import TRANSPORTS
 from edgecompress.devices.config import DeviceProfile
-from edgecompress.devices.transports.base import RUN_IN_DIR, AgentJob, TransientTransportError, Transport, tail
+from edgecompress.devices.transports.base import (
+    RUN_IN_DIR,
+    AgentJob,
+    TransientTransportError,
+    Transport,
+    run_program,
+    tail,
+)
 from edgecompress.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -96,12 +103,7 @@ class ADBTransport(Transport):
 
     def _call(self, args: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess[str]:
         argv = [self.adb, *(["-s", self.profile.serial] if self.profile.serial else []), *args]
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)  # noqa: S603 (argv list)
-        except subprocess.TimeoutExpired as exc:
-            raise TransientTransportError(f"adb {what} timed out after {timeout_s:g} s") from exc
-        except OSError as exc:
-            raise TransportError(f"cannot start adb: {exc}", "install Android platform-tools (adb)") from exc
+        proc = run_program(argv, timeout_s=timeout_s, what=f"adb {what}", fix="install Android platform-tools (adb)")
         if proc.returncode != 0 and args[0] in ("push", "pull"):
             raise TransientTransportError(f"adb {what} failed: {tail(proc.stderr or proc.stdout, 300)}")
         if proc.returncode != 0 and any(s in (proc.stderr or "") for s in self._TRANSIENT):

@@ -151,6 +151,25 @@ def local_command(name: str) -> str:
     return found
 
 
+def run_program(
+    argv: Sequence[str], *, timeout_s: float, what: str, fix: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a program on this machine (an argument list, never a shell string) and capture its output.
+
+    Raises:
+        TransientTransportError: it ran past ``timeout_s`` (worth retrying).
+        TransportError: it cannot start (the message ends with ``fix``).
+    """
+    try:
+        return subprocess.run(  # noqa: S603 (argument list)
+            list(argv), capture_output=True, text=True, timeout=timeout_s, cwd=cwd
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TransientTransportError(f"{what} did not finish within {timeout_s:g} s") from exc
+    except OSError as exc:
+        raise TransportError(f"cannot start {argv[0]}: {exc}", fix) from exc
+
+
 def shipped_files(job: AgentJob) -> list[Path]:
     """What goes to a device: the agent, the artifact's files and the evaluation subset."""
     return [AGENT_PATH, *job.files, *([job.eval_file] if job.eval_file else [])]

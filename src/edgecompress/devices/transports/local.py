@@ -9,8 +9,7 @@ from pathlib import Path
 
 from edgecompress._registry import TRANSPORTS
 from edgecompress.devices.config import DeviceProfile
-from edgecompress.devices.transports.base import TransientTransportError, Transport, local_command
-from edgecompress.errors import TransportError
+from edgecompress.devices.transports.base import Transport, local_command, run_program
 
 
 @TRANSPORTS.register("local", summary="this machine: the agent as a subprocess of its Python")
@@ -44,11 +43,6 @@ class LocalTransport(Transport):
         pass  # rdir is local_dir
 
     def execute(self, words: Sequence[str], *, cwd: str | None, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(  # noqa: S603 (argument list: our own interpreter and agent)
-                list(words), capture_output=True, text=True, timeout=timeout_s, cwd=cwd
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise TransientTransportError(f"the local agent did not finish within {timeout_s:g} s") from exc
-        except OSError as exc:
-            raise TransportError(f"cannot start {words[0]}: {exc}", "check the local profile's python") from exc
+        return run_program(
+            words, timeout_s=timeout_s, what="the local agent", fix="check the local profile's python", cwd=cwd
+        )

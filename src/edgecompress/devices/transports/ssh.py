@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgecompress._registry import TRANSPORTS
 from edgecompress.devices.config import DeviceProfile
-from edgecompress.devices.transports.base import RUN_IN_DIR, TransientTransportError, Transport, tail
+from edgecompress.devices.transports.base import RUN_IN_DIR, TransientTransportError, Transport, run_program, tail
 from edgecompress.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ class SSHTransport(Transport):
         return opts
 
     def _call(self, argv: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)  # noqa: S603 (argv list)
-        except subprocess.TimeoutExpired as exc:
-            raise TransientTransportError(f"{what} on {self.dest} timed out after {timeout_s:g} s") from exc
-        except OSError as exc:
-            raise TransportError(f"cannot start {argv[0]}: {exc}", "install the OpenSSH client") from exc
+        proc = run_program(argv, timeout_s=timeout_s, what=f"{what} on {self.dest}", fix="install the OpenSSH client")
         if proc.returncode == 255:  # ssh's own failure (connection), not the remote command's exit code
             err = tail(proc.stderr, 400)
             if any(s in err for s in self._PERMANENT):
