@@ -39,7 +39,15 @@ def _spearman(order_a: list[str], order_b: list[str]) -> float:
     return float(rho)
 
 
-def run(config: Path, out: Path, *, seeds: list[int], threads: int | None) -> dict[str, Any]:
+def run(
+    config: Path,
+    out: Path,
+    *,
+    seeds: list[int],
+    threads: int | None,
+    targets: str | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
     import torch
 
     from edgecompress.config import load_config
@@ -47,6 +55,7 @@ def run(config: Path, out: Path, *, seeds: list[int], threads: int | None) -> di
     from edgecompress.distill import distill_chain
     from edgecompress.distill.config import LossConfig
     from edgecompress.distill.decide import decide, loss_candidates
+    from edgecompress.distill.evaluate import SplitLogits
     from edgecompress.models import count_macs, load_teacher, prune_search
 
     if threads:
@@ -56,6 +65,8 @@ def run(config: Path, out: Path, *, seeds: list[int], threads: int | None) -> di
     if dcfg.loss.kind != "auto":
         dcfg = dcfg.model_copy(update={"loss": LossConfig(kind="auto")})
     dcfg = dcfg.model_copy(update={"assistants": "none"})  # the loss ranking; the chain step is not measured here
+    if targets is not None:
+        dcfg = dcfg.model_copy(update={"teacher_targets": targets})
     splits = load_splits(cfg.data, seed=cfg.seed)
     c, h, w = splits.input_shape
     teacher = load_teacher(cfg.teacher, in_channels=c, num_classes=splits.num_classes, input_size=(h, w)).eval()
@@ -69,36 +80,43 @@ def run(config: Path, out: Path, *, seeds: list[int], threads: int | None) -> di
         return copy.deepcopy(pruned)
 
     out.mkdir(parents=True, exist_ok=True)
+    known = SplitLogits.of(teacher, splits)  # the teacher runs once, as in the pipeline
     started = time.perf_counter()
-    d = decide(teacher, make, splits, dcfg, student_ratio=ratio, workdir=out / "trials", seed=cfg.seed,
-               augment_cfg=cfg.data.augment)  # fmt: skip
+    d = None
+    if not only:  # the trials, unless only some candidates' full-budget runs are asked for
+        d = decide(teacher, make, splits, dcfg, student_ratio=ratio, workdir=out / "trials", seed=cfg.seed,
+                   augment_cfg=cfg.data.augment, teacher_logits=known)  # fmt: skip
     trial_seconds = time.perf_counter() - started
     full: dict[str, list[dict[str, float]]] = {}
     for name, loss in loss_candidates(dcfg):
+        if only and name not in only:
+            continue
         for seed in seeds:
             t0 = time.perf_counter()
             chain = distill_chain(teacher, [("student", make(None))], splits, dcfg.model_copy(update={"loss": loss}),
                                   workdir=out / "full" / f"seed{seed}" / name.replace(" ", "_").replace("α", "a"),
-                                  seed=seed, augment_cfg=cfg.data.augment, progress=False)  # fmt: skip
+                                  seed=seed, augment_cfg=cfg.data.augment, progress=False,
+                                  teacher_logits=known)  # fmt: skip
             s = chain.members[-1]
             full.setdefault(name, []).append({"seed": seed, "val": s.val_accuracy, "test": s.accuracy,
                                               "ece": s.ece_after, "seconds": time.perf_counter() - t0})  # fmt: skip
             print(f"{name} seed {seed}: val {s.val_accuracy:.4f} test {s.accuracy:.4f}", file=sys.stderr, flush=True)
     means = {n: mean_std(r["val"] for r in rows)[0] for n, rows in full.items()}
     full_order = sorted(means, key=lambda n: -means[n])
-    rho = _spearman(d.ranking, full_order)
+    rho = _spearman(d.ranking, full_order) if d is not None else float("nan")
     final_seconds = float(np.median([r["seconds"] for rows in full.values() for r in rows if r["seed"] == seeds[0]]))
     result = {
         "config": str(config),
         "student_mac_ratio": ratio,
-        "trial_ranking": d.ranking,
+        "teacher_targets": dcfg.teacher_targets,
+        "trial_ranking": d.ranking if d is not None else full_order,
         "full_ranking": full_order,
         "spearman": rho,
-        "rungs": d.rungs,
-        "trial_steps": d.budget_steps,
+        "rungs": d.rungs if d is not None else [],
+        "trial_steps": d.budget_steps if d is not None else 0,
         "trial_seconds": trial_seconds,
         "final_student_seconds_median": final_seconds,
-        "trials": [t.__dict__ for t in d.trials],
+        "trials": [t.__dict__ for t in d.trials] if d is not None else [],
         "full": full,
         "seeds": seeds,
     }
@@ -135,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="working folder (resumable) and result JSON")
     parser.add_argument("--seeds", default="0,1", help="training seeds of the full-budget runs (comma-separated)")
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--targets", choices=["clean", "online"], help="override distill.teacher_targets")
+    parser.add_argument("--only", help="full-budget runs of these candidates only, no trials ('|'-separated names)")
     args = parser.parse_args(argv)
-    res = run(args.config, args.out, seeds=[int(s) for s in args.seeds.split(",")], threads=args.threads)
+    only = [n.strip() for n in args.only.split("|")] if args.only else None
+    res = run(args.config, args.out, seeds=[int(s) for s in args.seeds.split(",")], threads=args.threads,
+              targets=args.targets, only=only)  # fmt: skip
     print(report(res))
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Linux x86-64 machine for edgecompress: system packages (Fashion-MNIST, OpenSSH server for the SSH
-# transport tests), a virtual environment in .venv with the CPU build of torch, and the package with its dev extra.
+# transport tests, Chromium for the report's headless-browser test), a virtual environment in .venv with the CPU build of torch, and the package with its dev extra.
 # Idempotent: a second run only checks. Never pulls CUDA wheels: torch is pinned to the CPU build first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ if command -v apt-get >/dev/null 2>&1; then
   [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the browser test renders report.html (headless)
   if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: apt-get install ${need[*]}"
     $SUDO apt-get update -qq

@@ -211,6 +211,10 @@ class Sshd:
                     "Subsystem sftp internal-sftp",
                     "PrintMotd no",
                     "LogLevel ERROR",
+                    # bash sources the user's ~/.bashrc for a command run over ssh unless SHLVL says it is nested; this
+                    # machine's .bashrc runs `pyenv init`, whose rehash waits 60 s on a stale lock left by a killed
+                    # process and made every remote command time out. The tests are about the transport, not dotfiles.
+                    "SetEnv SHLVL=1",
                 ]
             )
             + "\n"

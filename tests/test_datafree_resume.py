@@ -1,5 +1,6 @@
-"""Data-free distillation resumes mid-run: interrupted (in-process, or a real process SIGKILLed) then rerun, the
-student comes out bit-identical to an uninterrupted run's; checkpoints of other runs or unreadable ones are ignored.
+"""Data-free distillation resumes mid-run: interrupted (in-process, or a real process SIGKILLed with pool images
+appended after its last checkpoint) then rerun, the student comes out bit-identical to an uninterrupted run's;
+checkpoints of other runs or unreadable ones are ignored.
 
 The interruptions are real: an exception raised from a logging handler at a given progress line (the run's own log),
 and SIGKILL from outside on a subprocess. Nothing of the runner is mocked.
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.timeout(120)
 LOGGER = "edgecompress.distill.datafree.runner"
 SHAPE = (1, 8, 8)
 CLASSES = 4
+_g = torch.Generator().manual_seed(5)
+VAL = (torch.randn(32, *SHAPE, generator=_g).numpy(), (torch.arange(32) % CLASSES).numpy())  # for the curve
 
 
 def _teacher() -> nn.Module:
@@ -56,21 +59,20 @@ def _student() -> nn.Module:
 def _config(method: str = "fastdfkd", **kw: Any) -> DataFreeConfig:
     base: dict[str, Any] = {
         "method": method,
-        "synthesis_batches": 6,
+        "rounds": 6,
+        "warmup_rounds": 1,
         "batch_size": 8,
         "k_inner_steps": 2,
-        "deepinversion_steps": 3,
+        "di_steps": 3,
         "generator_width": 4,
         "z_dim": 8,
-        "adv_warmup_batches": 1,
-        "bank_size": 24,  # smaller than 6 batches of 8: the bank drops samples (fifo) or draws (reservoir)
-        "student_steps_per_batch": 2,
+        "student_steps_per_round": 2,
         "student_batch_size": 8,
-        "student_epochs": 2,
         "checkpoint_every": 2,
+        "flip": False,
+        "eval_every": 1,
     }
-    if method == "fastdfkd":
-        base["reset_l0_at_batch"] = 5  # after the resume point: the re-init draws from the restored global RNG
+    base["reset_l0_round"] = 5 if method == "fastdfkd" else None  # after the resume point: draws the restored RNG
     base.update(kw)
     return DataFreeConfig(**base)
 
@@ -87,6 +89,7 @@ def _distill(cfg: DataFreeConfig, *, seed: int = 0, workdir: Path | str | None =
         progress=False,
         mean=[0.5],
         std=[0.25],
+        val=VAL,
     )
 
 
@@ -123,6 +126,7 @@ def _interrupt(cfg: DataFreeConfig, workdir: Path, at: str, *, seed: int = 0) ->
     with _runner_log(_StopAt(at)), pytest.raises(_Stop):
         _distill(cfg, seed=seed, workdir=workdir)
     assert (workdir / CHECKPOINT).is_file()
+    assert (workdir / "pool" / "images.u8").stat().st_size > 0  # the stopped round's batch was pooled
     assert not (workdir / "datafree.json").exists()
 
 
@@ -138,6 +142,7 @@ def _assert_same(a: DataFreeResult, b: DataFreeResult) -> None:
         return [{k: v for k, v in h.items() if k != "synthesis_seconds"} for h in r.history]
 
     assert numbers(a) == numbers(b)
+    assert a.curve == b.curve and a.pool_images == b.pool_images
 
 
 def _finished(workdir: Path) -> None:
@@ -152,18 +157,15 @@ def _resumed(caplog: pytest.LogCaptureFixture, where: str) -> bool:
 @pytest.fixture(scope="module")
 def reference() -> dict[str, DataFreeResult]:
     """Uninterrupted runs without a workdir (no checkpoints at all)."""
-    return {
-        "fastdfkd": _distill(_config()),
-        "deepinversion": _distill(_config("deepinversion", bank_policy="reservoir")),
-    }
+    return {"fastdfkd": _distill(_config()), "deepinversion": _distill(_config("deepinversion"))}
 
 
 @pytest.mark.parametrize(
     ("method", "stop_at", "where"),
     [
-        ("fastdfkd", "batch 5/6", "at batch 4/6, student epoch 0/2"),
-        ("fastdfkd", "student epoch 2/2", "at batch 6/6, student epoch 1/2"),
-        ("deepinversion", "batch 4/6", "at batch 2/6, student epoch 0/2"),
+        ("fastdfkd", "round 5/6", "at round 4/6"),
+        ("fastdfkd", "round 6/6", "at round 4/6"),
+        ("deepinversion", "round 4/6", "at round 2/6"),
     ],
 )
 def test_interrupted_run_resumes_bit_identical(
@@ -174,15 +176,14 @@ def test_interrupted_run_resumes_bit_identical(
     stop_at: str,
     where: str,
 ) -> None:
-    extra = {"bank_policy": "reservoir"} if method == "deepinversion" else {}
-    cfg = _config(method, **extra)
+    cfg = _config(method)
     _interrupt(cfg, tmp_path, stop_at)
     caplog.set_level(logging.INFO, logger=LOGGER)
     rng_before = torch.get_rng_state()
     res = _distill(cfg, workdir=tmp_path)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is still left alone
     assert _resumed(caplog, where), [r.getMessage() for r in caplog.records]
-    assert res.resumed_from_batch == int(where.split("batch ")[1].split("/")[0])
+    assert res.resumed_from_round == int(where.split("round ")[1].split("/")[0])
     _assert_same(res, reference[method])
     _finished(tmp_path)
 
@@ -190,22 +191,22 @@ def test_interrupted_run_resumes_bit_identical(
 def test_checkpoint_every_changes_nothing_and_a_resume_may_use_another(
     reference: dict[str, DataFreeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _interrupt(_config(checkpoint_every=1), tmp_path, "batch 4/6")  # checkpointed after every batch: at 3
+    _interrupt(_config(checkpoint_every=1), tmp_path, "round 4/6")  # checkpointed after every round: at 3
     caplog.set_level(logging.INFO, logger=LOGGER)
     res = _distill(_config(checkpoint_every=5), workdir=tmp_path)
-    assert _resumed(caplog, "at batch 3/6")
+    assert _resumed(caplog, "at round 3/6")
     _assert_same(res, reference["fastdfkd"])
 
 
 def test_checkpoint_of_another_run_is_ignored_with_a_warning(
     reference: dict[str, DataFreeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _interrupt(_config(), tmp_path, "batch 5/6", seed=0)
+    _interrupt(_config(), tmp_path, "round 5/6", seed=0)
     caplog.set_level(logging.INFO, logger=LOGGER)
     res = _distill(_config(), seed=1, workdir=tmp_path)
     assert any("different run" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     assert not _resumed(caplog, "")
-    assert res.resumed_from_batch == 0 and len(res.history) == 6
+    assert res.resumed_from_round == 0 and len(res.history) == 6
     _assert_same(res, _distill(_config(), seed=1))
     _finished(tmp_path)
 
@@ -213,14 +214,14 @@ def test_checkpoint_of_another_run_is_ignored_with_a_warning(
 def test_truncated_checkpoint_is_ignored_with_a_warning(
     reference: dict[str, DataFreeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _interrupt(_config(), tmp_path, "batch 5/6")
+    _interrupt(_config(), tmp_path, "round 5/6")
     path = tmp_path / CHECKPOINT
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     caplog.set_level(logging.INFO, logger=LOGGER)
     res = _distill(_config(), workdir=tmp_path)
     assert any("cannot be read" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
-    assert res.resumed_from_batch == 0
+    assert res.resumed_from_round == 0
     _assert_same(res, reference["fastdfkd"])
     _finished(tmp_path)
 
@@ -229,7 +230,7 @@ def test_checkpoint_with_contents_that_do_not_fit_is_ignored(
     reference: dict[str, DataFreeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Same fingerprint, broken contents (a partial load must not leak into the fresh start)."""
-    _interrupt(_config(), tmp_path, "batch 5/6")
+    _interrupt(_config(), tmp_path, "round 5/6")
     path = tmp_path / CHECKPOINT
     ck = torch.load(path, weights_only=True)
     ck["synthesizer"] = {}  # the student and optimizer load, then the generator's state is missing
@@ -237,7 +238,7 @@ def test_checkpoint_with_contents_that_do_not_fit_is_ignored(
     caplog.set_level(logging.INFO, logger=LOGGER)
     res = _distill(_config(), workdir=tmp_path)
     assert any("do not fit" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
-    assert res.resumed_from_batch == 0
+    assert res.resumed_from_round == 0
     _assert_same(res, reference["fastdfkd"])
 
 
@@ -251,7 +252,7 @@ import test_datafree_resume as t
 
 class Pace(logging.Handler):  # a slow run: the parent has time to see the checkpoint and kill mid-run
     def emit(self, record):
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 lg = logging.getLogger(t.LOGGER)
@@ -259,11 +260,14 @@ lg.setLevel(logging.DEBUG)
 lg.addHandler(Pace())
 t._distill(t._config(**t.KILLED_RUN), workdir=sys.argv[1])
 """
-KILLED_RUN: dict[str, Any] = {"synthesis_batches": 30, "checkpoint_every": 3, "student_epochs": 1}
+KILLED_RUN: dict[str, Any] = {"rounds": 30, "checkpoint_every": 3}
 
 
 def test_sigkilled_process_resumes_bit_identical(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """kill -9 after the pool took images its last checkpoint does not count: the rerun drops them and resumes."""
     workdir = tmp_path / "synthesis"
+    images = workdir / "pool" / "images.u8"
+    per_round = 8 * 64  # batch 8 of 1x8x8 bytes
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(tests=str(Path(__file__).resolve().parent)))
     proc = subprocess.Popen(  # noqa: S603
@@ -274,12 +278,14 @@ def test_sigkilled_process_resumes_bit_identical(tmp_path: Path, caplog: pytest.
     )
     try:
         end = time.monotonic() + 90
-        while not (workdir / CHECKPOINT).is_file():
+        while True:  # the first checkpoint is written, and a later round's batch is already in the pool
             if proc.poll() is not None:
                 _, err = proc.communicate()
                 pytest.fail(f"the run ended (rc {proc.returncode}) before its first checkpoint:\n{err[-3000:]!r}")
             assert time.monotonic() < end, "timed out waiting for the first checkpoint"
-            time.sleep(0.01)
+            if (workdir / CHECKPOINT).is_file() and images.stat().st_size % (3 * per_round) != 0:
+                break
+            time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
@@ -288,10 +294,13 @@ def test_sigkilled_process_resumes_bit_identical(tmp_path: Path, caplog: pytest.
             proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / "datafree.json").exists(), "the run finished before the kill"
+    counted = int(torch.load(workdir / CHECKPOINT, weights_only=True)["pool_count"])
+    assert images.stat().st_size > counted * 64  # images appended after the checkpoint: they must be dropped
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     res = _distill(_config(**KILLED_RUN), workdir=workdir)
-    assert _resumed(caplog, "at batch "), [r.getMessage() for r in caplog.records]
-    assert 3 <= res.resumed_from_batch < 30
+    assert _resumed(caplog, "at round "), [r.getMessage() for r in caplog.records]
+    assert 3 <= res.resumed_from_round < 30 and res.resumed_from_round * 8 == counted
+    assert images.stat().st_size == 30 * per_round
     _assert_same(res, _distill(_config(**KILLED_RUN)))
     _finished(workdir)

@@ -1,8 +1,9 @@
 """Data-free end to end: a digits teacher checkpoint and a small labelled val .npz, no training data.
 
 `data: {dataset: none}` → FastDFKD synthesizes the transfer set from the teacher → the student is calibrated on the
-small val set, exported (INT8 calibrated on the synthesized bank), benchmarked and bundled; the report carries the
-sample grid.
+small val set, exported (INT8 calibrated on the synthesized pool's sample), benchmarked and bundled; the report carries
+the plan, the speed-up estimate, the per-class sample grid and the accuracy-vs-rounds curve. Without a labelled set
+the run still ships bundles, and the report says ECE was not measured.
 """
 
 import json
@@ -65,41 +66,58 @@ def datafree_run(tmp_path_factory):
         "distill": {
             "student": {"prune_ratio": 0.3},
             "max_accuracy_drop": 0.3,  # a data-free student at this budget is ~20 points below (the gate's own tests)
-            "datafree": {"synthesis_batches": 12, "batch_size": 32, "k_inner_steps": 2, "bank_size": 512},
+            "datafree": {
+                "rounds": 12,
+                "warmup_rounds": 2,
+                "batch_size": 32,
+                "k_inner_steps": 2,
+                "flip": False,
+                "student_steps_per_round": 10,
+                "student_batch_size": 32,
+                "generator_width": 8,
+                "eval_every": 4,
+            },
         },
         "export": {"formats": ["onnx:fp32", "onnx:int8"], "max_accuracy_drop": 0.05},
         "benchmark": {"batch_sizes": [1], "min_time_s": 0.05, "repeats": 1, "eval_samples": 200},
     }
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "run",
-            str(root / "cfg.yaml"),
-            "--out",
-            str(root / "run"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    _run(root, cfg, "run")
+    unlabelled = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "path"}}
+    unlabelled["distill"] = {**cfg["distill"], "datafree": {**cfg["distill"]["datafree"], "rounds": 4}}
+    _run(root, unlabelled, "run-unlabelled")
     return root / "run"
+
+
+def _run(root: Path, cfg: dict, name: str) -> None:
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "edgecompress", "run", str(root / f"{name}.yaml"), "--out", str(root / name)]
+    res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_report_has_student_grid_and_artifacts(datafree_run: Path):
     report = json.loads((datafree_run / "report.json").read_text())
-    grid = report["figures"]["datafree_samples"]
-    assert (datafree_run / grid).is_file()
-    assert report["datafree"]["method"] == "fastdfkd" and report["datafree"]["synthesis_seconds"] > 0
+    for figure in ("datafree_samples", "datafree_accuracy_vs_rounds"):
+        assert (datafree_run / report["figures"][figure]).is_file()
+    datafree = report["datafree"]
+    assert datafree["method"] == "fastdfkd" and datafree["synthesis_seconds"] > 0
+    assert datafree["plan"].startswith("12 rounds × k = 2") and datafree["deepinversion_estimate_speedup"] > 1
+    assert [r for r, _ in datafree["curve"]] == [4, 8, 12]
     models = {m["name"]: m for m in report["models"]}
     assert models["student"]["accuracy"] is not None and models["student"]["accuracy"] > 0.2  # chance is 0.1
     assert models["student"]["macs"] < models["teacher"]["macs"]
     assert {"onnx-fp32", "onnx-int8"} <= set(models)
-    assert "datafree" in (datafree_run / "report.md").read_text().lower()
+    md = (datafree_run / "report.md").read_text()
+    assert "Data-free distillation" in md and "Speed-up against DeepInversion" in md and "Plan (from a measured" in md
+
+
+def test_without_a_labelled_set_bundles_ship_and_the_report_says_ece_was_not_measured(datafree_run: Path):
+    from edgecompress.bundle import verify_bundle
+
+    run = datafree_run.parent / "run-unlabelled"
+    md = (run / "report.md").read_text()
+    assert "ECE was not measured" in md
+    assert verify_bundle(run / "bundles" / "onnx-int8.zip").labels
 
 
 def test_bundles_written(datafree_run: Path):

@@ -43,7 +43,8 @@ LAYER = {
 # measurements: typed records between packages (pydantic + stdlib), a foundation by its own docstring; the doc's list
 # of foundations is to name it too
 TOP_FOUNDATIONS = {"errors", "_io", "_schema", "_lazy", "_registry", "_contain", "_text", "config", "measurements"}
-TOP_CLI = {"cli", "__main__", "presets"}  # presets: the commands that make the shipped teachers
+# console: the command line's logging and headline output; presets: the commands that make the shipped teachers
+TOP_CLI = {"cli", "console", "__main__", "presets"}
 # (importing package, imported module or package prefix): the doc's allowed sideways arrows
 EXCEPTIONS = {
     ("export", "edgecompress.devices.agent"),

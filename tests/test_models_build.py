@@ -21,7 +21,13 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_is_tested() -> None:
+    from edgecompress.models.imagenet import IMAGENET_FAMILIES  # built at 224x224 in test_models_imagenet.py
+
+    assert set(FAMILIES) == set(SPECS) | set(IMAGENET_FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(SPECS))
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 8, 8)])
 def test_every_family_builds_and_forwards(family, shape):
     spec = ModelSpec(family=family, params=SPECS[family])
@@ -88,7 +94,8 @@ def test_spec_needs_exactly_one_source():
 
 
 def test_unknown_family_and_bad_params():
-    with pytest.raises(ModelError, match="cnn, mlp, resnet"):
+    known = "cnn, efficientnet_b0, mlp, mobilenet_v2, mobilenet_v3_small, resnet, resnet18"
+    with pytest.raises(ModelError, match=f"use one of: {known}, or a factory"):
         build_model(ModelSpec(family="vgg"), in_channels=1, num_classes=10, input_size=(8, 8))
     with pytest.raises(ModelError, match="'depht'") as err:
         build_model(ModelSpec(family="resnet", params={"depht": 20}), in_channels=1, num_classes=10, input_size=(8, 8))

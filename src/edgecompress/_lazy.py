@@ -26,16 +26,24 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
+# Called with the module's name after ``require`` imports it: the command line re-routes a library's own console
+# handlers (NNCF prints to stdout on import) into its log (``edgecompress.console``). Empty in library use.
+AFTER_IMPORT: list[Callable[[str], object]] = []
+
+
 def require(module: str, purpose: str = "") -> ModuleType:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
         package, extra = EXTRAS.get(top, (top, "all"))
         if extra == "core":
             extra = "all"  # a core dependency is missing: the environment is broken; reinstall everything
         raise MissingExtraError(package, extra, purpose) from exc
+    for hook in AFTER_IMPORT:
+        hook(module)
+    return imported
 
 
 def available(module: str) -> bool:

@@ -50,16 +50,15 @@ def _console():
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each step, third-party messages too (else in RUN/run.log).")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
-    from rich.logging import RichHandler
+    from edgecompress.console import setup_logging
 
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    stderr_handler = RichHandler(console=_console(), show_path=False)
-    stderr_handler.setLevel(level)
-    stderr_handler.addFilter(_escape_record)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[stderr_handler])
+    # quiet by default: own warnings once each on the console; third-party messages and INFO lines to RUN/run.log
+    setup_logging(debug=debug, verbose=verbose, filters=[_escape_record])
     if not debug and not verbose:
         # Progress below WARNING goes to stdout (stderr keeps its one-line error contract): stage start/finish lines
         # always, epoch lines too when there is no terminal for the progress bars (CI, redirected logs).
@@ -69,7 +68,9 @@ def _main(
         progress.addFilter(_escape_record)
         names = ["edgecompress.pipeline.context"]
         if not sys.stderr.isatty():
-            names.append("edgecompress.distill.trainer")
+            names += ["edgecompress.distill.trainer", "edgecompress.distill.datafree.runner"]
+        else:  # the data-free run's plan (a child of the runner's logger, whose round lines stay off a terminal)
+            names.append("edgecompress.distill.datafree.runner.plan")
         progress.set_name("edgecompress-progress")
         for name in names:
             logger = logging.getLogger(name)
@@ -90,6 +91,23 @@ def _summary(report_paths: dict[str, Path], run_dir: Path) -> None:
     out.print(f"[bold green]done[/]: run directory {escape(printable(run_dir))}")
     for kind, path in report_paths.items():
         out.print(f"  {escape(printable(kind))}: {escape(printable(path))}", highlight=False)
+    _headline(report_paths, run_dir)
+
+
+def _run_log(run_dir: Path) -> None:
+    """Everything logged from here on (third-party messages, INFO lines) goes to ``RUN/run.log``."""
+    from edgecompress.console import attach_run_log
+
+    attach_run_log(run_dir, debug=bool(_state["debug"]))
+
+
+def _headline(report_paths: dict[str, Path], run_dir: Path) -> None:
+    """The run's verdict last on the console: teacher → shipped artifact per device (when a report was written)."""
+    from edgecompress.console import LOG_FILE, print_headline
+
+    if "json" in report_paths:
+        sys.stderr.flush()
+        print_headline(report_paths["json"], log_file=run_dir / LOG_FILE)
 
 
 def _echo(text: str) -> None:
@@ -125,6 +143,7 @@ def run(
         if name is not None and name not in STAGES:
             raise EdgeCompressError(f"{option} {name!r} is not a stage", f"use one of: {', '.join(STAGES)}")
     cfg = load_config(config)
+    _run_log(out)
     paths = run_pipeline(cfg, out, until=until, from_=from_, progress=progress, trust_factories=_modules(trust_factory))
     _summary(paths, out)
 
@@ -154,6 +173,7 @@ def demo(
     from edgecompress.pipeline import preset_path, run_pipeline
 
     cfg = load_config(preset_path("digits" if quick else "fashion_mnist"))
+    _run_log(out)
     paths = run_pipeline(cfg, out, progress=progress)
     _summary(paths, out)
 
@@ -210,6 +230,7 @@ def bench(
     """Benchmark the run's artifacts again on the given devices and rewrite the report."""
     from edgecompress.pipeline import bench_run
 
+    _run_log(run_dir)
     paths = bench_run(
         run_dir, devices=device or ["local"], trust_factories=_modules(trust_factory), profiles_dir=profiles_dir
     )

@@ -149,6 +149,11 @@ class PipelineConfig(StrictModel):
         description="Compress to a budget: a device and a latency / size / speed-up target; the pipeline measures "
         "candidate students there before training and distills the largest that meets it (sets the student).",
     )
+    deploy_only: bool = Field(
+        False,
+        description="Deploy the teacher as it is: no pruning, no distillation; calibrate, export/quantize, benchmark, "
+        "report and bundle the user's model. Written in a config as distill: {student: none}.",
+    )
 
     @field_validator("trust_factories", "plugins")
     @classmethod
@@ -156,6 +161,24 @@ class PipelineConfig(StrictModel):
         for module in value:
             check_trustable(module)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _student_none(cls, data: Any) -> Any:
+        """``distill: {student: none}`` is the deploy-only switch (see :mod:`edgecompress.pipeline.deploy_only`)."""
+        distill = data.get("distill") if isinstance(data, dict) else None
+        if not isinstance(distill, dict) or "student" not in distill:
+            return data
+        if distill["student"] is not None and str(distill["student"]).strip().lower() != "none":
+            return data
+        others = sorted(k for k in distill if k != "student")
+        if others:
+            raise ValueError(
+                f"distill.student: none deploys the teacher as it is (nothing is distilled); remove distill.{others[0]}"
+            )
+        if data.get("deploy_only") is False:
+            raise ValueError("distill.student: none means deploy_only: true; remove one of them")
+        return {**{k: v for k, v in data.items() if k != "distill"}, "deploy_only": True}
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -166,6 +189,9 @@ class PipelineConfig(StrictModel):
             raise ValueError("data.dataset 'none' (data-free) needs teacher.checkpoint: there is no data to train on")
         if datafree and self.distill.datafree is None:
             raise ValueError("data.dataset 'none' needs a distill.datafree section (use {} for the defaults)")
+        if self.deploy_only and (datafree or self.target is not None):
+            what = "data.dataset 'none' (data-free)" if datafree else "target (compress to a budget)"
+            raise ValueError(f"distill.student: none (deploy-only) ships the teacher as it is; {what} needs a student")
         if self.target is not None:
             if datafree:
                 raise ValueError("target (compress to a budget) needs a dataset: remove target or give data.dataset")

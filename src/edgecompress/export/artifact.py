@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgecompress.errors import DeviceError, ExportError
+from edgecompress.export.recovery_types import Int8Recovery
 
 
 class Artifact(BaseModel):
@@ -32,6 +33,8 @@ class Artifact(BaseModel):
             parity target, for a TensorRT engine not built here), when val was given.
         fp32_val_accuracy: the PyTorch model's accuracy on the same val split (the accuracy gate's reference).
         test_metrics, note, refit_of, refit_temperature, reliability_png: filled later by the pipeline.
+        int8_recovery: the accuracy-aware INT8 step's record when plain INT8 missed the gate
+            (:mod:`edgecompress.export.int8_recovery`): ranking, every step, float layers, speed.
     """
 
     model_config = ConfigDict(protected_namespaces=())
@@ -58,6 +61,7 @@ class Artifact(BaseModel):
     refit_of: str | None = None
     refit_temperature: float | None = None
     reliability_png: Path | None = None
+    int8_recovery: Int8Recovery | None = None
 
 
 def run_artifact(

@@ -13,6 +13,33 @@ from edgecompress.export.formats import parse_formats
 CalibrationMethod = Literal["minmax", "entropy", "percentile", "auto"]
 
 
+class Int8RecoveryConfig(StrictModel):
+    """``export.int8_recovery``: accuracy-aware INT8 for an INT8 artifact that misses ``max_accuracy_drop``.
+
+    Layers are ranked by their local INT8 error on calibration data; the most sensitive stay float (ONNX Runtime:
+    excluded nodes; OpenVINO: NNCF's ignored scope) until the gate holds. When that needs more than
+    ``max_float_fraction`` of the layers, or the mixed-precision model is less than ``min_speedup`` x as fast as FP32
+    in the same runtime, QAT with distillation from the FP32 model runs (``qat_steps`` on the calibration images).
+    """
+
+    enabled: bool = Field(default=True, description="recover INT8 artifacts that miss the accuracy gate")
+    min_speedup: float = Field(
+        default=1.3,
+        ge=0.0,
+        description="mixed precision ships when at least this many times as fast as FP32 in its runtime (batch 1, "
+        "one thread, paired rounds); below it QAT is tried, and the faster of what holds the gate ships (0: never "
+        "QAT for speed)",
+    )
+    max_float_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="most compute layers mixed precision may keep float"
+    )
+    sensitivity_samples: int = Field(default=64, ge=1, le=4096, description="calibration images ranking the layers")
+    qat: bool = Field(default=True, description="run QAT with distillation when mixed precision is not enough")
+    qat_steps: int = Field(default=300, ge=1, le=100_000, description="QAT optimizer steps")
+    qat_batch_size: int = Field(default=32, ge=1, le=4096, description="QAT images per step (calibration split)")
+    qat_lr: float = Field(default=1e-4, gt=0.0, le=1.0, description="QAT Adam learning rate (ranges learn 10x faster)")
+
+
 class ExportConfig(StrictModel):
     """The ``export:`` section: which artifacts to write and how to quantize them."""
 
@@ -42,7 +69,12 @@ class ExportConfig(StrictModel):
         ge=0.0,
         le=1.0,
         description="largest allowed top-1 drop of an artifact on val, through its runtime, below the PyTorch model "
-        "(fraction, 0.01 = 1 pt); an artifact beyond it is recorded as failed and the other formats go on",
+        "(fraction, 0.01 = 1 pt); an artifact beyond it is recorded as failed and the other formats go on (an INT8 "
+        "one of onnx or openvino first goes through int8_recovery)",
+    )
+    int8_recovery: Int8RecoveryConfig = Field(
+        default_factory=Int8RecoveryConfig,
+        description="accuracy-aware INT8: mixed precision, then QAT, for an INT8 artifact missing max_accuracy_drop",
     )
     opset: int = Field(default=18, ge=13, le=23, description="ONNX opset")
     simplify: bool = Field(default=True, description="simplify ONNX with onnxslim when outputs stay equal")

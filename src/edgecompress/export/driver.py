@@ -13,6 +13,8 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from edgecompress._io import make_temp_dir, sha256_json
 from edgecompress.errors import EdgeCompressError, ExportError
+from edgecompress.export import int8_recovery
 from edgecompress.export import onnx_export as ox
 from edgecompress.export.artifact import Artifact, run_artifact, swap_into_place
 from edgecompress.export.config import ExportConfig
@@ -96,6 +99,10 @@ def export_all(
             fp32_acc = metrics_of(fp32_val, val[1], probabilities=contract.output_probabilities)["accuracy"]
         for fmt, precision in pairs:
             art = _export_one(s, fmt, precision, out_dir, parity_x, ref, fp32_acc)
+            if int8_recovery.applies(s, art):  # accuracy-aware INT8: mixed precision, then QAT
+                art = int8_recovery.recover(
+                    s, art, partial(_export_one, s, fmt, precision, out_dir, parity_x, ref, fp32_acc)
+                )
             if not art.ok:
                 log.error("%s", art.failure)
             artifacts.append(art)
@@ -123,8 +130,12 @@ def _export_one(
     parity_x: np.ndarray,
     ref: np.ndarray,
     fp32_acc: float | None,
+    exporter: Callable[[ExportSession, str, Path], tuple[list[Path], Path, dict[str, Any]]] | None = None,
 ) -> Artifact:
-    """Export, check and judge one pair; never raises for a problem of this format (only for KeyboardInterrupt)."""
+    """Export, check and judge one pair; never raises for a problem of this format (only for KeyboardInterrupt).
+
+    ``exporter`` replaces the format's own (the accuracy-aware INT8 step ships its recovered model through here).
+    """
     spec = FORMATS[fmt]
     name = f"{fmt}-{precision}"
     record: dict[str, Any] = {"name": name, "format": fmt, "precision": precision, "runtime": spec.runtime}
@@ -133,7 +144,7 @@ def _export_one(
     tmp = make_temp_dir(out_dir, f".{name}-")
     step, start = "export", time.perf_counter()
     try:
-        files, model_file, info = spec.export_fn()(s, precision, tmp)
+        files, model_file, info = (exporter or spec.export_fn())(s, precision, tmp)
         info = dict(info)  # exporters may hand out a shared (cached) record
         record.update(export_seconds=round(time.perf_counter() - start, 3), info=info)
         step = "non-empty check"

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -307,13 +307,15 @@ def quantize_int8(
     keep_head_float: bool = False,
     keep_stem_float: bool = False,
     per_channel: bool = True,
+    exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Static INT8 QDQ quantization with ONNX Runtime.
 
     Steps: ``quant_pre_process`` (shape inference + graph optimization), then ``quantize_static`` with
     ``QuantFormat.QDQ``, per-channel QInt8 weights, QUInt8 activations and the chosen activation-range method
     (MinMax, Entropy = KL-divergence threshold, Percentile). With ``keep_head_float`` the final Gemm/MatMul is excluded;
-    with ``keep_stem_float`` the thin stem convolutions (:func:`find_stem_nodes`) are.
+    with ``keep_stem_float`` the thin stem convolutions (:func:`find_stem_nodes`) are; ``exclude`` names more nodes to
+    keep float (mixed precision, :mod:`edgecompress.export.int8_recovery`).
 
     Returns:
         info: calibration method, excluded nodes, calib sample count.
@@ -341,7 +343,8 @@ def quantize_int8(
             heads = find_head_nodes(proto)
             head_types = sorted({n.op_type for n in proto.graph.node if n.name in heads}) or list(HEAD_OPS)
             stems = find_stem_nodes(proto)
-            exclude = (heads if keep_head_float else []) + (stems if keep_stem_float else [])
+            kept = (heads if keep_head_float else []) + (stems if keep_stem_float else [])
+            exclude = list(dict.fromkeys([*kept, *exclude]))
             out = Path(tmp) / "int8.onnx"
             input_name = proto.graph.input[0].name
             with _quiet():

@@ -8,6 +8,7 @@ CPU plugin *executes* (bf16 on AMX/AVX512-BF16 CPUs unless told otherwise) is re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from edgecompress import _lazy
 from edgecompress.errors import ExportError, QuantizationError
+from edgecompress.export.int8_layers import openvino_names
 from edgecompress.export.onnx_export import _first_line, _quiet
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ def quantize_ir(
     keep_head_float: bool = False,
     fast_bias_correction: bool = False,
     metadata: dict[str, str] | None = None,
+    ignore_onnx_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """INT8 IR with ``nncf.quantize(model, nncf.Dataset(calib, transform))`` (performance preset, symmetric weights).
 
@@ -108,7 +111,8 @@ def quantize_ir(
 
     Range estimators: ``minmax`` -> NNCF MINMAX, ``percentile`` -> MEAN_QUANTILE; NNCF has no KL-entropy estimator,
     so ``entropy`` uses its HISTOGRAM range search and ``info["calibration_method"]`` records that.
-    ``keep_head_float`` puts the last MatMul in the ignored scope.
+    ``keep_head_float`` puts the last MatMul in the ignored scope; ``ignore_onnx_nodes`` adds the OpenVINO ops made
+    from those ONNX nodes (mixed precision, :mod:`edgecompress.export.int8_recovery`).
 
     Raises:
         QuantizationError: naming step 'nncf.quantize' and the cause.
@@ -129,7 +133,9 @@ def quantize_ir(
             activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator)
         )
     heads = _find_head(model)
-    ignored = nncf.IgnoredScope(names=heads) if keep_head_float and heads else None
+    floats, missing = openvino_names(model, ignore_onnx_nodes)
+    names = list(dict.fromkeys([*(heads if keep_head_float else []), *floats]))
+    ignored = nncf.IgnoredScope(names=names, validate=False) if names else None
     samples = [np.ascontiguousarray(calib_x[i : i + 1], dtype=np.float32) for i in range(len(calib_x))]
     try:
         with _quiet():
@@ -151,7 +157,8 @@ def quantize_ir(
     save_ir(qmodel, xml_path, compress_to_fp16=False)
     return {
         "calibration_method": used,
-        "excluded_nodes": heads if ignored is not None else [],
+        "excluded_nodes": names,
+        **({"unmatched_onnx_nodes": missing} if missing else {}),
         "head_nodes": heads,
         "bias_correction": "fast" if fast_bias_correction else "full",
         "produced": {"weights": "i8", "activations": "u8/i8 FakeQuantize", "io": "f32"},

@@ -24,7 +24,11 @@ class ModelSpec(StrictModel):
     signature accepts, and must return an ``nn.Module``; it is imported only from a module the user trusts.
     """
 
-    family: str | None = Field(None, description="Built-in family: cnn, resnet, mlp.")
+    family: str | None = Field(
+        None,
+        description="Built-in family: cnn, resnet, mlp; at 224x224 in torchvision's layout: resnet18, mobilenet_v2, "
+        "mobilenet_v3_small, efficientnet_b0.",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the family or factory.")
     factory: str | None = Field(
         None, description="'package.module:function' returning an nn.Module; the module must be in trust_factories."

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import ModelError
+from edgecompress.models.imagenet import IMAGENET_FAMILIES
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -148,7 +149,8 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "resnet": resnet, "mlp": mlp}
+# The 224x224 ImageNet-class families in torchvision's layout come from edgecompress.models.imagenet.
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "resnet": resnet, "mlp": mlp, **IMAGENET_FAMILIES}
 
 
 def build_family(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecompress.errors import MissingExtraError
+from edgecompress.pipeline import reference
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
 from edgecompress.pipeline.results import BenchmarkResult, CalibrateResult, DataResult, DistillResult, ExportResult
 from edgecompress.pipeline.rundir import StageDir
@@ -59,6 +60,7 @@ def _export_key(ctx: Context) -> dict[str, Any]:
         "model": ctx.keys["calibrate"],
         "data": ctx.keys["data"],
         "refit": ctx.cfg.calibration.model_dump(mode="json"),
+        "reference": reference.FORMAT,  # the teacher's reference artifact is made here too
     }
 
 
@@ -103,7 +105,8 @@ def _export_compute(ctx: Context, sd: StageDir) -> ExportResult:
             rows.append(art)
             continue
         rows.extend(_evaluate(ctx, splits, art, cal.val_after or {}, student_test, sd.path))
-    return ExportResult(artifacts=rows)
+    ref = reference.export_reference(ctx, splits, contract, sd.path / reference.FOLDER)
+    return ExportResult(artifacts=rows, reference=ref)
 
 
 def _evaluate(
@@ -218,7 +221,9 @@ def _benchmark_compute(ctx: Context, sd: StageDir) -> BenchmarkResult:
                 f"latency of {row.artifact} on {row.device} is unstable (run-to-run p50 spread {100 * worst:.0f} %): "
                 "its ranking may not hold; rerun the benchmark on a quiet device"
             )
-    return BenchmarkResult(rows=rows)
+    ref_rows = reference.benchmark_reference(ctx, eval_x=x, eval_y=y, cfg=bcfg, workdir=sd.path / reference.FOLDER,
+                                             num_classes=data.num_classes)  # fmt: skip
+    return BenchmarkResult(rows=rows, reference_rows=ref_rows)
 
 
 BENCHMARK = Stage("benchmark", BenchmarkResult, key=_benchmark_key, compute=_benchmark_compute)

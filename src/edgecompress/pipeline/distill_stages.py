@@ -10,6 +10,7 @@ import numpy as np
 
 from edgecompress._io import atomic_path
 from edgecompress.errors import ModelError
+from edgecompress.pipeline import deploy_only
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
 from edgecompress.pipeline.results import DistillResult, SearchResult, TeacherResult
 from edgecompress.pipeline.rundir import StageDir
@@ -126,6 +127,8 @@ def _plan_members(ctx: Context, dcfg: Any) -> list[tuple[str, nn.Module, dict[st
 
 
 def _distill_key(ctx: Context) -> dict[str, Any]:
+    if ctx.cfg.deploy_only:  # distill: {student: none}: the teacher ships as it is
+        return deploy_only.key(ctx)
     return {
         "distill": ctx.cfg.distill.model_dump(mode="json"),
         "teacher": ctx.keys["teacher"],
@@ -160,6 +163,8 @@ def _distill_compute(ctx: Context, sd: StageDir) -> DistillResult:
     from edgecompress.distill.gates import QualityGateError
 
     dcfg = ctx.cfg.distill
+    if ctx.cfg.deploy_only:  # distill: {student: none}: the teacher ships as it is
+        return deploy_only.compute(ctx, sd)
     if dcfg.datafree is not None:
         return _datafree(ctx, sd)
     member, train, why = dcfg.student, dcfg.train, "configured"
@@ -407,6 +412,7 @@ def _datafree(ctx: Context, sd: StageDir) -> DistillResult:
         chain={"members": [member]},
         datafree=res.summary(),
         sample_grid=str(grid),
+        curve_png=str(res.figures["accuracy_vs_rounds"]) if "accuracy_vs_rounds" in res.figures else None,
         bank=str(bank),
         student_val_accuracy=student_val,
         teacher_val_accuracy=teacher_val,

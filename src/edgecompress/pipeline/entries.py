@@ -58,7 +58,7 @@ def chain_entries(teacher: TeacherResult, distill: DistillResult, cal: Calibrate
                 "fidelity_kl": m.get("fidelity_kl"),
                 "device": "host",
                 "parent": m.get("teacher"),
-                "notes": [n for n in [(m.get("teacher_precision") or {}).get("note")] if n],
+                "notes": [n for n in [(m.get("teacher_precision") or {}).get("note"), m.get("note")] if n],
             }
         )
     student = next((e for e in entries if e["role"] == "student"), None)

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgecompress._io import sha256_json
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.pipeline import entries
+from edgecompress.pipeline import entries, reference
 from edgecompress.pipeline.context import Context, Stage, metrics_of, predict_logits
 from edgecompress.pipeline.results import (
     BenchmarkResult,
@@ -123,6 +123,8 @@ def build_report(ctx: Context) -> Report:
     models = entries.chain_entries(teacher, distill, cal) + entries.artifact_entries(
         artifacts, bench, cal.temperature, device
     )
+    ref_rows = ctx.result("benchmark", BenchmarkResult).reference_rows if "benchmark" in ctx.results else []
+    models += reference.reference_entries(ctx, ref_rows, device)
     for m in models:
         m["reliability_png"] = entries.rel(ctx, m.get("reliability_png"))
     # An artifact qualifies when it loses at most export.max_accuracy_drop of accuracy and at most one ECE point
@@ -142,7 +144,9 @@ def build_report(ctx: Context) -> Report:
         else []
     )
     figures = {"datafree_samples": entries.rel(ctx, distill.sample_grid)} if distill.sample_grid else {}
-    return Report(
+    if distill.curve_png:
+        figures["datafree_accuracy_vs_rounds"] = entries.rel(ctx, distill.curve_png)
+    report = Report(
         name=cfg.name,
         config_hash=sha256_json(cfg.model_dump(mode="json"))[:16],
         environment=entries.environment(),
@@ -153,10 +157,14 @@ def build_report(ctx: Context) -> Report:
         figures={k: v for k, v in figures.items() if v},
         warnings=ctx.warnings,
         datafree=distill.datafree,
-        decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal),
+        decisions=entries.decision_entries(decide if isinstance(decide, DecideResult) else None, distill, cal)
+        + [a.int8_recovery.decision(a.name) for a in artifacts if a.int8_recovery is not None and not a.refit_of],
         scratch_baseline=entries.scratch_baseline_entry(distill),
+        reference_benchmarks=ref_rows,
+        test_samples=ctx.result("data", DataResult).sizes.get("test") or None,
         attempts=distill.attempts if len(distill.attempts) > 1 else [],
     )
+    return reference.with_headline(ctx, report)
 
 
 def _report_compute(ctx: Context, sd: Any) -> FinishResult:

@@ -63,6 +63,7 @@ class DistillResult(StageResult):
     member_specs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datafree: dict[str, Any] | None = None
     sample_grid: str | None = None
+    curve_png: str | None = Field(None, description="Data-free runs: the student's val accuracy against rounds.")
     bank: str | None = None
     student_val_accuracy: float | None = None
     teacher_val_accuracy: float | None = None
@@ -105,12 +106,16 @@ class ExportResult(StageResult):
     """Every requested artifact, failed ones included (``ok`` False, ``error`` says why)."""
 
     artifacts: list[Artifact]
+    reference: Artifact | None = Field(
+        None, description="The teacher's FP32 export, measured beside the artifacts; never bundled or recommended."
+    )
 
 
 class BenchmarkResult(StageResult):
     """One row per (device, accepted artifact)."""
 
     rows: list[BenchRow]
+    reference_rows: list[BenchRow] = Field(default_factory=list, description="The teacher's reference, per device.")
 
 
 class StageRecord(BaseModel):

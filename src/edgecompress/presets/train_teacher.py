@@ -48,6 +48,17 @@ FASHION_DATA: dict[str, Any] = {
     "augment": {"crop_pad": 2, "hflip": True},
 }
 
+# The data-free example's digits (examples/datafree.yaml): 20 % held out for test, the normalization fixed.
+DIGITS_DATAFREE: dict[str, Any] = {
+    "dataset": "digits",
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "calib_size": 0,
+    "mean": [0.3038],
+    "std": [0.3773],
+    "augment": {"crop_pad": "auto", "hflip": False},
+}
+
 RECIPES: dict[str, Recipe] = {
     "fashion-mnist": Recipe(
         description="The demo's teacher: a 6-conv VGG-style CNN (117 M MACs, 1.15 M parameters), 24 epochs of SGD "
@@ -58,6 +69,28 @@ RECIPES: dict[str, Recipe] = {
         file="fashion_mnist_teacher.pt",
         min_test_accuracy=0.93,
         consumers=("fashion_mnist",),
+    ),
+    # Data-free distillation (issue 28): teachers small enough that synthesis (a teacher forward and backward per
+    # synthesis step) fits a 2-core CPU, trained with the augmentation the synthesis applies (crop with the same
+    # zero padding, flip where the data allows it).
+    "digits-datafree": Recipe(
+        description="The data-free example's teacher (examples/datafree.yaml): a 5-conv BN CNN (1.8 M MACs) on "
+        "scikit-learn's 8x8 digits, 60 epochs of SGD (batch 32) with crop (pad 1) augmentation, no flip; fixed "
+        "normalization (the example states it: a data-free run cannot compute it)",
+        data=DIGITS_DATAFREE,
+        model={"family": "cnn", "params": {"channels": [32, 32, 64, 64, 128]}},
+        train={"epochs": 60, "batch_size": 32, "lr": 0.05, "warmup_epochs": 1, "weight_decay": 5e-4},
+        file="digits_datafree_teacher.pt",
+        min_test_accuracy=0.99,
+    ),
+    "fashion-mnist-datafree": Recipe(
+        description="The data-free benchmark's teacher: a 6-conv VGG-style BN CNN (7.5 M MACs, 66 k parameters), "
+        "30 epochs of SGD with crop (pad 2) / flip augmentation, the synthesis' augmentation",
+        data=FASHION_DATA,
+        model={"family": "cnn", "params": {"channels": [16, 16, 32, 32, 64, 64]}},
+        train={"epochs": 30, "batch_size": 128, "lr": 0.05, "warmup_epochs": 1, "weight_decay": 5e-4},
+        file="fashion_mnist_datafree_teacher.pt",
+        min_test_accuracy=0.92,
     ),
 }
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class Section:
 
 def build_sections(report: Report) -> list[Section]:
     """The report's content, format-independent."""
+    from edgecompress.report.evalsets import device_section, models_set  # import this module's Section
+
     models = report.models
     out = []
     if report.warnings:
@@ -157,7 +160,7 @@ def build_sections(report: Report) -> list[Section]:
                 ]  # fmt: skip
                 for m in models
             ],
-            paragraphs=[] if models else ["No models recorded."],
+            paragraphs=[models_set(report)] if models else ["No models recorded."],
         )
     )
     calib = [m for m in models if any(v is not None for v in (m.ece, m.ece_before_ts, m.nll_before_ts, m.mce))]
@@ -261,7 +264,7 @@ def build_sections(report: Report) -> list[Section]:
                 ],
             )
         )
-    out.append(_bench_section(report.benchmarks))
+    out.append(device_section(report))
     if report.recommendations:
         out.append(
             Section(
@@ -287,7 +290,9 @@ def build_sections(report: Report) -> list[Section]:
 
     out += decision_sections(report)
     if report.datafree:
-        out.append(_kv_section("Data-free distillation", report.datafree))
+        from edgecompress.report.datafree import datafree_section  # imports this module's Section and formatters
+
+        out.append(datafree_section(report.datafree))
     images = [(name.replace("_", " "), rel) for name, rel in report.figures.items()]
     images += [(f"reliability: {m.name}", m.reliability_png) for m in models if m.reliability_png]
     if images:
@@ -315,7 +320,8 @@ def _kv_section(title: str, data: dict[str, Any]) -> Section:
     return Section(title, headers=["Key", "Value"], rows=rows)
 
 
-def _bench_section(rows: list[BenchRow]) -> Section:
+def _bench_section(rows: Sequence[BenchRow], reference_ids: Collection[int] = frozenset()) -> Section:
+    """The device × artifact table; rows whose id is in ``reference_ids`` are marked as the teacher's reference."""
     sec = Section(
         "Devices × artifacts",
         headers=[
@@ -342,6 +348,8 @@ def _bench_section(rows: list[BenchRow]) -> Section:
         note = f"failed: {row.failure}" if row.failure else ""
         if row.calibration_measured_on == "host runtime":
             note = "accuracy/ECE from the host runtime"
+        if id(row) in reference_ids:
+            note = "; ".join(x for x in ("reference (the teacher): not shipped", note) if x)
         per_batch: list[tuple[int | None, LatencyStats | None]] = [*sorted(row.latency_ms.items())] or [(None, None)]
         for batch, stats in per_batch:
             lat = [fmt_ms(getattr(stats, q) if stats else None) for q in ("p50", "p90", "p99")]
@@ -363,6 +371,10 @@ def _md_cell(text: str) -> str:
 def render_markdown(report: Report, sections: list[Section]) -> str:
     lines = [f"# edgecompress report: {report.name}", ""]
     lines.append(f"Created {report.created}" + (f" · config hash `{report.config_hash}`" if report.config_hash else ""))
+    if report.headline is not None:
+        from edgecompress.report.headline import headline_markdown  # imports this module's formatters
+
+        lines += ["", headline_markdown(report.headline).rstrip()]
     for sec in sections:
         lines += ["", f"## {sec.title}", ""]
         lines += [p + "\n" for p in sec.paragraphs]
@@ -381,10 +393,14 @@ def render_markdown(report: Report, sections: list[Section]) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
 padding:0 1em}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-figure{display:inline-block;margin:.5em 1em .5em 0}img{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;max-width:100%}th,td{border:1px solid #ccc;
+padding:.25em .5em;text-align:right;overflow-wrap:break-word}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:.5em 1em .5em 0;max-width:100%}img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.9em}
+.headline{background:#f6f9fc;border:1px solid #cfdce8;border-radius:6px;padding:.2em 1em .6em;margin:1em 0}
+.headline h2{border:none;margin-top:.6em}.headline h3{font-size:1em;margin:.8em 0 .2em}
+.headline table{font-size:.95em;background:#fff}.headline .note{color:#8a5300;font-size:.9em;margin:.2em 0}
 """
 
 
@@ -414,6 +430,10 @@ def render_html(report: Report, sections: list[Section], run_dir: Path) -> str:
         f"<h1>edgecompress report: {e(report.name)}</h1>",
         f'<p class="meta">{meta}</p>',
     ]
+    if report.headline is not None:
+        from edgecompress.report.headline import headline_html  # imports this module's formatters
+
+        parts.append(headline_html(report.headline))
     for sec in sections:
         parts.append(f"<h2>{e(sec.title)}</h2>")
         parts += [f"<p>{e(p)}</p>" for p in sec.paragraphs]
@@ -475,6 +495,10 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     if plots:
         report = report.model_copy(update={"figures": _make_plots(report, run_dir)})
+    if report.headline is None:
+        from edgecompress.report.headline import build_headline
+
+        report = report.model_copy(update={"headline": build_headline(report)})
     sections = build_sections(report)
     at = next((i for i, sec in enumerate(sections) if sec.title == "Stage times"), len(sections))
     sections[at:at] = extra_sections or []

@@ -59,6 +59,11 @@ class ModelEntry(_Model):
     notes: list[str] = Field(default_factory=list)
     reliability_png: str | None = Field(None, description="Reliability diagram, relative to the run folder.")
     parent: str | None = Field(None, description="The model this one was distilled or exported from.")
+    reference: bool = Field(
+        False,
+        description="A reference artifact (the teacher's FP32 export): measured beside the shipped artifacts, "
+        "never bundled or recommended.",
+    )
 
     @field_validator("latency_ms", mode="before")
     @classmethod
@@ -149,6 +154,49 @@ class AttemptEntry(_Model):
     problem: str | None = None
 
 
+class HeadlinePoint(_Model):
+    """The teacher and the shipped artifact at one batch size on one device: p50 latency (ms) and their ratio."""
+
+    batch: int
+    teacher_ms: float | None = None
+    shipped_ms: float | None = None
+    speedup: float | None = Field(None, description="teacher p50 / shipped p50, both measured in this run.")
+    unstable: bool = Field(False, description="Either latency's run-to-run spread is above the unstable bound.")
+
+
+class HeadlineModel(_Model):
+    """One side of the headline: the teacher's reference artifact or a shipped artifact (whole test split)."""
+
+    name: str
+    accuracy: float | None = None
+    ece: float | None = None
+    size_bytes: int | None = None
+    macs: int | None = None
+    runtime: str | None = Field(None, description="What ran it for these metrics (onnxruntime, openvino, pytorch).")
+
+
+class HeadlineDevice(_Model):
+    """The verdict on one device: the recommended artifact, its bundle, and its speed against the teacher."""
+
+    device: str
+    artifact: str | None = Field(None, description="The recommended artifact; None when nothing qualifies.")
+    reason: str = ""
+    bundle: str | None = Field(None, description="Its bundle folder, relative to the run folder.")
+    shipped: HeadlineModel | None = None
+    points: list[HeadlinePoint] = Field(default_factory=list)
+    speedup_note: str | None = Field(None, description="Why the speed-up over the teacher was not measured.")
+
+
+class Headline(_Model):
+    """What a person reads first: teacher → shipped artifact per device, what was shipped and why."""
+
+    teacher: HeadlineModel | None = None
+    devices: list[HeadlineDevice] = Field(default_factory=list)
+    evaluated_on: str = Field("", description="What the accuracies are measured on, e.g. 'all 450 test images'.")
+    choice: str = Field("", description="What was shipped (distilled or scratch student) and why.")
+    warnings: int = 0
+
+
 class Report(_Model):
     """Everything a run measured, for ``report.json`` / ``report.md`` / ``report.html``."""
 
@@ -173,6 +221,11 @@ class Report(_Model):
         default_factory=list, description="Choices measured in the run: 'Why this chain', 'Calibration'."
     )
     scratch_baseline: ScratchBaseline | None = None
+    reference_benchmarks: list[BenchRow] = Field(
+        default_factory=list, description="Device rows of reference artifacts (the teacher's FP32 export)."
+    )
+    test_samples: int | None = Field(None, description="Images in the test split (the models' metrics use them all).")
+    headline: Headline | None = None
 
     @field_validator("environment", "datafree", mode="before")
     @classmethod

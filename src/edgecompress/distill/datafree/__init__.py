@@ -11,14 +11,21 @@ _LAZY = {
     "DataFreeConfig": "config",
     "datafree_distill": "runner",
     "DataFreeResult": "runner",
+    "plan_datafree": "runner",
+    "real_data_kd": "reference",
+    "ReferenceResult": "reference",
     "InversionLoss": "inversion",
     "BNStatsHooks": "inversion",
+    "Pixels": "inversion",
     "Generator": "generator",
-    "MemoryBank": "bank",
+    "Pool": "pool",
+    "Plan": "plan",
     "FastDFKDSynthesizer": "fastdfkd",
-    "reptile_update": "fastdfkd",
+    "meta_round": "fastdfkd",
+    "meta_optimizer": "fastdfkd",
     "DeepInversionSynthesizer": "deepinversion",
     "sample_grid": "grid",
+    "accuracy_curve": "grid",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,8 @@
-"""Resumable data-free runs: the state a run carries between batches, its fingerprint, and its checkpoint file.
+"""Resumable data-free runs: the state a run carries between rounds, its fingerprint, and its checkpoint file.
 
 A checkpoint holds only tensors, dicts, lists, numbers and strings, so it loads with ``torch.load(weights_only=True)``;
-it is written atomically. See :mod:`edgecompress.distill.datafree.runner` for when it is written and read.
+it is written atomically. The image pool lives beside it on disk (``pool.py``); the checkpoint records its length.
+See :mod:`edgecompress.distill.datafree.runner` for when it is written and read.
 """
 
 from __future__ import annotations
@@ -16,37 +17,37 @@ import torch
 from torch import nn
 
 from edgecompress._io import atomic_path, sha256_json
-from edgecompress.distill.datafree.bank import MemoryBank
 from edgecompress.distill.datafree.config import DataFreeConfig
 from edgecompress.distill.datafree.deepinversion import DeepInversionSynthesizer
 from edgecompress.distill.datafree.fastdfkd import FastDFKDSynthesizer
+from edgecompress.distill.datafree.pool import Pool
 from edgecompress.models.checkpoint import state_hash
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = 1  # bump when the checkpoint's layout changes: older files are then ignored (their fingerprint differs)
+FORMAT = 2  # bump when the checkpoint's layout changes: older files are then ignored (their fingerprint differs)
 
 
 @dataclass
 class RunState:
-    """Everything a run carries from one synthesized batch to the next: what a checkpoint holds."""
+    """Everything a run carries from one round to the next: what a checkpoint holds (the pool by its length)."""
 
     gen: torch.Generator
     student: nn.Module
     synth: FastDFKDSynthesizer | DeepInversionSynthesizer
-    bank: MemoryBank
+    pool: Pool
     opt: torch.optim.Optimizer
     history: list[dict[str, float | None]] = field(default_factory=list)
-    next_batch: int = 0
-    epochs_done: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    next_round: int = 0
     t_synth: float = 0.0
     t_student: float = 0.0
 
 
 @dataclass(frozen=True)
 class Checkpoints:
-    """Where a run keeps its checkpoint, under which fingerprint, and how often (in synthesized batches)."""
+    """Where a run keeps its checkpoint, under which fingerprint, and how often (in rounds)."""
 
     path: Path
     fingerprint: str
@@ -63,11 +64,11 @@ def fingerprint(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
 ) -> str:
-    """sha256 of everything that decides a run's course; ``checkpoint_every`` is left out (it changes no number)."""
+    """sha256 of everything that decides a run's course (``checkpoint_every`` and ``eval_every`` change no number)."""
     return sha256_json(
         {
             "format": FORMAT,
-            "config": cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "config": cfg.model_dump(mode="json", exclude={"checkpoint_every", "eval_every"}),
             "seed": int(seed),
             "input_shape": list(shape),
             "num_classes": int(num_classes),
@@ -81,28 +82,28 @@ def fingerprint(
 
 def to_dict(state: RunState, run_fingerprint: str) -> dict[str, Any]:
     """The state as tensors, dicts, lists, numbers and strings (loadable with ``weights_only=True``)."""
-    synth: dict[str, Any] = {}
-    if isinstance(state.synth, FastDFKDSynthesizer):
-        synth = {"generator": state.synth.generator.state_dict(), "batches_done": state.synth.batches_done}
+    hooks = state.synth.loss.hooks
     return {
         "format": FORMAT,
         "fingerprint": run_fingerprint,
-        "next_batch": state.next_batch,
-        "epochs_done": state.epochs_done,
+        "next_round": state.next_round,
         "student": state.student.state_dict(),
         "optimizer": state.opt.state_dict(),
-        "synthesizer": synth,
-        "bank": {"x": state.bank.x, "y": state.bank.y, "seen": state.bank.seen},
+        "synthesizer": state.synth.state_dict(),
+        "bn_momentum": [None if m is None else list(m) for m in hooks.mmt],
+        "pool_count": state.pool.count,
         "gen_state": state.gen.get_state(),
         "torch_rng_state": torch.get_rng_state(),
         "history": state.history,
+        "curve": [list(c) for c in state.curve],
         "t_synth": state.t_synth,
         "t_student": state.t_student,
     }
 
 
 def save(state: RunState, ckpts: Checkpoints) -> None:
-    """Write the run's checkpoint atomically (a kill leaves the previous one whole)."""
+    """Sync the pool, then write the run's checkpoint atomically (a kill leaves the previous one whole)."""
+    state.pool.sync()
     with atomic_path(ckpts.path) as tmp:
         torch.save(to_dict(state, ckpts.fingerprint), tmp)
 
@@ -133,24 +134,28 @@ def read(ckpts: Checkpoints) -> dict[str, Any] | None:
 
 
 def restore(state: RunState, ck: dict[str, Any], cfg: DataFreeConfig) -> None:
-    """Load a checkpoint into a freshly built state (raises on contents that do not fit it)."""
-    next_batch, epochs_done = int(ck["next_batch"]), int(ck["epochs_done"])
+    """Load a checkpoint into a freshly built state whose pool was opened as it is on disk (raises on contents that
+    do not fit; the pool is then truncated to the checkpoint's length)."""
+    next_round = int(ck["next_round"])
     history = list(ck["history"])
-    if not (1 <= next_batch <= cfg.synthesis_batches and 0 <= epochs_done <= cfg.student_epochs):
-        raise ValueError(f"position batch {next_batch}, epoch {epochs_done} is outside this run")
-    if len(history) != next_batch or (epochs_done > 0 and next_batch != cfg.synthesis_batches):
-        raise ValueError(f"inconsistent position: batch {next_batch}, epoch {epochs_done}, {len(history)} entries")
+    if not 1 <= next_round <= cfg.rounds:
+        raise ValueError(f"position round {next_round} is outside this run's {cfg.rounds} rounds")
+    if len(history) != next_round:
+        raise ValueError(f"inconsistent position: round {next_round} with {len(history)} history entries")
+    if int(ck["pool_count"]) != next_round * cfg.batch_size:
+        raise ValueError(f"the pool count {ck['pool_count']} does not fit round {next_round}")
     state.student.load_state_dict(ck["student"])
     state.opt.load_state_dict(ck["optimizer"])
-    if isinstance(state.synth, FastDFKDSynthesizer):
-        state.synth.generator.load_state_dict(ck["synthesizer"]["generator"])
-        state.synth.batches_done = int(ck["synthesizer"]["batches_done"])
-    bank = ck["bank"]
-    if not isinstance(bank["x"], torch.Tensor) or not isinstance(bank["y"], torch.Tensor):
-        raise ValueError("the memory bank is missing")
-    state.bank.x, state.bank.y, state.bank.seen = bank["x"], bank["y"], int(bank["seen"])
+    state.synth.load_state_dict(ck["synthesizer"])
+    hooks = state.synth.loss.hooks
+    mmt = list(ck["bn_momentum"])
+    if len(mmt) != len(hooks.mmt):
+        raise ValueError(f"{len(mmt)} BN moving averages for {len(hooks.mmt)} BatchNorm layers")
+    hooks.mmt = [None if m is None else (m[0], m[1]) for m in mmt]
+    state.pool.truncate(int(ck["pool_count"]))
     state.gen.set_state(ck["gen_state"])
     torch.set_rng_state(ck["torch_rng_state"])
     state.history = history
-    state.next_batch, state.epochs_done = next_batch, epochs_done
+    state.curve = [(int(r), float(a)) for r, a in ck["curve"]]
+    state.next_round = next_round
     state.t_synth, state.t_student = float(ck["t_synth"]), float(ck["t_student"])

@@ -1,4 +1,4 @@
-"""A PNG grid of synthesized samples, one row per class, for eyeballing what the teacher "dreams"."""
+"""Figures of a data-free run: a grid of synthesized samples (one row per class) and the accuracy-vs-rounds curve."""
 
 from __future__ import annotations
 
@@ -74,6 +74,49 @@ def sample_grid(
                         ax.imshow(np.transpose(img, (1, 2, 0)))
             axes[k, 0].set_ylabel(names[k], rotation=0, ha="right", va="center", fontsize=8)
         fig.tight_layout(pad=0.2)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def accuracy_curve(
+    curves: dict[str, Sequence[Sequence[float]]],
+    path: str | Path,
+    *,
+    teacher: float | None = None,
+    title: str = "Student accuracy against synthesis rounds",
+) -> Path:
+    """Write a PNG of accuracy (percent) against rounds, one line per run, with the teacher's as a dashed line.
+
+    Args:
+        curves: run label → [(rounds done, accuracy as a fraction), ...].
+        path: the PNG to write (atomically).
+        teacher: the teacher's accuracy on the same set (a fraction), drawn for reference.
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    mpl = require("matplotlib", "accuracy curves")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    try:
+        for label, pts in curves.items():
+            if len(pts):
+                xs, ys = zip(*[(float(p[0]), 100.0 * float(p[1])) for p in pts], strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if teacher is not None:
+            ax.axhline(100.0 * teacher, linestyle="--", color="gray", label=f"teacher {100 * teacher:.2f} %")
+        ax.set_xlabel("synthesis rounds")
+        ax.set_ylabel("student accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
     finally:

@@ -1,51 +1,44 @@
-"""The data-free distillation loop shared by FastDFKD and DeepInversion: synthesize, bank, distill — interleaved.
-
-For b = 1..B: synthesize a batch with target labels ŷ against L_inv (the adversarial term uses the current student
-after ``adv_warmup_batches``), add it to the bounded memory bank, then take ``student_steps_per_batch`` KD steps on
-bank samples: L_kd = T²·KL(softmax(f_t(x)/T) ‖ softmax(f_s(x)/T)) (Hinton et al., 2015), x drawn uniformly from the
-bank and augmented like the synthesis batches. Optionally ``student_epochs`` more passes over the final bank.
+"""The data-free distillation run shared by FastDFKD and DeepInversion: pilot, plan, then rounds of synthesize → pool
+→ distill (``loop.py``), as the official ``datafree_kd.py`` runs them.
 
 Synthesis and student training are timed separately (``synthesis_seconds`` / ``student_seconds``). A run is
 deterministic on CPU given the seed (and the student's initial weights).
 
-Resumable: with a ``workdir``, ``workdir/checkpoint.pt`` is written atomically every ``checkpoint_every`` synthesized
-batches, at the end of synthesis and after each student epoch. It holds the loop position, the student and its
-optimizer, the synthesizer (FastDFKD's meta-generator; DeepInversion keeps nothing between batches), the memory bank,
-both random streams (the run's ``torch.Generator`` and the global torch RNG of the forked RNG scope), the history and
-the timings, under a fingerprint of the config, seed, input shape, classes, normalization and the teacher's and
-student's weights. A later call with the same arguments continues from it, and the student comes out bit-identical to
-an uninterrupted run's; a checkpoint of another run, or one that cannot be read, is ignored with a warning (the run
-starts over). The checkpoint is deleted once the result is saved (``DataFreeResult.save``).
+Resumable: with a ``workdir`` the pool lives in ``workdir/pool`` and ``workdir/checkpoint.pt`` is written atomically
+every ``checkpoint_every`` rounds and after the last. It holds the round, the student and its SGD state, the
+synthesizer (FastDFKD's meta-generator and its Adam; DeepInversion keeps nothing between rounds), the BN moving
+averages, the pool's length, both random streams (the run's ``torch.Generator`` and the global torch RNG of the
+forked RNG scope), the history and the timings, under a fingerprint of the config, seed, input shape, classes,
+normalization and both models' weights. A later call with the same arguments — after an exception or a kill -9 —
+truncates the pool to the checkpoint's length and continues; the student comes out bit-identical to an uninterrupted
+run's. A checkpoint of another run, or one that cannot be read, is ignored with a warning (the run starts over). The
+checkpoint is deleted once the result is saved (:meth:`DataFreeResult.save`); the pool stays (the transfer set).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
-import time
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgecompress._io import atomic_path, atomic_write_json
 from edgecompress.distill.datafree import checkpoint as ckpt
-from edgecompress.distill.datafree.bank import MemoryBank
+from edgecompress.distill.datafree import loop
 from edgecompress.distill.datafree.checkpoint import CHECKPOINT
 from edgecompress.distill.datafree.config import DataFreeConfig
-from edgecompress.distill.datafree.deepinversion import DeepInversionSynthesizer
-from edgecompress.distill.datafree.fastdfkd import FastDFKDSynthesizer
-from edgecompress.distill.datafree.generator import Generator
-from edgecompress.distill.datafree.inversion import InversionLoss, augment_batch
-from edgecompress.errors import ConfigError, ModelError, TrainingError
+from edgecompress.distill.datafree.inversion import InversionLoss, Pixels
+from edgecompress.distill.datafree.plan import Plan
+from edgecompress.errors import ConfigError, ModelError
 
-log = logging.getLogger(__name__)
+log = loop.log
+plan_log = logging.getLogger(f"{log.name}.plan")  # shown by the CLI even on a terminal (see cli.py)
 
 
 @dataclass
@@ -57,11 +50,18 @@ class DataFreeResult:
         method: 'fastdfkd' or 'deepinversion'.
         synthesis_seconds: wall time spent synthesizing (inner loops, meta updates).
         student_seconds: wall time spent training the student.
-        bank_x, bank_y: a sample of the final bank (at most 512 images in the teacher's input space, target labels).
-        history: one dict per synthesized batch (inversion terms, student loss, bank size, seconds).
+        bank_x, bank_y: a sample of the final pool (at most 512 images in the teacher's normalized input space) and
+            the teacher's predicted class of each (not the synthesis targets, which the teacher may not agree with):
+            the INT8 calibration set and the per-class sample grid of a data-free pipeline run.
+        plan: the plan logged before the run (pilot timings and estimates).
+        history: one dict per round (inversion terms, student loss and lr, pool size, seconds, val accuracy).
+        curve: (rounds done, val accuracy) every ``eval_every`` rounds after warm-up (empty without ``val``).
         val_accuracy: the student's accuracy on ``val`` when given, else None.
+        teacher_val_accuracy: the teacher's accuracy on ``val`` when given, else None.
+        pool_images: images in the pool (every round's batch).
         config: the config used, as a dict.
-        resumed_from_batch: the synthesized batches a checkpoint of an interrupted run had done (0: a fresh start).
+        resumed_from_round: the rounds a checkpoint of an interrupted run had done (0: a fresh start).
+        figures: PNGs written by :meth:`save` (name → path).
     """
 
     student: nn.Module
@@ -70,78 +70,56 @@ class DataFreeResult:
     student_seconds: float
     bank_x: torch.Tensor
     bank_y: torch.Tensor
+    plan: Plan
     history: list[dict[str, float | None]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)
     val_accuracy: float | None = None
+    teacher_val_accuracy: float | None = None
+    pool_images: int = 0
     config: dict[str, Any] = field(default_factory=dict)
-    resumed_from_batch: int = 0
+    resumed_from_round: int = 0
+    figures: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able summary (no tensors)."""
+        """JSON-able summary (no tensors, no per-round history): what the report shows."""
+        di = self.plan.deepinversion_seconds()
         return {
             "method": self.method,
+            "plan": self.plan.text(),
+            "rounds": self.plan.rounds,
             "synthesis_seconds": self.synthesis_seconds,
             "student_seconds": self.student_seconds,
+            "pool_images": self.pool_images,
+            "synthesis_images_per_second": self.pool_images / self.synthesis_seconds
+            if self.synthesis_seconds
+            else None,
+            "deepinversion_estimate_seconds": di,
+            "deepinversion_estimate_speedup": di / self.synthesis_seconds if di and self.synthesis_seconds else None,
             "val_accuracy": self.val_accuracy,
-            "bank_sample": int(self.bank_x.shape[0]),
+            "teacher_val_accuracy": self.teacher_val_accuracy,
+            "curve": [list(c) for c in self.curve],
+            "resumed_from_round": self.resumed_from_round,
             "config": self.config,
-            "resumed_from_batch": self.resumed_from_batch,
-            "history": self.history,
         }
 
     def save(self, directory: str | Path) -> dict[str, Path]:
-        """Write student.pt (state_dict), bank_sample.pt ({'x','y'}) and datafree.json atomically into ``directory``."""
+        """Write student.pt, bank_sample.pt ({'x','y'}), datafree.json (summary, plan, history) and, with a curve,
+        curve.png (accuracy against rounds) atomically into ``directory``."""
         d = Path(directory)
         out = {"student": d / "student.pt", "bank_sample": d / "bank_sample.pt", "summary": d / "datafree.json"}
         with atomic_path(out["student"]) as tmp:
             torch.save(self.student.state_dict(), tmp)
         with atomic_path(out["bank_sample"]) as tmp:
             torch.save({"x": self.bank_x, "y": self.bank_y}, tmp)
-        atomic_write_json(out["summary"], self.summary())
+        if self.curve:
+            from edgecompress.distill.datafree.grid import accuracy_curve
+
+            label = f"{self.method}: {self.plan.rounds} rounds"
+            out["curve"] = accuracy_curve({label: self.curve}, d / "curve.png", teacher=self.teacher_val_accuracy)
+            self.figures["accuracy_vs_rounds"] = out["curve"]
+        atomic_write_json(out["summary"], {**self.summary(), "plan_detail": self.plan.to_dict(),
+                                           "history": self.history})  # fmt: skip
         return out
-
-
-def _kd_step(
-    teacher: nn.Module,
-    student: nn.Module,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    *,
-    temperature: float,
-    augment: bool,
-    flip: bool,
-    gen: torch.Generator,
-) -> float:
-    if augment:
-        x = augment_batch(x, gen=gen, flip=flip)
-    with torch.no_grad():
-        t = teacher(x)
-    s = student(x)
-    loss = F.kl_div(
-        F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean", log_target=True
-    )
-    loss = loss * temperature**2
-    if not torch.isfinite(loss):
-        raise TrainingError(
-            "the student's KD loss became NaN/Inf during data-free distillation",
-            "lower distill.datafree.student_lr or kd_temperature",
-        )
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: Any, y: Any, batch: int = 512) -> float:
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    was = model.training
-    model.eval()
-    correct = sum(
-        int((model(xt[i : i + batch]).argmax(1) == yt[i : i + batch]).sum()) for i in range(0, len(xt), batch)
-    )
-    model.train(was)
-    return correct / max(1, len(xt))
 
 
 def _check_model(model: nn.Module, name: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -164,16 +142,19 @@ def _check_model(model: nn.Module, name: str, input_shape: tuple[int, int, int],
         )
 
 
-def _set_requires_grad(model: nn.Module, flag: bool) -> dict[str, bool]:
-    before = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(flag)
-    return before
-
-
-def _restore_requires_grad(model: nn.Module, before: dict[str, bool]) -> None:
-    for n, p in model.named_parameters():
-        p.requires_grad_(before.get(n, True))
+def _check_args(shape: tuple[int, ...], num_classes: int, mean: Any, std: Any) -> None:
+    if len(shape) != 3 or min(shape) < 1:
+        raise ModelError(f"input_shape must be (C, H, W) with positive sizes, got {shape}", "pass (C, H, W)")
+    if num_classes < 2:
+        raise ModelError(f"num_classes must be >= 2, got {num_classes}", "pass the number of classes of the teacher")
+    for name, vals in (("mean", mean), ("std", std)):
+        if vals is not None and len(vals) not in (1, shape[0]):
+            raise ConfigError(
+                f"{name} has {len(vals)} values for {shape[0]} input channel(s)",
+                f"pass one {name} value per channel (the dataset's normalization)",
+            )
+    if std is not None and min(std) <= 0:
+        raise ConfigError(f"std must be > 0, got {list(std)}", "pass the dataset's per-channel standard deviation")
 
 
 def datafree_distill(
@@ -199,14 +180,15 @@ def datafree_distill(
         cfg: the data-free config.
         input_shape: (C, H, W) of the teacher's input.
         num_classes: number of classes K.
-        seed: seeds the generator's init, latents, labels, augmentation and bank sampling.
-        workdir: if given, the run keeps a checkpoint there (``checkpoint.pt``, every ``cfg.checkpoint_every``
-            batches) and a later call with the same arguments resumes from it; the result is saved there (see
-            :meth:`DataFreeResult.save`) and the checkpoint then deleted.
-        progress: log a line per synthesized batch at INFO (else DEBUG).
-        val: optional (x, y) arrays (normalized NCHW float32, int64 labels) to report the student's accuracy on.
-        mean, std: the dataset normalization of the teacher's input (``Splits.preprocess``); the generator emits
-            pixels in [0, 1] normalized with them. Default 0 and 1 (teacher takes [0, 1] pixels).
+        seed: seeds the generator's init, latents, labels, augmentation and pool sampling.
+        workdir: if given, the pool (``pool/``) and a checkpoint (``checkpoint.pt``) live there, a later call with the
+            same arguments resumes, and the result is saved there (see :meth:`DataFreeResult.save`); without it the
+            pool is a temporary folder removed on return.
+        progress: log the plan and a line per round at INFO (else DEBUG; the plan is INFO either way).
+        val: optional (x, y) arrays (normalized NCHW float32, int64 labels): the student's accuracy every
+            ``cfg.eval_every`` rounds (the curve) and at the end.
+        mean, std: the dataset normalization of the teacher's input (``Splits.preprocess``); synthesized pixels in
+            [0, 1] are normalized with them. Default 0 and 1 (teacher takes [0, 1] pixels).
 
     Returns:
         The :class:`DataFreeResult`.
@@ -217,90 +199,67 @@ def datafree_distill(
         TrainingError: the student's loss became NaN/Inf.
     """
     shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ModelError(
-            f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}", "pass (C, H, W)"
-        )
-    if num_classes < 2:
-        raise ModelError(f"num_classes must be >= 2, got {num_classes}", "pass the number of classes of the teacher")
-    for name, vals in (("mean", mean), ("std", std)):
-        if vals is not None and len(vals) not in (1, shape[0]):
-            raise ConfigError(
-                f"{name} has {len(vals)} values for {shape[0]} input channel(s)",
-                f"pass one {name} value per channel (the dataset's normalization)",
-            )
-    if std is not None and min(std) <= 0:
-        raise ConfigError(f"std must be > 0, got {list(std)}", "pass the dataset's per-channel standard deviation")
+    _check_args(shape, num_classes, mean, std)
     _check_model(teacher, "teacher", shape, num_classes)  # type: ignore[arg-type]
     _check_model(student, "student", shape, num_classes)  # type: ignore[arg-type]
-    ckpts = None
-    if workdir is not None:
-        fingerprint = ckpt.fingerprint(teacher, student, cfg, shape, num_classes, seed, mean, std)
-        ckpts = ckpt.Checkpoints(Path(workdir) / CHECKPOINT, fingerprint, cfg.checkpoint_every)
-    # the global RNG (generator init, dropout in a student) is seeded inside a fork and restored on return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = _run(teacher, student, cfg, shape, num_classes, seed, progress, val, mean, std, ckpts)
+    with tempfile.TemporaryDirectory(prefix="datafree-pool-") as tmp:
+        ckpts = None
+        root = Path(tmp)
+        if workdir is not None:
+            root = Path(workdir)
+            fp = ckpt.fingerprint(teacher, student, cfg, shape, num_classes, seed, mean, std)
+            ckpts = ckpt.Checkpoints(root / CHECKPOINT, fp, cfg.checkpoint_every)
+        # the global RNG (generator init, reset_l0, dropout in a student) is seeded inside a fork and restored on return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            result = _run(teacher, student, cfg, shape, num_classes, seed, progress, val, mean, std, ckpts, root)
     if ckpts is not None:
         result.save(ckpts.path.parent)
         ckpts.path.unlink(missing_ok=True)  # finished: a later run in this folder starts fresh
     return result
 
 
-def _build_state(
+def plan_datafree(
+    teacher: nn.Module,
     student: nn.Module,
     cfg: DataFreeConfig,
-    shape: tuple[int, ...],
-    seed: int,
-    loss_fn: InversionLoss,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> ckpt.RunState:
-    """A fresh run's state; the global RNG must be seeded just before (the generator's init draws from it)."""
-    gen = torch.Generator().manual_seed(seed)
-    student = copy.deepcopy(student)
-    if cfg.reset_student_bn_stats:
-        for m in student.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-    if cfg.method == "fastdfkd":
-        synth: FastDFKDSynthesizer | DeepInversionSynthesizer = FastDFKDSynthesizer(
-            Generator(cfg.z_dim, shape, width=cfg.generator_width, mean=mean, std=std),
-            loss_fn,
-            k_inner_steps=cfg.k_inner_steps,
-            beta_meta=cfg.beta_meta,
-            lr_generator=cfg.lr_generator,
-            lr_z=cfg.lr_z,
-            augment=cfg.augment,
-            flip=cfg.flip,
-            gen=gen,
-            reset_l0_at_batch=cfg.reset_l0_at_batch,
-        )
-    else:
-        synth = DeepInversionSynthesizer(
-            loss_fn,
-            shape,
-            steps=cfg.deepinversion_steps,
-            lr=cfg.lr_pixels,
-            mean=mean,
-            std=std,
-            augment=cfg.augment,
-            flip=cfg.flip,
-            gen=gen,
-        )
-    bank = MemoryBank(cfg.bank_size, policy=cfg.bank_policy, gen=gen)
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr)
-    return ckpt.RunState(gen=gen, student=student, synth=synth, bank=bank, opt=opt)
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Plan:
+    """The plan of a run without running it: the pilot alone (one synthesis step, one student step; seconds).
+
+    What :func:`datafree_distill` logs before its first round; use it to choose a budget that fits the machine.
+    """
+    shape = tuple(int(v) for v in input_shape)
+    _check_args(shape, num_classes, mean, std)
+    lambda_bn, lambda_oh, lambda_adv = cfg.weights()
+    loss_fn = InversionLoss(teacher, lambda_bn=lambda_bn, lambda_oh=lambda_oh, lambda_adv=lambda_adv,
+                            allow_no_bn=cfg.allow_no_bn)  # fmt: skip
+    pixels = Pixels(shape[0], mean=mean, std=std, pad=cfg.pad(shape[1]), flip=cfg.flip)
+    teacher_mode = teacher.training
+    teacher_grad = loop.set_requires_grad(teacher, False)
+    teacher.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="datafree-plan-") as tmp, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = loop.build_state(student, cfg, shape, seed, loss_fn, pixels, Path(tmp), fresh_pool=True)
+            with loss_fn:
+                return loop.pilot(state, teacher, cfg, num_classes, seed, shape)
+    finally:
+        teacher.train(teacher_mode)
+        loop.restore_requires_grad(teacher, teacher_grad)
 
 
-def _start(
-    fresh: Callable[[], ckpt.RunState], cfg: DataFreeConfig, seed: int, ckpts: ckpt.Checkpoints | None
-) -> ckpt.RunState:
-    """A fresh state (``fresh()``), or the state of this run's checkpoint when there is one that loads."""
-    state = fresh()
+def _start(cfg: DataFreeConfig, seed: int, ckpts: ckpt.Checkpoints | None, fresh: functools.partial) -> ckpt.RunState:
+    """A fresh state, or the state of this run's checkpoint when there is one that loads."""
     ck = ckpt.read(ckpts) if ckpts is not None else None
     if ckpts is None or ck is None:
-        return state
+        return fresh(fresh_pool=True)
+    state = fresh(fresh_pool=False)
     try:
         ckpt.restore(state, ck, cfg)
     except Exception as exc:  # matching fingerprint but unusable contents: start over from a clean state
@@ -311,84 +270,9 @@ def _start(
             str(exc)[:160],
         )
         torch.manual_seed(seed)  # the fresh state's generator init draws from the global RNG, as on a first start
-        return fresh()
-    log.info(
-        "resuming data-free %s from %s at batch %d/%d, student epoch %d/%d",
-        cfg.method,
-        ckpts.path,
-        state.next_batch,
-        cfg.synthesis_batches,
-        state.epochs_done,
-        cfg.student_epochs,
-    )
+        return fresh(fresh_pool=True)
+    log.info("resuming data-free %s from %s at round %d/%d", cfg.method, ckpts.path, state.next_round, cfg.rounds)
     return state
-
-
-def _synthesis_step(
-    b: int, state: ckpt.RunState, teacher: nn.Module, cfg: DataFreeConfig, num_classes: int, level: int
-) -> None:
-    """Synthesize batch ``b``, bank it and take the interleaved student steps; appends to the history."""
-    student, bank = state.student, state.bank
-    offset = int(torch.randint(0, num_classes, (1,), generator=state.gen))
-    targets = (torch.arange(cfg.batch_size) + offset) % num_classes  # balanced classes
-    use_adv = cfg.lambda_adv > 0 and b >= cfg.adv_warmup_batches
-    student_grad = _set_requires_grad(student, False)
-    student.eval()
-    t0 = time.perf_counter()
-    x, terms = state.synth.synthesize(targets, student=student if use_adv else None)
-    dt_synth = time.perf_counter() - t0
-    state.t_synth += dt_synth
-    _restore_requires_grad(student, student_grad)
-    bank.add(x, targets)
-    student.train()
-    t0 = time.perf_counter()
-    kd = _kd_args(cfg, state.gen)
-    s_losses = [
-        _kd_step(teacher, student, state.opt, bank.sample(cfg.student_batch_size)[0], **kd)
-        for _ in range(cfg.student_steps_per_batch)
-    ]
-    state.t_student += time.perf_counter() - t0
-    entry: dict[str, float | None] = {
-        "batch": float(b),
-        **terms,
-        "synthesis_seconds": dt_synth,
-        "bank": float(len(bank)),
-    }
-    entry["student_loss"] = float(np.mean(s_losses)) if s_losses else None
-    state.history.append(entry)
-    log.log(
-        level,
-        "datafree %s batch %d/%d: L_inv %.3f (bn %.3f, oh %.3f, adv %.3f), KD %s, bank %d",
-        cfg.method,
-        b + 1,
-        cfg.synthesis_batches,
-        terms["loss_inv"],
-        terms["loss_bn"],
-        terms["loss_oh"],
-        terms["loss_adv"],
-        "-" if not s_losses else f"{entry['student_loss']:.4f}",
-        len(bank),
-    )
-
-
-def _student_epoch(ep: int, state: ckpt.RunState, teacher: nn.Module, cfg: DataFreeConfig, level: int) -> None:
-    """One KD pass over the final bank, in a random order."""
-    bank = state.bank
-    assert bank.x is not None
-    state.student.train()
-    t0 = time.perf_counter()
-    kd = _kd_args(cfg, state.gen)
-    losses = [
-        _kd_step(teacher, state.student, state.opt, bank.x[idx], **kd) for idx in bank.epoch(cfg.student_batch_size)
-    ]
-    state.t_student += time.perf_counter() - t0
-    log.log(
-        level, "datafree student epoch %d/%d on the bank: KD %.4f", ep + 1, cfg.student_epochs, float(np.mean(losses))
-    )
-
-
-def _kd_args(cfg: DataFreeConfig, gen: torch.Generator) -> dict[str, Any]:
-    return {"temperature": cfg.kd_temperature, "augment": cfg.augment, "flip": cfg.flip, "gen": gen}
 
 
 def _run(
@@ -402,54 +286,55 @@ def _run(
     val: tuple[Any, Any] | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
-    ckpts: ckpt.Checkpoints | None = None,
+    ckpts: ckpt.Checkpoints | None,
+    root: Path,
 ) -> DataFreeResult:
-    loss_fn = InversionLoss(
-        teacher,
-        lambda_bn=cfg.lambda_bn,
-        lambda_oh=cfg.lambda_oh,
-        lambda_adv=cfg.lambda_adv,
-        lambda_tv=cfg.lambda_tv,
-        adv_divergence=cfg.adv_divergence,
-        allow_no_bn=cfg.allow_no_bn,
-    )
+    lambda_bn, lambda_oh, lambda_adv = cfg.weights()
+    bn_mmt = cfg.bn_momentum if cfg.method == "fastdfkd" else 0.0
+    loss_fn = InversionLoss(teacher, lambda_bn=lambda_bn, lambda_oh=lambda_oh, lambda_adv=lambda_adv,
+                            bn_momentum=bn_mmt, allow_no_bn=cfg.allow_no_bn)  # fmt: skip
     if not loss_fn.hooks.layers:
         log.warning("teacher has no BatchNorm2d: running the reduced inversion loss without L_bn (allow_no_bn)")
-    fresh = functools.partial(_build_state, student, cfg, shape, seed, loss_fn, mean, std)
-    state = _start(fresh, cfg, seed, ckpts)
-    resumed_from = state.next_batch
+    pixels = Pixels(shape[0], mean=mean, std=std, pad=cfg.pad(shape[1]), flip=cfg.flip)
+    fresh = functools.partial(loop.build_state, student, cfg, shape, seed, loss_fn, pixels, root / "pool")
     teacher_mode = teacher.training
-    teacher_grad = _set_requires_grad(teacher, False)
+    teacher_grad = loop.set_requires_grad(teacher, False)
     teacher.eval()
     level = logging.INFO if progress else logging.DEBUG
     try:
+        state = _start(cfg, seed, ckpts, fresh)
+        resumed_from = state.next_round
         with loss_fn:
-            for b in range(state.next_batch, cfg.synthesis_batches):
-                _synthesis_step(b, state, teacher, cfg, num_classes, level)
-                state.next_batch = b + 1
-                if ckpts is not None and (state.next_batch % ckpts.every == 0 or b + 1 == cfg.synthesis_batches):
+            plan = loop.pilot(state, teacher, cfg, num_classes, seed, shape)
+            plan_log.info("datafree plan: %s", plan.text())
+            for r in range(state.next_round, cfg.rounds):
+                loop.run_round(r, state, teacher, cfg, num_classes, level, val)
+                state.next_round = r + 1
+                if ckpts is not None and (state.next_round % ckpts.every == 0 or r + 1 == cfg.rounds):
                     ckpt.save(state, ckpts)
-            for ep in range(state.epochs_done, cfg.student_epochs):
-                _student_epoch(ep, state, teacher, cfg, level)
-                state.epochs_done = ep + 1
-                if ckpts is not None:
-                    ckpt.save(state, ckpts)
+        t_acc = loop.accuracy(teacher, *val) if val is not None else None
+        pool, student_out = state.pool, state.student
+        keep = torch.randperm(len(pool), generator=state.gen)[:512]
+        bank_x = pixels.normalize(pool.pixels(keep))
+        with torch.no_grad():
+            bank_y = teacher(bank_x).argmax(1)  # what the student learns from them (synthesis targets can disagree)
     finally:
         teacher.train(teacher_mode)
-        _restore_requires_grad(teacher, teacher_grad)
-    student, bank = state.student, state.bank
-    student.eval()
-    assert bank.x is not None and bank.y is not None
-    keep = torch.randperm(len(bank), generator=state.gen)[:512]
+        loop.restore_requires_grad(teacher, teacher_grad)
+    student_out.eval()
     return DataFreeResult(
-        student=student,
+        student=student_out,
         method=cfg.method,
         synthesis_seconds=state.t_synth,
         student_seconds=state.t_student,
-        bank_x=bank.x[keep].clone(),
-        bank_y=bank.y[keep].clone(),
+        bank_x=bank_x,
+        bank_y=bank_y,
+        plan=plan,
         history=state.history,
-        val_accuracy=_accuracy(student, *val) if val is not None else None,
+        curve=list(state.curve),
+        val_accuracy=loop.accuracy(student_out, *val) if val is not None else None,
+        teacher_val_accuracy=t_acc,
+        pool_images=len(pool),
         config=cfg.model_dump(mode="json"),
-        resumed_from_batch=resumed_from,
+        resumed_from_round=resumed_from,
     )
