@@ -301,7 +301,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": threads,
         "python": platform.python_version(),
-        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -86,10 +86,16 @@ class Registry(Generic[T]):
             "register it in a module and list the module in the config's plugins)"
         )
 
-    def names(self) -> list[str]:
-        """Every registered name, built-ins included, in registration order."""
+    def _ordered(self) -> list[Entry[T]]:
+        """The entries, built-ins first in their pinned order (whichever module was imported first), then the rest in
+        registration order."""
         self._load()
-        return list(self._entries)
+        first = [self._entries[n] for n in self.builtin_names if n in self._entries]
+        return first + [e for n, e in self._entries.items() if n not in self.builtin_names]
+
+    def names(self) -> list[str]:
+        """Every registered name: the built-ins in their pinned order, then the others in registration order."""
+        return [e.name for e in self._ordered()]
 
     def get(self, name: str) -> Entry[T]:
         """The entry called ``name``, or :class:`ConfigError` listing what is registered."""
@@ -98,7 +104,7 @@ class Registry(Generic[T]):
         if entry is None:
             raise ConfigError(
                 f"unknown {self.kind} {name!r} in {self.field_name}",
-                f"use one of: {', '.join(self._entries)} (a {self.kind} of your own: register it in a module "
+                f"use one of: {', '.join(self.names())} (a {self.kind} of your own: register it in a module "
                 "listed in the config's plugins)",
             )
         return entry
@@ -108,8 +114,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        self._load()
-        return iter(list(self._entries.values()))
+        return iter(self._ordered())
 
 
 def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
@@ -140,4 +145,14 @@ LOSSES: Registry[Any] = Registry(  # of distill.losses.DistillLoss subclasses
     ("edgecompress.distill.losses",),
     builtin_names=("ce", "kd", "dist", "bdkd"),
     field_name="distill.loss.kind",
+)
+TRANSPORTS: Registry[Any] = Registry(  # of devices.transports.Transport subclasses
+    "transport",
+    (
+        "edgecompress.devices.transports.local",
+        "edgecompress.devices.transports.ssh",
+        "edgecompress.devices.transports.adb",
+    ),
+    builtin_names=("local", "ssh", "adb"),
+    field_name="the device profile's transport",
 )

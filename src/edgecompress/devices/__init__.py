@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "LocalTransport": "edgecompress.devices.transports",
     "SSHTransport": "edgecompress.devices.transports",
     "ADBTransport": "edgecompress.devices.transports",
+    "Transport": "edgecompress.devices.transports",
+    "make_transport": "edgecompress.devices.transports",
 }
 
 __all__ = sorted(_LAZY)

@@ -166,10 +166,9 @@ def _run_device(
     num_classes: int | None = None,
 ) -> list[BenchRow]:
     """All accepted artifacts on one device, sequentially (one run at a time per device)."""
-    options = {"iterations": max(cfg.min_iters * cfg.repeats, 20)} if profile.transport == "adb" else {}
     rows = []
     try:
-        transport = make_transport(profile, **options)
+        transport = make_transport(profile)
     except EdgeCompressError as exc:
         return [_error_row(a, profile, str(exc)) for a in artifacts]
     for artifact in artifacts:
@@ -185,6 +184,7 @@ def _run_device(
             save_logits=cfg.save_logits and eval_file is not None,
             batch_sizes=tuple(cfg.batch_sizes),
             threads=threads,
+            iterations=max(cfg.min_iters * cfg.repeats, 20),  # where a benchmark binary times it (no Python there)
         )
         local_dir = workdir / _safe(profile.name) / _safe(str(_get(artifact, "name")))
         what = f"{_get(artifact, 'name')} on {profile.name}"

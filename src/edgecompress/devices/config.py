@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from edgecompress._schema import StrictModel
 
@@ -60,7 +60,11 @@ class DeviceProfile(StrictModel):
     """One target device: how to reach it and what it can run."""
 
     name: str = Field(description="profile name")
-    transport: Literal["local", "ssh", "adb"] = Field(default="local", description="how the agent reaches the device")
+    transport: str = Field(
+        default="local",
+        description="how the agent reaches the device: a registered transport (local, ssh, adb, or one a plugin module "
+        "registers: edgecompress._registry.TRANSPORTS)",
+    )
     host: str | None = Field(default=None, description="ssh host name or address")
     port: int = Field(default=22, ge=1, le=65535, description="ssh port")
     user: str | None = Field(default=None, description="ssh user")
@@ -88,6 +92,13 @@ class DeviceProfile(StrictModel):
     power: bool = Field(default=False, description="sample board power with tegrastats (Jetson)")
     threads: int | None = Field(default=None, ge=1, description="thread count for this device (overrides config)")
     description: str = Field(default="", description="free text")
+
+    @field_validator("transport")
+    @classmethod
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        from edgecompress._registry import TRANSPORTS  # light: the names, not the transports
+
+        return TRANSPORTS.check_name(v, plugins=bool((info.context or {}).get("plugins")))
 
     @field_validator("host")
     @classmethod

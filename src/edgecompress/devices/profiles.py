@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -81,3 +81,14 @@ def load_profile(name_or_path: str | Path, extra_dirs: Iterable[Path | str | Non
             "use one of those names, a path to a profile YAML, or add <name>.yaml to benchmark.profiles_dir",
         )
     return _read(known[text])
+
+
+def profile_contents(names: Iterable[str | Path], extra_dirs: Iterable[Path | str | None] = ()) -> list[dict[str, Any]]:
+    """What a stage key records of its devices: each profile's contents, not its name (editing a profile's host,
+    threads or runtimes changes the key, so rows measured with the old profile are not reused).
+
+    Raises:
+        DeviceError: a name that is no profile (the message lists the known ones).
+    """
+    dirs = list(extra_dirs)
+    return [load_profile(n, dirs).model_dump(mode="json", exclude={"description"}) for n in names]

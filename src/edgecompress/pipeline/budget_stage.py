@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def _key(ctx: Context) -> dict[str, Any]:
+    from edgecompress.devices.profiles import profile_contents
+
     target = ctx.cfg.target
     assert target is not None
     export = ctx.cfg.export.model_dump(mode="json")
     bench = ctx.cfg.benchmark.model_dump(mode="json", exclude={"devices", "batch_sizes", "eval_samples"})
     return {
         "target": target.model_dump(mode="json", exclude={"cache_dir"}),
+        "profile": profile_contents([target.device], [ctx.cfg.benchmark.profiles_dir])[0],  # contents, not the name
         "teacher": ctx.keys["teacher"],
         "data": ctx.keys["data"],
         "export": export,

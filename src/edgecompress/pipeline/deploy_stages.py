@@ -187,7 +187,11 @@ def eval_subset(splits: Splits, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _benchmark_key(ctx: Context) -> dict[str, Any]:
-    return {"benchmark": ctx.cfg.benchmark.model_dump(mode="json"), "export": ctx.keys["export"]}
+    from edgecompress.devices.profiles import profile_contents
+
+    bcfg = ctx.cfg.benchmark
+    profiles = profile_contents(bcfg.devices, [bcfg.profiles_dir])  # the contents: an edited profile is measured anew
+    return {"benchmark": bcfg.model_dump(mode="json"), "profiles": profiles, "export": ctx.keys["export"]}
 
 
 def _benchmark_compute(ctx: Context, sd: StageDir) -> BenchmarkResult:
