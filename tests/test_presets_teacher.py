@@ -20,7 +20,9 @@ def test_a_recipe_uses_its_consumers_data_section(name: str) -> None:
     rec = recipe(name)
     for consumer in rec.consumers:
         cfg = yaml.safe_load((PRESETS / f"{consumer}.yaml").read_text())
-        assert cfg["data"] == rec.data, f"{consumer}.yaml's data section differs from recipe {name!r}"
+        data = {k: v for k, v in cfg["data"].items() if k != "split_seed"}
+        assert data == rec.data, f"{consumer}.yaml's data section differs from recipe {name!r}"
+        assert cfg["data"]["split_seed"] == rec.seed, f"{consumer}.yaml must pin the cuts its teacher was trained on"
         assert cfg["seed"] == rec.seed
         assert cfg["teacher"]["model"] == rec.model and cfg["teacher"]["checkpoint"] == rec.file
 

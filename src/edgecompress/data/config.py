@@ -47,6 +47,14 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(
         0.1, gt=0, lt=1, description="Fraction of the training portion held out for validation."
     )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the train / val / calib / test cuts (default: the run's seed). Pin it when the teacher "
+        "was trained on one split: a run with another seed would otherwise put the teacher's training images in val "
+        "and test.",
+    )
     calib_size: int = Field(
         512,
         ge=0,

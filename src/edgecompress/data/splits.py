@@ -224,12 +224,14 @@ def load_splits(cfg: DataConfig, *, seed: int) -> Splits:
 
     Args:
         cfg: the ``data:`` config section.
-        seed: the run seed; the same (cfg, seed) gives bit-identical splits.
+        seed: the run seed (``cfg.split_seed`` replaces it when set); the same (cfg, seed) gives bit-identical splits.
 
     Returns:
         :class:`Splits` whose splits hold the raw images (source dtype) and normalize per batch; mean/std from the
         train split in a streaming pass, or ``cfg.mean``/``cfg.std``.
     """
+    if cfg.split_seed is not None:  # the cuts pinned (a teacher trained on them); the run's seed does the rest
+        seed = cfg.split_seed
     raw = load_raw(cfg)
     if raw is None:  # data-free, nothing given but the shape
         c, h, w = cfg.input_shape  # type: ignore[misc]
