@@ -24,7 +24,24 @@ import numpy as np
 
 SIZE = 64
 
-CONFIG = """\
+# what both workloads do after distillation: calibrate, export to both runtimes in FP32 and INT8, benchmark
+DEPLOY = """\
+calibration:
+  method: ts
+export:
+  formats: ["onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:int8"]
+  calib_samples: 512
+  max_accuracy_drop: 0.015
+benchmark:
+  devices: [local]
+  batch_sizes: [1, 32]
+  min_time_s: 0.3
+  repeats: 3
+  eval_samples: 2000
+"""
+
+CONFIG = (
+    """\
 # RGB 64x64 workload (benchmarks/rgb_workload.py): tinted, upscaled Fashion-MNIST; ResNet teacher of 0.32 GMAC.
 name: rgb64
 seed: 0
@@ -45,19 +62,9 @@ distill:
   assistants: none
   train: {{epochs: {student_epochs}, batch_size: 64, lr: 0.05, warmup_epochs: 0.5}}
   loss: {{kind: kd}}
-calibration:
-  method: ts
-export:
-  formats: ["onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:int8"]
-  calib_samples: 512
-  max_accuracy_drop: 0.015
-benchmark:
-  devices: [local]
-  batch_sizes: [1, 32]
-  min_time_s: 0.3
-  repeats: 3
-  eval_samples: 2000
 """
+    + DEPLOY
+)
 
 
 def tint(gray: np.ndarray, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
@@ -117,7 +124,8 @@ def write_config(out: Path, npz: Path, *, max_train: int, teacher_epochs: int, s
     return atomic_write_text(out / "rgb64.yaml", text)
 
 
-DISTILL_CONFIG = """\
+DISTILL_CONFIG = (
+    """\
 # RGB 32x32 distillation workload (benchmarks/rgb_workload.py distill): tinted Fashion-MNIST, a converged ResNet-20
 # teacher brought in as a checkpoint (as a user brings one), the student pruned from it, the loss decided by trials.
 name: rgb32
@@ -132,19 +140,9 @@ distill:
   assistants: none
   train: {{epochs: {student_epochs}, batch_size: 128, lr: 0.05, warmup_epochs: 0.5}}
   loss: {{kind: auto}}
-calibration:
-  method: ts
-export:
-  formats: ["onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:int8"]
-  calib_samples: 512
-  max_accuracy_drop: 0.015
-benchmark:
-  devices: [local]
-  batch_sizes: [1, 32]
-  min_time_s: 0.3
-  repeats: 3
-  eval_samples: 2000
 """
+    + DEPLOY
+)
 
 
 def distill_workload(out: Path, *, max_train: int, teacher_epochs: int, student_epochs: int) -> Path:
